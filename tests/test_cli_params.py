@@ -1,0 +1,140 @@
+"""`ablate params` and `ablate list` through typer's CliRunner."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from ablate.count import COLUMNS
+from ablate.results import read_metadata
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_params_table_shows_layers_and_totals():
+    result = invoke("params", "lenet5")
+    assert result.exit_code == 0, result.output
+    for text in ("conv1", "AvgPool2d", "16x5x5", "61,706", "416,520", "845,852"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_params_out_round_trip(tmp_path, suffix):
+    path = tmp_path / f"counts{suffix}"
+    result = invoke("params", "threeconv", "--out", path)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
+    assert list(frame.columns) == COLUMNS
+    assert frame["params"].sum() == 1_191_170
+    assert "total" not in set(frame["layer"])
+    assert frame.loc[frame.layer == "conv1", "output_shape"].item() == "32x32x32"
+    if suffix == ".parquet":
+        meta = read_metadata(path)
+        assert meta["model"] == "threeconv" and meta["torch_version"] and "params" in meta["command"]
+
+
+def test_params_json_and_csv_on_stdout():
+    rows = json.loads(invoke("params", "Linear(3)", "--input", "5", "--format", "json").stdout)
+    assert rows == [{
+        "layer": "0", "type": "Linear", "input_shape": "5", "output_shape": "3", "weights": 15,
+        "biases": 3, "params": 18, "trainable": 18, "macs": 15, "flops": 30,
+    }]
+    csv = invoke("params", "lenet5", "--format", "csv").stdout.splitlines()
+    assert csv[0] == ",".join(COLUMNS) and len(csv) == 13
+
+
+def test_params_spec_from_the_issue():
+    result = invoke("params", "Conv2d(20, 4, stride=2, padding=1), MaxPool2d(3, stride=1)",
+                    "--input", "50x12x12", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert "0,Conv2d,50x12x12,20x6x6,16000,20,16020,16020,576000,1152000" in result.stdout
+
+
+def test_params_batch(tmp_path):
+    one = json.loads(invoke("params", "tutorial", "--format", "json").stdout)
+    eight = json.loads(invoke("params", "tutorial", "--batch", 8, "--format", "json").stdout)
+    assert [r["macs"] * 8 for r in one] == [r["macs"] for r in eight]
+
+
+def test_params_user_module(tmp_path, monkeypatch):
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\n"
+        "class Tiny(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Conv2d(3, 4, 3, bias=False)\n"
+        "    def forward(self, x):\n"
+        "        return self.body(x).relu()\n"
+        "def make():\n"
+        "    return Tiny()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for target in ("mynets:Tiny", "mynets:make"):
+        rows = json.loads(invoke("params", target, "--input", "3x8x8", "--format", "json").stdout)
+        body, root = rows
+        assert (body["layer"], body["macs"], body["flops"]) == ("body", 4 * 36 * 27, 4 * 36 * 53)
+        assert (root["layer"], root["type"], root["flops"]) == ("(model)", "Tiny", 4 * 36)
+
+
+def test_warning_for_operators_without_rule(tmp_path, monkeypatch):
+    (tmp_path / "oddnet.py").write_text(
+        "import torch\nclass Odd(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return torch.cumsum(x, 1)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = invoke("params", "oddnet:Odd", "--input", "4")
+    assert result.exit_code == 0
+    assert "warning: no FLOP rule for aten.cumsum (1 calls)" in result.stderr
+
+
+def test_list_models():
+    result = invoke("list", "models", "--json")
+    listed = json.loads(result.stdout)
+    assert {"lenet5", "tutorial", "threeconv"} <= {m["name"] for m in listed["ablate"]}
+    assert "resnet18" in listed["torchvision"]
+    assert "lenet5" in invoke("params", "--list").stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["params", "lenet6"], "unknown model 'lenet6'; did you mean 'lenet5'"),
+        (["params", "resnet19"], "ablate list models"),
+        (["params", "tutorial", "--input", "3x8x8"], "layer 'conv2' (Conv2d) failed on input 6x2x2"),
+        (["params", "tutorial", "--input", "3x32"], "failed"),
+        (["params", "lenet5", "--input", "1xax32"], "malformed shape '1xax32'"),
+        (["params", "Conv2d(20, 4", "--input", "3x8x8"], "malformed layer spec at column"),
+        (["params", "Conv2d(20, 4)"], "give one with --input"),
+        (["params", "nosuchmodule:Net", "--input", "3"], "cannot import 'nosuchmodule'"),
+        (["params", "lenet5", "--format", "xml"], "'xml' is not one of"),
+        (["params", "lenet5", "--batch", "0"], "--batch"),
+        (["params", "lenet5", "--out", "counts.txt"], "must end in .parquet or .csv"),
+        (["params"], "give a MODEL"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_out_keeps_nothing_half_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    result = invoke("params", "lenet5", "--out", blocker / "counts.parquet")
+    assert result.exit_code == 2 and "not a writable directory" in result.stderr
+    assert blocker.read_text() == "keep me"
+
+
+def test_help_states_the_convention():
+    result = invoke("params", "--help")
+    assert result.exit_code == 0
+    assert "2K - 1 without" in result.stdout and "k*k - 1" in result.stdout
