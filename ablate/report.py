@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import astuple
 
+import pandas as pd
+
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
@@ -67,4 +69,47 @@ def models_table(registry: list[dict], torchvision_names: list[str]) -> Table:
 def print_wide(console: Console, table: Table) -> None:
     """Print without cutting columns: a table wider than the terminal keeps its full width."""
     needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    console.print(table, width=max(console.width, needed), crop=False)
+    if needed <= console.width:
+        console.print(table)
+    else:  # Console.print clamps its width to the terminal's: print through a wider console
+        Console(file=console.file, width=needed, force_terminal=console.is_terminal,
+                color_system=console.color_system, no_color=console.no_color).print(table)
+
+
+def _mean_std(values, percent: bool = False) -> str:
+    scale, digits, unit = (100, 2, " %") if percent else (1, 4, "")
+    if len(values) == 1:
+        return f"{scale * values.iloc[0]:.{digits}f}{unit}"
+    return f"{scale * values.mean():.{digits}f} ± {scale * values.std():.{digits}f}{unit}"
+
+
+def final_epochs(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, split): the last epoch each run reached."""
+    last = frame.groupby("run_id")["epoch"].transform("max")
+    return frame[frame["epoch"] == last]
+
+
+def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
+    """Per variant: final train loss, test loss and accuracy (mean ± std over seeds), and the
+    difference of the means to the first variant."""
+    final = final_epochs(frame)
+    seeds = final["seed"].nunique()
+    study = ", ".join(final["study"].unique())
+    table = Table(title=f"{study}: after {final['epoch'].max()} epochs, "
+                        f"{seeds} seed{'s' if seeds > 1 else ''}" + (" (mean ± std)" if seeds > 1 else ""),
+                  box=box.SIMPLE_HEAD)
+    for column in ("variant", *factors, "train loss", "test loss", "test accuracy", "Δ test loss", "Δ test acc"):
+        table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
+    baseline = None
+    for variant, rows in final.groupby("variant", sort=False):
+        train_rows, test_rows = rows[rows.split == "train"], rows[rows.split == "test"]
+        means = test_rows["loss"].mean(), test_rows["accuracy"].mean()
+        baseline = baseline or means
+        name = variant + (" (diverged)" if (rows["status"] == "diverged").any() else "")
+        table.add_row(
+            name, *(str(rows[f].iloc[0]) for f in factors),
+            _mean_std(train_rows["loss"]), _mean_std(test_rows["loss"]), _mean_std(test_rows["accuracy"], True),
+            *(("—", "—") if means is baseline else
+              (f"{means[0] - baseline[0]:+.4f}", f"{100 * (means[1] - baseline[1]):+.2f} pt")),
+        )
+    return table

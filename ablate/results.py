@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import shlex
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +18,7 @@ from ablate.errors import UsageError
 SUFFIXES = (".parquet", ".csv")
 
 
-def provenance() -> dict[str, str]:
+def provenance(argv: list[str]) -> dict[str, str]:
     """Versions, command line and time: what every file we write records about itself."""
     import torch
     import torchvision
@@ -29,7 +29,7 @@ def provenance() -> dict[str, str]:
         "ablate_version": __version__,
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
-        "command": " ".join(["ablate", *sys.argv[1:]]),
+        "command": shlex.join(["ablate", *argv]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -73,3 +73,57 @@ def read_metadata(path: Path) -> dict[str, str]:
     """The ablate metadata stored in a Parquet file by `write_frame`."""
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"ablate", b"{}"))
+
+
+def classes_path(path: Path) -> Path:
+    """results/linearity.parquet -> results/linearity.classes.parquet"""
+    return path.with_name(path.name.removesuffix(".parquet") + ".classes.parquet")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A study file written by ablate; anything else is a usage error."""
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:
+        raise UsageError(f"{str(path)!r} is not a readable Parquet file ({type(error).__name__})") from None
+    missing = {"study", "variant", "seed", "epoch", "split", "run_id"} - set(frame.columns)
+    if missing:
+        raise UsageError(f"{str(path)!r} is not an ablate study result: no column {', '.join(sorted(missing))}")
+    return frame
+
+
+class StudyFile:
+    """The Parquet pair of one study, rewritten by atomic replace after every finished run.
+
+    An existing file is refused unless `resume` (keep its runs, skip their run_ids) or
+    `force` (replace it when the first new run finishes).
+    """
+
+    def __init__(self, path: Path, resume: bool = False, force: bool = False):
+        self.path = Path(path)
+        self.classes = classes_path(self.path)
+        check_writable(self.path, (".parquet",))
+        self.runs = pd.DataFrame()
+        self.class_rows = pd.DataFrame()
+        if self.path.exists() and not force:
+            if not resume:
+                raise UsageError(
+                    f"{str(self.path)!r} exists: add --resume to finish its study, --force to "
+                    "overwrite it, or give another --out"
+                )
+            self.runs = read_results(self.path)
+            if self.classes.exists():
+                self.class_rows = pd.read_parquet(self.classes)
+
+    def done(self) -> set[str]:
+        return set(self.runs["run_id"]) if len(self.runs) else set()
+
+    def add(self, runs: pd.DataFrame, class_rows: pd.DataFrame, metadata: dict[str, str]) -> None:
+        """Append one run's rows; the classes file first, so the main file never runs ahead."""
+        run_ids = set(runs["run_id"])
+        if len(self.class_rows):
+            self.class_rows = self.class_rows[~self.class_rows["run_id"].isin(run_ids)]
+        self.class_rows = pd.concat([self.class_rows, class_rows], ignore_index=True)
+        self.runs = pd.concat([self.runs, runs], ignore_index=True)
+        write_frame(self.class_rows, self.classes, metadata)
+        write_frame(self.runs, self.path, metadata)

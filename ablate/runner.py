@@ -1,0 +1,80 @@
+"""The variant x seed matrix of a study: plan the runs, train each, save each as it ends."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from ablate.data import Dataset
+from ablate.results import StudyFile
+from ablate.studies import Study
+from ablate.train import RunConfig, RunResult, train_run
+
+
+@dataclass(frozen=True)
+class Run:
+    study: str
+    variant: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def run_id(self) -> str:
+        """A hash of everything that decides the run's numbers."""
+        key = {"study": self.study, "variant": self.variant, "seed": self.seed, **self.config.columns()}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def plan(study: Study, options: dict, seeds: int) -> list[Run]:
+    """Every variant under seeds 0..seeds-1; a variant's own fields win over the options."""
+    runs = []
+    for variant, fields in study.variants.items():
+        config = replace(RunConfig(), **{**study.base, **options, **fields})
+        runs += [Run(study.name, variant, seed, config) for seed in range(seeds)]
+    return runs
+
+
+def run_rows(run: Run, result: RunResult, device: str, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy rows of one run: (variant, seed, epoch, split) rows, and per-class rows."""
+    head = {"study": run.study, "variant": run.variant, "seed": run.seed}
+    rows = pd.DataFrame([
+        {**head, "epoch": r.epoch, "split": r.split, "loss": r.loss, "accuracy": r.accuracy,
+         "lr": r.lr, "seconds": r.seconds, "status": result.status, "run_id": run.run_id,
+         **run.config.columns(), "device": device}
+        for r in result.epochs
+    ])
+    for column in ("limit_train", "limit_test"):  # None when the whole split was used
+        rows[column] = rows[column].astype("Int64")
+    per_class = pd.DataFrame([
+        {**head, "run_id": run.run_id, "class_index": i, "class_name": name, "accuracy": accuracy}
+        for i, (name, accuracy) in enumerate(zip(classes, result.class_accuracy))
+    ])
+    return rows, per_class
+
+
+def execute(
+    runs: list[Run],
+    data: Dataset,
+    device: torch.device,
+    store: StudyFile,
+    metadata: dict[str, str],
+    on_batch: Callable[[Run, int, int, float], None] | None = None,
+    on_run: Callable[[Run, str], None] | None = None,
+) -> None:
+    """Train the runs not yet in `store`, saving each one as soon as it finishes."""
+    done = store.done()
+    for run in runs:
+        if run.run_id in done:
+            if on_run is not None:
+                on_run(run, "skipped")
+            continue
+        report = None if on_batch is None else (lambda e, n, loss, run=run: on_batch(run, e, n, loss))
+        result = train_run(run.config, data, run.seed, device, report)
+        store.add(*run_rows(run, result, device.type, data.classes), metadata)
+        if on_run is not None:
+            on_run(run, result.status)
