@@ -159,13 +159,14 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "epochs": (int, DEFAULTS.epochs, typer.Option(min=1)),
     "seeds": (int, 1, typer.Option(min=1, help="Train every variant under seeds 0..K-1.")),
     "batch_size": (int, DEFAULTS.batch_size, typer.Option(min=1)),
-    "lr": (float, DEFAULTS.lr, typer.Option(help="Learning rate (> 0).")),
+    "lr": (float, DEFAULTS.lr, typer.Option(
+        help="Learning rate of SGD with momentum 0.9 (--batch-size 4 --lr 0.001 is the PyTorch tutorial's).")),
     "device": (Device, Device.auto, typer.Option(help="auto: cuda, then mps, then cpu.")),
     "limit_train": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N train images.")),
     "limit_test": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N test images.")),
     "out": (Optional[Path], None, typer.Option(help="Results file (default: results/STUDY.parquet).")),
-    "resume": (bool, False, typer.Option(help="Keep the runs already in --out and train the rest.")),
-    "force": (bool, False, typer.Option(help="Overwrite an existing --out.")),
+    "resume": (bool, False, typer.Option("--resume", help="Keep the runs already in --out and train the rest.")),
+    "force": (bool, False, typer.Option("--force", help="Overwrite an existing --out.")),
 }
 TRAINING_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "limit_train", "limit_test")
 

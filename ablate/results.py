@@ -35,26 +35,32 @@ def provenance(argv: list[str]) -> dict[str, str]:
 
 
 def check_writable(path: Path, suffixes=SUFFIXES) -> None:
-    """Fail early, before any work, when `path` cannot be written."""
+    """Fail early, before any work, when `path` cannot be written (its folder is made here)."""
+    path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise UsageError(f"cannot write {str(path)!r}: the file name must end in {' or '.join(suffixes)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UsageError(f"cannot write {str(path)!r}: {str(existing)!r} is not a writable directory")
     if path.is_dir():
         raise UsageError(f"cannot write {str(path)!r}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"cannot write {str(path)!r}: {str(path.parent)!r} is not a writable directory "
+            f"({error.strerror or error})"
+        ) from None
 
 
 def write_frame(frame: pd.DataFrame, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write `frame` to `path` (.parquet with `metadata` in the file, or .csv) atomically."""
     path = Path(path)
     check_writable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a results file is as readable as any other
     try:
         if path.suffix.lower() == ".csv":
             frame.to_csv(tmp, index=False)

@@ -1,0 +1,145 @@
+"""The data layer and the batched transforms, on tiny generated data."""
+
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablate import data, transforms
+from ablate.errors import UsageError
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def fake_mnist(folder: Path, train: int = 30, test: int = 20) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=gen))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.arange(n) % 10)
+
+
+def test_idx_files_in_torchvision_layout_are_padded_to_32(tmp_path):
+    fake_mnist(tmp_path / "MNIST" / "raw")
+    ds = data.load_dataset("mnist", data_dir=tmp_path)
+    assert ds.train_x.shape == (30, 1, 32, 32) and ds.train_x.dtype == torch.uint8
+    assert ds.test_x.shape == (20, 1, 32, 32)
+    assert ds.train_x[:, :, :2].sum() == 0 and ds.train_x[:, :, :, -2:].sum() == 0
+    assert ds.classes[3] == "3"
+
+
+def test_data_dir_env_variable(tmp_path, monkeypatch):
+    fake_mnist(tmp_path / "mnist")
+    monkeypatch.setenv("ABLATE_DATA", str(tmp_path))
+    assert len(data.load_dataset("mnist").train_y) == 30
+
+
+def test_corrupt_idx_is_a_usage_error(tmp_path):
+    fake_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20))
+    with pytest.raises(UsageError, match="truncated or corrupt"):
+        data.load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_missing_data_offline_says_where_it_looked(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(UsageError, match="mnist not found .*looked in .*empty.*download failed"):
+        data.load_dataset("mnist", data_dir=tmp_path / "empty")
+
+
+def test_synthetic_is_seeded_and_cifar_shaped():
+    a, b = data.load_dataset("synthetic"), data.load_dataset("synthetic")
+    assert a.train_x.shape == (10_000, 3, 32, 32) and a.shape == (3, 32, 32)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+
+
+def test_limits_are_class_balanced_and_checked():
+    ds = data.load_dataset("synthetic", limit_train=105, limit_test=20)
+    assert len(ds.train_y) == 105 and len(ds.test_y) == 20
+    assert sorted(torch.bincount(ds.train_y).tolist()) == [10] * 5 + [11] * 5
+    with pytest.raises(UsageError, match="--limit-train 20000 is out of range: synthetic has 10000"):
+        data.load_dataset("synthetic", limit_train=20_000)
+
+
+def test_balanced_subset_fills_from_other_classes_when_one_runs_short():
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    assert len(data.balanced_subset(labels, 5)) == 5
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def ramp(batch: int) -> torch.Tensor:
+    """Images whose pixels all differ, so any move is visible."""
+    return torch.arange(batch * 2 * 8 * 8, dtype=torch.float).view(batch, 2, 8, 8)
+
+
+def test_flip_is_random_per_image():
+    x = ramp(64)
+    y = transforms.flip(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(y[i], x[i].flip(2)) for i in range(64)]
+    kept = [torch.equal(y[i], x[i]) for i in range(64)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 10 < sum(flipped) < 54
+
+
+def test_crop_shifts_each_image_within_the_padding():
+    x = ramp(64)
+    y = transforms.crop(x, torch.Generator().manual_seed(0), pad=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = []
+    for i in range(64):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(y[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        assert len(found) == 1, i
+        offsets += found
+    assert len(set(offsets)) > 10  # a different crop for different images
+
+
+def test_fixed_permutation_is_one_for_all_images_and_channels():
+    x = ramp(4)
+    permute = transforms.permutation("fixed", 64, torch.Generator().manual_seed(0))
+    y = permute(x)
+    moves = [(y[i, c].flatten()[None] == x[i, c].flatten()[:, None]).nonzero()[:, 0] for i in range(4) for c in range(2)]
+    assert all(torch.equal(m, moves[0]) for m in moves)
+    assert not torch.equal(y, x)
+    assert torch.equal(permute(x), y)  # the same on every call
+    assert torch.equal(y.sort(-1).values.flatten(2).sort(-1).values, x.flatten(2).sort(-1).values)
+
+
+def test_fresh_permutation_differs_per_image_and_call():
+    x = ramp(1).expand(8, 2, 8, 8)
+    permute = transforms.permutation("fresh", 64, torch.Generator().manual_seed(0))
+    y, z = permute(x), permute(x)
+    assert len({tuple(y[i, 0].flatten().tolist()) for i in range(8)}) == 8
+    assert not torch.equal(y, z)
+    assert torch.equal(y[:, 1] - y[:, 0], torch.full_like(y[:, 0], 64.0))  # channels move together
+
+
+def test_standard_normalization_uses_train_statistics():
+    train_x = torch.randint(0, 256, (500, 3, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    z = transforms.normalizer("standard", train_x)(train_x)
+    assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(z.std((0, 2, 3)), torch.ones(3), atol=1e-3)
+    half = transforms.normalizer("half", train_x)(torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 1, 1))
+    assert half[:, 0].flatten().tolist() == [-1.0, 1.0]
+
+
+@pytest.mark.parametrize("kind,name", [("augmentation", "flips"), ("permutation", "shuffled")])
+def test_unknown_transform_names_list_the_choices(kind, name):
+    with pytest.raises(UsageError, match=f"unknown {kind} '{name}'"):
+        if kind == "augmentation":
+            transforms.augmentation(f"crop+{name}")
+        else:
+            transforms.permutation(name, 4, torch.Generator())
