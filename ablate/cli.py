@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from ablate import arch, count, data, report, results, runner, studies, train
+from ablate import arch, count, data, report, results, runner, studies, train, transforms
 from ablate.errors import UsageError
 
 stdout = Console()
@@ -120,6 +119,31 @@ def params(
 
 class Topic(str, Enum):
     models = "models"
+    studies = "studies"
+    datasets = "datasets"
+    augmentations = "augmentations"
+    schedulers = "schedulers"
+    optimizers = "optimizers"
+
+
+def _listing(topic: Topic) -> list[dict]:
+    if topic == Topic.models:
+        return [{"name": e.name, "source": "ablate", "input": "x".join(map(str, e.input_shape)),
+                 "description": e.description} for e in arch.registered_models()] + [
+            {"name": n, "source": "torchvision", "input": "", "description": ""}
+            for n in arch.torchvision_models()]
+    if topic == Topic.studies:
+        return [{"name": s.name, "variants": ", ".join(s.variants), "description": s.description}
+                for s in map(studies.get_study, studies.STUDIES)]
+    if topic == Topic.datasets:
+        return [{"name": d.value, "classes": ", ".join(data.CLASSES[d.value])} for d in data.DatasetName]
+    if topic == Topic.augmentations:
+        return [{"name": "none", "description": "no augmentation"}] + [
+            {"name": n, "description": (f.__doc__ or "").strip().splitlines()[0] if f.__doc__ else ""}
+            for n, f in transforms.AUGMENTATIONS.items()]
+    if topic == Topic.schedulers:
+        return [{"name": n} for n in train.SCHEDULERS]
+    return [{"name": n, **studies.OPTIMIZER_DEFAULTS[n]} for n in train.OPTIMIZERS]
 
 
 @app.command("list")
@@ -127,16 +151,12 @@ def list_command(
     topic: Topic = typer.Argument(Topic.models, help="What to list."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """List the names ablate knows."""
-    registry = [
-        {"name": e.name, "input": "x".join(map(str, e.input_shape)), "description": e.description}
-        for e in arch.registered_models()
-    ]
-    torchvision_names = arch.torchvision_models()
+    """List the models, studies, datasets, augmentations, schedulers or optimisers."""
+    rows = _listing(topic)
     if json_output:
-        typer.echo(json.dumps({"ablate": registry, "torchvision": torchvision_names}, indent=1))
+        typer.echo(json.dumps(rows, indent=1))
     else:
-        stdout.print(report.models_table(registry, torchvision_names))
+        stdout.print(report.listing_table(topic.value, rows))
 
 
 # ---------------------------------------------------------------- studies
@@ -159,8 +179,9 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "epochs": (int, DEFAULTS.epochs, typer.Option(min=1)),
     "seeds": (int, 1, typer.Option(min=1, help="Train every variant under seeds 0..K-1.")),
     "batch_size": (int, DEFAULTS.batch_size, typer.Option(min=1)),
-    "lr": (float, DEFAULTS.lr, typer.Option(
-        help="Learning rate of SGD with momentum 0.9 (--batch-size 4 --lr 0.001 is the PyTorch tutorial's).")),
+    "lr": (Optional[float], None, typer.Option(
+        help=f"Learning rate (default: {DEFAULTS.lr} for SGD with momentum 0.9, or the study's own; "
+             "--batch-size 4 --lr 0.001 is the PyTorch tutorial's).")),
     "device": (Device, Device.auto, typer.Option(help="auto: cuda, then mps, then cpu.")),
     "limit_train": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N train images.")),
     "limit_test": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N test images.")),
@@ -178,11 +199,12 @@ def _progress() -> Progress:
     )
 
 
-def run_study(study: studies.Study, options: dict) -> None:
+def run_study(name: str, options: dict, study_values: dict) -> None:
     """Shared by every study command: validate everything, then train and summarise."""
-    out = options["out"] or Path("results") / f"{study.name}.parquet"
-    if not options["lr"] > 0:
+    if options["lr"] is not None and not options["lr"] > 0:
         raise UsageError(f"--lr must be > 0, got {options['lr']}")
+    study = studies.get_study(name, **study_values)
+    out = options["out"] or Path("results") / f"{study.name}.parquet"
     device = train.resolve_device(options["device"].value)
     store = results.StudyFile(out, resume=options["resume"], force=options["force"])
     config = {k: getattr(options[k], "value", options[k]) for k in TRAINING_OPTIONS}
@@ -195,12 +217,9 @@ def run_study(study: studies.Study, options: dict) -> None:
 
     with _progress() as progress:
         task = progress.add_task(study.name, total=sum(r.config.epochs for r in todo) * images, status="")
-        started = {}
 
-        def on_batch(run, epoch, done, loss):
-            key = (run.run_id, epoch)
-            started.setdefault(key, time.perf_counter())
-            speed = done / max(time.perf_counter() - started[key], 1e-9)
+        def on_batch(run, epoch, done, loss, seconds):
+            speed = done / max(seconds, 1e-9)
             completed = finished_images() + (epoch - 1) * images + done
             progress.update(task, completed=completed, description=(
                 f"{study.name} {run.variant} seed {run.seed} epoch {epoch}/{run.config.epochs}"),
@@ -223,27 +242,48 @@ def run_study(study: studies.Study, options: dict) -> None:
             stderr.print(f"interrupted: {saved} of {len(runs)} runs are saved in {out}; "
                          f"run the same command with --resume to finish", highlight=False)
             raise typer.Exit(130)
-    frame = store.runs[store.runs["run_id"].isin({r.run_id for r in runs})]
+    planned = {r.run_id for r in runs}
+    frame = store.runs[store.runs["run_id"].isin(planned)]
     report.print_wide(stdout, report.study_summary(frame, study.factors))
+    if study.per_class:
+        per_class = store.class_rows[store.class_rows["run_id"].isin(planned)]
+        report.print_wide(stdout, report.class_table(per_class))
     stderr.print(f"results: {out} and {results.classes_path(out)}", highlight=False)
 
 
-def _study_command(study: studies.Study, extra: dict | None = None):
-    """A Typer command for `study` with the shared options (and any of its own)."""
-    options = {**SHARED_OPTIONS, **(extra or {})}
+def _study_command(name: str, extra: dict | None = None, passes: tuple[str, ...] = ()):
+    """A Typer command for study `name` with the shared options and any of its own (`extra`),
+    which go to the study's builder with the shared options named in `passes`."""
+    extra = extra or {}
+    options = {**SHARED_OPTIONS, **extra}
 
-    def command(**kwargs):
-        run_study(study, kwargs)
+    def command(**values):
+        shared = {k: values[k] for k in SHARED_OPTIONS}
+        own = {k: values[k] for k in (*extra, *passes)}
+        run_study(name, shared, own)
 
     command.__signature__ = inspect.Signature([
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                          annotation=Annotated[kind, option])
-        for name, (kind, default, option) in options.items()
+        inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=default,
+                          annotation=Annotated[kind, typer_option])
+        for option, (kind, default, typer_option) in options.items()
     ])
-    app.command(study.name, help=study.description)(command)
+    app.command(name, help=studies.get_study(name).description)(command)
 
 
-_study_command(studies.get_study("linearity"))
+_study_command("linearity")
+_study_command("conv1", {"channels": (str, ",".join(map(str, studies.CONV1_CHANNELS)), typer.Option(
+    help="conv1 widths to train, comma-separated."))})
+_study_command("permutation")
+_study_command("augment", {"sets": (str, ",".join(studies.get_study("augment").variants), typer.Option(
+    help=f"Augmentation sets, comma-separated: {', '.join(studies.AUGMENT_SETS)}, or a+b combinations."))})
+_study_command("scheduler", {"schedulers": (str, ",".join(train.SCHEDULERS), typer.Option(
+    help=f"Schedulers, comma-separated ({studies.SCHEDULER_HELP})."))}, passes=("epochs", "lr"))
+_study_command("optimizer", {"optimizers": (str, ",".join(train.OPTIMIZERS), typer.Option(
+    help=f"Optimisers, comma-separated ({studies.OPTIMIZER_HELP}).",
+))}, passes=("lr",))
+_study_command("normalization")
+_study_command("regularization", {"dropout": (float, 0.5, typer.Option(
+    help="Dropout probability of the dropout variants, in [0, 1)."))})
 
 
 def main() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import astuple
 
+import numpy as np
 import pandas as pd
-
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
@@ -56,13 +57,28 @@ def params_table(counts: Counts, title: str) -> Table:
     return table
 
 
-def models_table(registry: list[dict], torchvision_names: list[str]) -> Table:
-    table = Table(title="models", caption=f"and {len(torchvision_names)} torchvision classifiers: "
-                  + ", ".join(torchvision_names))
-    for column in ("name", "input", "description"):
+def listing_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in rows[0]:
         table.add_column(column)
-    for entry in registry:
-        table.add_row(entry["name"], entry["input"], entry["description"])
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    return table
+
+
+def class_table(per_class: pd.DataFrame) -> Table:
+    """Per-class test accuracy (mean over seeds), one column per variant."""
+    means = per_class.pivot_table(index=["class_index", "class_name"], columns="variant",
+                                  values="accuracy", aggfunc="mean", sort=False)
+    variants = list(dict.fromkeys(per_class["variant"]))
+    seeds = per_class["seed"].nunique()
+    table = Table(title="per-class test accuracy (%)", caption=f"mean over {seeds} seed{'s' if seeds > 1 else ''}",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("class")
+    for variant in variants:
+        table.add_column(variant, justify="right")
+    for (_, name), row in means.iterrows():
+        table.add_row(name, *(f"{100 * row[v]:.1f}" for v in variants))
     return table
 
 
@@ -83,6 +99,14 @@ def _mean_std(values, percent: bool = False) -> str:
     return f"{scale * values.mean():.{digits}f} ± {scale * values.std():.{digits}f}{unit}"
 
 
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return "—"
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return f"{value:,}"
+    return str(value)
+
+
 def final_epochs(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, split): the last epoch each run reached."""
     last = frame.groupby("run_id")["epoch"].transform("max")
@@ -101,13 +125,15 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
     for column in ("variant", *factors, "train loss", "test loss", "test accuracy", "Δ test loss", "Δ test acc"):
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     baseline = None
+    best = final[final.split == "test"].groupby("variant")["loss"].mean().min()
     for variant, rows in final.groupby("variant", sort=False):
         train_rows, test_rows = rows[rows.split == "train"], rows[rows.split == "test"]
         means = test_rows["loss"].mean(), test_rows["accuracy"].mean()
         baseline = baseline or means
         name = variant + (" (diverged)" if (rows["status"] == "diverged").any() else "")
+        name += "  ← best test loss" if means[0] == best else ""
         table.add_row(
-            name, *(str(rows[f].iloc[0]) for f in factors),
+            name, *(_cell(rows[f].iloc[0]) for f in factors),
             _mean_std(train_rows["loss"]), _mean_std(test_rows["loss"]), _mean_std(test_rows["accuracy"], True),
             *(("—", "—") if means is baseline else
               (f"{means[0] - baseline[0]:+.4f}", f"{100 * (means[1] - baseline[1]):+.2f} pt")),

@@ -10,10 +10,11 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from ablate.count import count_model
 from ablate.data import Dataset
 from ablate.results import StudyFile
 from ablate.studies import Study
-from ablate.train import RunConfig, RunResult, train_run
+from ablate.train import RunConfig, RunResult, build_model, train_run
 
 
 @dataclass(frozen=True)
@@ -31,28 +32,37 @@ class Run:
 
 
 def plan(study: Study, options: dict, seeds: int) -> list[Run]:
-    """Every variant under seeds 0..seeds-1; a variant's own fields win over the options."""
+    """Every variant under seeds 0..seeds-1. Options left as None keep the defaults; a
+    variant's own fields win over the options, and the options over the study's base."""
+    given = {k: v for k, v in options.items() if v is not None}
     runs = []
     for variant, fields in study.variants.items():
-        config = replace(RunConfig(), **{**study.base, **options, **fields})
+        config = replace(RunConfig(), **{**study.base, **given, **fields})
         runs += [Run(study.name, variant, seed, config) for seed in range(seeds)]
     return runs
 
 
-def run_rows(run: Run, result: RunResult, device: str, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def model_size(config: RunConfig, data: Dataset) -> dict[str, int]:
+    """Parameters and FLOPs per image of the run's model (ablate.count's convention)."""
+    counts = count_model(build_model(config, data.shape[0], len(data.classes)), data.shape)
+    return {"params": counts.params, "flops": counts.flops}
+
+
+def run_rows(run: Run, result: RunResult, device: str, data: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tidy rows of one run: (variant, seed, epoch, split) rows, and per-class rows."""
     head = {"study": run.study, "variant": run.variant, "seed": run.seed}
+    size = model_size(run.config, data)
     rows = pd.DataFrame([
         {**head, "epoch": r.epoch, "split": r.split, "loss": r.loss, "accuracy": r.accuracy,
          "lr": r.lr, "seconds": r.seconds, "status": result.status, "run_id": run.run_id,
-         **run.config.columns(), "device": device}
+         **run.config.columns(), **size, "device": device}
         for r in result.epochs
     ])
-    for column in ("limit_train", "limit_test"):  # None when the whole split was used
+    for column in ("limit_train", "limit_test", "lr_step_size"):  # None where not used
         rows[column] = rows[column].astype("Int64")
     per_class = pd.DataFrame([
         {**head, "run_id": run.run_id, "class_index": i, "class_name": name, "accuracy": accuracy}
-        for i, (name, accuracy) in enumerate(zip(classes, result.class_accuracy))
+        for i, (name, accuracy) in enumerate(zip(data.classes, result.class_accuracy))
     ])
     return rows, per_class
 
@@ -63,7 +73,7 @@ def execute(
     device: torch.device,
     store: StudyFile,
     metadata: dict[str, str],
-    on_batch: Callable[[Run, int, int, float], None] | None = None,
+    on_batch: Callable[[Run, int, int, float, float], None] | None = None,
     on_run: Callable[[Run, str], None] | None = None,
 ) -> None:
     """Train the runs not yet in `store`, saving each one as soon as it finishes."""
@@ -73,8 +83,8 @@ def execute(
             if on_run is not None:
                 on_run(run, "skipped")
             continue
-        report = None if on_batch is None else (lambda e, n, loss, run=run: on_batch(run, e, n, loss))
+        report = None if on_batch is None else (lambda *progress, run=run: on_batch(run, *progress))
         result = train_run(run.config, data, run.seed, device, report)
-        store.add(*run_rows(run, result, device.type, data.classes), metadata)
+        store.add(*run_rows(run, result, device.type, data), metadata)
         if on_run is not None:
             on_run(run, result.status)

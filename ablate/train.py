@@ -32,9 +32,12 @@ class RunConfig:
     batch_size: int = 128
     lr: float = 0.02
     optimizer: str = "momentum"
-    momentum: float = 0.9
+    momentum: float | None = 0.9  # SGD's momentum; None for the optimisers without one
     weight_decay: float = 0.0
     scheduler: str = "none"
+    lr_step_size: int | None = None  # step: epochs between decays
+    lr_gamma: float | None = None  # step, exponential: factor per decay
+    lr_max: float | None = None  # onecycle: the peak learning rate
     normalization: str = "half"
     augment: str = "none"
     permutation: str = "none"
@@ -42,7 +45,8 @@ class RunConfig:
     limit_test: int | None = None
 
     def columns(self) -> dict:
-        return asdict(self)
+        """The fields as result columns; `lr` is `base_lr` there, `lr` being each epoch's."""
+        return {("base_lr" if k == "lr" else k): v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -77,13 +81,19 @@ OPTIMIZERS: dict[str, Callable] = {
     "momentum": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
     "nesterov": lambda p, c: torch.optim.SGD(
         p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay),
-    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, weight_decay=c.weight_decay),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum or 0, weight_decay=c.weight_decay),
     "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
     "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
 }
 
-SCHEDULERS: dict[str, Callable] = {
-    "none": lambda opt, c, steps: None,
+# name -> (make(optimizer, config, steps per epoch), stepped after every batch?)
+SCHEDULERS: dict[str, tuple[Callable, bool]] = {
+    "none": (lambda opt, c, steps: None, False),
+    "step": (lambda opt, c, steps: torch.optim.lr_scheduler.StepLR(opt, c.lr_step_size, c.lr_gamma), False),
+    "exponential": (lambda opt, c, steps: torch.optim.lr_scheduler.ExponentialLR(opt, c.lr_gamma), False),
+    "cosine": (lambda opt, c, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, c.epochs), False),
+    "onecycle": (lambda opt, c, steps: torch.optim.lr_scheduler.OneCycleLR(
+        opt, c.lr_max, total_steps=c.epochs * steps), True),
 }
 
 
@@ -106,12 +116,12 @@ def seeded(seed: int, stream: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def evaluate(model, x_all, y_all, prepare, permute, num_classes, batch_size=1000):
+def evaluate(model, x_all, y_all, prepare, num_classes, batch_size=1000):
     model.eval()
     loss_sum = torch.zeros((), device=x_all.device)
     correct = torch.zeros(num_classes, device=x_all.device)
     for i in range(0, len(y_all), batch_size):
-        x = permute(prepare(x_all[i:i + batch_size])).contiguous(memory_format=torch.channels_last)
+        x = prepare(x_all[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
         y = y_all[i:i + batch_size]
         out = model(x)
         loss_sum += F.cross_entropy(out, y, reduction="sum")
@@ -120,28 +130,41 @@ def evaluate(model, x_all, y_all, prepare, permute, num_classes, batch_size=1000
     return (loss_sum / len(y_all)).item(), (correct.sum() / len(y_all)).item(), (correct / counts).tolist()
 
 
+def _in_chunks(f, x, size=5000):
+    return torch.cat([f(x[i:i + size]) for i in range(0, len(x), size)])
+
+
 def train_run(
     config: RunConfig,
     data: Dataset,
     seed: int,
     device: torch.device,
-    on_batch: Callable[[int, int, float], None] | None = None,
+    on_batch: Callable[[int, int, float, float], None] | None = None,
 ) -> RunResult:
-    """Train one model; `on_batch(epoch, images done this epoch, running loss)` reports progress."""
+    """Train one model. `on_batch(epoch, images done this epoch, running loss, seconds since
+    the epoch began)` reports progress."""
     with torch.random.fork_rng(devices=[]):  # the seed alone fixes the initial weights
         torch.manual_seed(seed)
         model = build_model(config, data.shape[0], len(data.classes))
     # channels_last: 1.12-1.18x on this CPU for these nets (PERFORMANCE.md)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
-    steps_per_epoch = math.ceil(len(data.train_y) / config.batch_size)
-    scheduler = SCHEDULERS[config.scheduler](optimizer, config, steps_per_epoch)
+    make_scheduler, per_step = SCHEDULERS[config.scheduler]
+    scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
     order_gen, augment_gen = seeded(seed, 1), seeded(seed, 2)
     permute = transforms.permutation(config.permutation, data.shape[1] * data.shape[2], seeded(seed, 3))
     augment = transforms.augmentation(config.augment)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    prepare = transforms.normalizer(config.normalization, train_x)
+    normalize = transforms.normalizer(config.normalization, train_x)
+    unit = lambda x: x.float() / 255  # noqa: E731
+    if augment is None:  # every image is the same each epoch: normalise once, up front
+        train_x = _in_chunks(lambda x: normalize(unit(x)), train_x)
+        test_x = _in_chunks(lambda x: normalize(unit(x)), test_x)
+        train_prepare = test_prepare = permute
+    else:
+        train_prepare = lambda x: permute(normalize(augment(unit(x), augment_gen)))  # noqa: E731
+        test_prepare = lambda x: permute(normalize(unit(x)))  # noqa: E731
 
     records, status, n = [], "ok", len(train_y)
     for epoch in range(1, config.epochs + 1):
@@ -153,32 +176,30 @@ def train_run(
         correct = torch.zeros((), device=device)
         for step, i in enumerate(range(0, n, config.batch_size)):
             idx = order[i:i + config.batch_size]
-            x, y = prepare(train_x[idx]), train_y[idx]
-            if augment is not None:
-                x = augment(x, augment_gen)
-            x = permute(x).contiguous(memory_format=torch.channels_last)
+            x = train_prepare(train_x[idx]).contiguous(memory_format=torch.channels_last)
+            y = train_y[idx]
             out = model(x)
             loss = F.cross_entropy(out, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if scheduler is not None and getattr(scheduler, "per_step", False):
+            if scheduler is not None and per_step:
                 scheduler.step()
             loss_sum += loss.detach() * len(idx)
             correct += (out.argmax(1) == y).sum()
             if on_batch is not None and step % 10 == 9:  # .item() is a sync point on a GPU
-                on_batch(epoch, i + len(idx), loss_sum.item() / (i + len(idx)))
+                on_batch(epoch, i + len(idx), loss_sum.item() / (i + len(idx)), time.perf_counter() - start)
         train_loss = loss_sum.item() / n
-        records.append(EpochRecord(epoch, "train", train_loss, correct.item() / n, lr,
-                                   time.perf_counter() - start))
-        if scheduler is not None and not getattr(scheduler, "per_step", False):
+        train_seconds = time.perf_counter() - start
+        records.append(EpochRecord(epoch, "train", train_loss, correct.item() / n, lr, train_seconds))
+        if scheduler is not None and not per_step:
             scheduler.step()
         start = time.perf_counter()
         test_loss, test_acc, per_class = evaluate(
-            model, test_x, test_y, prepare, permute, len(data.classes))
+            model, test_x, test_y, test_prepare, len(data.classes))
         records.append(EpochRecord(epoch, "test", test_loss, test_acc, lr, time.perf_counter() - start))
         if on_batch is not None:
-            on_batch(epoch, n, train_loss)
+            on_batch(epoch, n, train_loss, train_seconds)
         if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
             status = "diverged"
             break

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ablate.errors import UsageError, unknown_name
 
@@ -19,24 +20,41 @@ Augmentation = Callable[[Batch, torch.Generator], Batch]
 # ---------------------------------------------------------------- normalisation
 
 
-def normalizer(kind: str, train_x: torch.Tensor) -> Callable[[torch.Tensor], Batch]:
-    """uint8 batch -> float batch. Statistics come from the train split only."""
-    channels = train_x.shape[1]
-    if kind == "none":  # [0, 1]
+def normalizer(kind: str, train: torch.Tensor) -> Callable[[Batch], Batch]:
+    """A function on float batches in [0, 1], fitted on the train split (uint8) only:
+    none (as is), half ([-1, 1], the PyTorch tutorial's Normalize(0.5, 0.5)), standard
+    (per-channel mean and std) or zca (whitening: decorrelated pixels of unit variance)."""
+    channels = train.shape[1]
+    if kind == "zca":
+        return zca(train)
+    if kind == "none":
         mean, std = torch.zeros(channels), torch.ones(channels)
-    elif kind == "half":  # [-1, 1], the PyTorch tutorial's Normalize((0.5,) * 3, (0.5,) * 3)
+    elif kind == "half":
         mean, std = torch.full((channels,), 0.5), torch.full((channels,), 0.5)
-    elif kind == "standard":  # per-channel mean and std of the train split
-        pixels = train_x.transpose(0, 1).reshape(channels, -1).double() / 255
+    elif kind == "standard":
+        pixels = train.transpose(0, 1).reshape(channels, -1).double() / 255
         mean, std = pixels.mean(1).float(), pixels.std(1).float()
     else:
         raise unknown_name("normalization", kind, list(NORMALIZATIONS))
-    scale = (1 / (255 * std)).view(1, -1, 1, 1).to(train_x.device)
-    shift = (-mean / std).view(1, -1, 1, 1).to(train_x.device)
-    return lambda x: x.float() * scale + shift
+    mean = mean.view(1, -1, 1, 1).to(train.device)
+    std = std.view(1, -1, 1, 1).to(train.device)
+    return lambda x: (x - mean) / std
 
 
-NORMALIZATIONS = ("none", "half", "standard")
+def zca(train: torch.Tensor, epsilon: float = 1e-2, fit_images: int = 10_000) -> Callable[[Batch], Batch]:
+    """ZCA whitening fitted on up to `fit_images` train images (a fixed subset: the D x D
+    covariance of all 50,000 CIFAR images costs 20 times more for the same matrix)."""
+    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:fit_images]
+    x = train[subset.to(train.device)].flatten(1).double() / 255
+    mean = x.mean(0)
+    x = x - mean
+    values, vectors = torch.linalg.eigh(x.T @ x / len(x))
+    whiten = (vectors * (values.clamp(min=0) + epsilon).rsqrt()) @ vectors.T
+    mean, whiten = mean.float(), whiten.float()
+    return lambda batch: ((batch.flatten(1) - mean) @ whiten).view_as(batch)
+
+
+NORMALIZATIONS = ("none", "half", "standard", "zca")
 
 
 # ---------------------------------------------------------------- pixel permutations
@@ -70,22 +88,31 @@ PERMUTATIONS = ("none", "fixed", "fresh")
 
 
 # ---------------------------------------------------------------- augmentations
+# On float batches in [0, 1], before normalisation; per-image randomness from `gen`.
 
 
-def _uniform(gen, n, low, high, device):
+def _uniform(gen: torch.Generator, n: int, low: float, high: float, device) -> torch.Tensor:
     return (torch.rand(n, generator=gen) * (high - low) + low).to(device)
+
+
+def _coin(gen: torch.Generator, n: int, device, p: float = 0.5) -> torch.Tensor:
+    return (torch.rand(n, generator=gen) < p).to(device).view(-1, 1, 1, 1)
 
 
 def flip(x: Batch, gen: torch.Generator) -> Batch:
     """Horizontal flip of a random half of the images."""
-    mask = (torch.rand(len(x), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(mask, x.flip(3), x)
+    return torch.where(_coin(gen, len(x), x.device), x.flip(3), x)
+
+
+def vflip(x: Batch, gen: torch.Generator) -> Batch:
+    """Vertical flip of a random half of the images."""
+    return torch.where(_coin(gen, len(x), x.device), x.flip(2), x)
 
 
 def crop(x: Batch, gen: torch.Generator, pad: int = 4) -> Batch:
     """A random crop per image from the image zero-padded by `pad` on every side."""
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
     rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
@@ -94,10 +121,116 @@ def crop(x: Batch, gen: torch.Generator, pad: int = 4) -> Batch:
     return out.gather(3, cols)
 
 
+def color_jitter(x: Batch, gen: torch.Generator, strength: float = 0.4, hue: float = 0.1) -> Batch:
+    """Brightness, contrast and saturation factors in [1 - strength, 1 + strength] and a hue
+    turn of up to `hue` of a circle (a rotation of the YIQ chroma plane), per image."""
+    b, device = len(x), x.device
+    factor = lambda: _uniform(gen, b, 1 - strength, 1 + strength, device).view(b, 1, 1, 1)  # noqa: E731
+    x = (x * factor()).clamp(0, 1)
+    gray = x.mean(1, keepdim=True) if x.shape[1] == 1 else _luma(x)
+    mean = gray.mean((2, 3), keepdim=True)
+    x = ((x - mean) * factor() + mean).clamp(0, 1)
+    if x.shape[1] == 3:
+        x = ((x - _luma(x)) * factor() + _luma(x)).clamp(0, 1)
+        angle = _uniform(gen, b, -hue, hue, device) * 2 * torch.pi
+        x = _rotate_hue(x, angle).clamp(0, 1)
+    return x
+
+
+def _luma(x: Batch) -> Batch:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _rotate_hue(x: Batch, angle: torch.Tensor) -> Batch:
+    cos, sin = angle.cos(), angle.sin()
+    rotation = torch.zeros(len(x), 3, 3, device=x.device)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2], rotation[:, 2, 1], rotation[:, 2, 2] = cos, -sin, sin, cos
+    to_yiq = _TO_YIQ.to(x.device)
+    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq  # B x 3 x 3, applied to each pixel
+    return torch.einsum("bij,bjhw->bihw", matrix, x)
+
+
+def _warp(x: Batch, theta: torch.Tensor) -> Batch:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+def _affine_matrices(gen, b, device, degrees, translate=0.0, scale=(1.0, 1.0), shear=0.0):
+    angle = _uniform(gen, b, -degrees, degrees, device) * torch.pi / 180
+    shift = _uniform(gen, 2 * b, -2 * translate, 2 * translate, device).view(b, 2)  # grid units: 2 = width
+    zoom = _uniform(gen, b, *scale, device)
+    skew = _uniform(gen, b, -shear, shear, device) * torch.pi / 180
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 1] = cos / zoom, (-sin + torch.tan(skew) * cos) / zoom
+    theta[:, 1, 0], theta[:, 1, 1] = sin / zoom, cos / zoom
+    theta[:, :, 2] = shift
+    return theta
+
+
+def rotation(x: Batch, gen: torch.Generator, degrees: float = 15) -> Batch:
+    """A random rotation per image, up to `degrees` either way."""
+    return _warp(x, _affine_matrices(gen, len(x), x.device, degrees))
+
+
+def affine(x: Batch, gen: torch.Generator) -> Batch:
+    """Per image: rotation up to 15 degrees, shift up to 10 %, scale 0.9-1.1, shear up to 10 degrees."""
+    return _warp(x, _affine_matrices(gen, len(x), x.device, 15, 0.1, (0.9, 1.1), 10))
+
+
+def perspective(x: Batch, gen: torch.Generator, distortion: float = 0.5, p: float = 0.5) -> Batch:
+    """With probability p per image, move each corner inwards by up to `distortion` / 2 of the
+    size (torchvision's RandomPerspective) and warp the image by that homography."""
+    b, device = len(x), x.device
+    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device)
+    moved = corners - corners.sign() * _uniform(gen, b * 8, 0, distortion, device).view(b, 4, 2)
+    keep = ~_coin(gen, b, device, p).view(b, 1, 1)
+    moved = torch.where(keep, corners, moved)
+    # grid_sample needs, per output pixel, where to read: the homography taking the moved
+    # corners (where the image corners land) back to the image corners; solve A h = rhs
+    ox, oy = moved[..., 0], moved[..., 1]
+    ix, iy = corners[:, 0].expand(b, 4), corners[:, 1].expand(b, 4)
+    zero, one = torch.zeros_like(ox), torch.ones_like(ox)
+    rows_x = torch.stack([ox, oy, one, zero, zero, zero, -ox * ix, -oy * ix], -1)
+    rows_y = torch.stack([zero, zero, zero, ox, oy, one, -ox * iy, -oy * iy], -1)
+    h = torch.linalg.solve(torch.cat([rows_x, rows_y], 1), torch.cat([ix, iy], 1))
+    h = torch.cat([h, torch.ones(b, 1, device=device)], 1).view(b, 3, 3)
+    height, width = x.shape[2:]
+    ys = (torch.arange(height, device=device) * 2 + 1) / height - 1
+    xs = (torch.arange(width, device=device) * 2 + 1) / width - 1
+    grid = torch.stack([xs.expand(height, width), ys.view(-1, 1).expand(height, width),
+                        torch.ones(height, width, device=device)], -1)
+    mapped = torch.einsum("bij,hwj->bhwi", h, grid)
+    return F.grid_sample(x, mapped[..., :2] / mapped[..., 2:], align_corners=False)
+
+
+def blur(x: Batch, gen: torch.Generator, kernel: int = 3, sigma=(0.1, 2.0)) -> Batch:
+    """Gaussian blur with a random sigma per image (torchvision's GaussianBlur(3, (0.1, 2)))."""
+    b, c, h, w = x.shape
+    s = _uniform(gen, b, *sigma, x.device).view(b, 1)
+    offsets = torch.arange(kernel, device=x.device) - kernel // 2
+    weights = torch.exp(-(offsets ** 2) / (2 * s ** 2))
+    weights = (weights / weights.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (b*c) x k
+    planes = F.pad(x.reshape(1, b * c, h, w), [kernel // 2] * 4, mode="reflect")
+    planes = F.conv2d(planes, weights.view(b * c, 1, kernel, 1), groups=b * c)
+    planes = F.conv2d(planes, weights.view(b * c, 1, 1, kernel), groups=b * c)
+    return planes.view(b, c, h, w)
+
+
 AUGMENTATIONS: dict[str, Augmentation] = {
     "flip": flip,
     "crop": crop,
     "crop-flip": lambda x, gen: flip(crop(x, gen), gen),
+    "color-jitter": color_jitter,
+    "affine": affine,
+    "perspective": perspective,
+    "rotation": rotation,
+    "vflip": vflip,
+    "blur": blur,
 }
 
 
@@ -117,11 +250,3 @@ def augmentation(name: str) -> Augmentation | None:
         return x
 
     return chain
-
-
-def check_names(kind: str, names: list[str], allowed) -> None:
-    for name in names:
-        if name not in allowed:
-            raise unknown_name(kind, name, list(allowed))
-    if not names:
-        raise UsageError(f"give at least one {kind}")

@@ -95,9 +95,9 @@ def test_warning_for_operators_without_rule(tmp_path, monkeypatch):
 
 def test_list_models():
     result = invoke("list", "models", "--json")
-    listed = json.loads(result.stdout)
-    assert {"lenet5", "tutorial", "threeconv"} <= {m["name"] for m in listed["ablate"]}
-    assert "resnet18" in listed["torchvision"]
+    listed = {m["name"]: m["source"] for m in json.loads(result.stdout)}
+    assert {listed[m] for m in ("lenet5", "tutorial", "threeconv")} == {"ablate"}
+    assert listed["resnet18"] == "torchvision"
     assert "lenet5" in invoke("params", "--list").stdout
 
 

@@ -129,11 +129,55 @@ def test_fresh_permutation_differs_per_image_and_call():
 
 def test_standard_normalization_uses_train_statistics():
     train_x = torch.randint(0, 256, (500, 3, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
-    z = transforms.normalizer("standard", train_x)(train_x)
+    z = transforms.normalizer("standard", train_x)(train_x.float() / 255)
     assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(z.std((0, 2, 3)), torch.ones(3), atol=1e-3)
-    half = transforms.normalizer("half", train_x)(torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 1, 1))
+    half = transforms.normalizer("half", train_x)(torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 3, 1, 1))
     assert half[:, 0].flatten().tolist() == [-1.0, 1.0]
+
+
+def correlated_pixels(n=4000):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(n, 12, generator=gen) @ (torch.eye(12) + torch.rand(12, 12, generator=gen))
+    z = (z - z.min()) / (z.max() - z.min())
+    return (z * 255).round().to(torch.uint8).view(n, 3, 2, 2)
+
+
+def test_zca_whitens_the_train_pixels():
+    train_x = correlated_pixels()
+    z = transforms.zca(train_x, epsilon=1e-8)(train_x.float() / 255).flatten(1)
+    assert torch.allclose(torch.cov(z.T), torch.eye(12), atol=0.02)
+    z = transforms.normalizer("zca", train_x)(train_x.float() / 255).flatten(1)  # epsilon 1e-2
+    correlation = torch.corrcoef(z.T) - torch.eye(12)
+    before = torch.corrcoef(train_x.flatten(1).float().T) - torch.eye(12)
+    assert correlation.abs().mean() < before.abs().mean() / 2
+
+
+@pytest.mark.parametrize("name", ["flip", "vflip", "crop", "color-jitter", "affine", "perspective", "rotation", "blur"])
+def test_every_augmentation_is_per_image_and_seeded(name):
+    same = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)).expand(32, 3, 16, 16)
+    f = transforms.augmentation(name)
+    a = f(same, torch.Generator().manual_seed(0))
+    b = f(same, torch.Generator().manual_seed(0))
+    assert a.shape == same.shape and torch.equal(a, b)
+    distinct = len({tuple(a[i].flatten().tolist()) for i in range(32)})
+    assert distinct == 2 if "flip" in name else distinct > 4  # not one draw for the whole batch
+    assert a.min() >= -1e-6 and a.max() <= 1 + 1e-6
+
+
+def test_perspective_keeps_undistorted_images_and_shrinks_the_others():
+    x = torch.ones(64, 1, 16, 16)
+    y = transforms.perspective(x, torch.Generator().manual_seed(0))
+    unchanged = [torch.allclose(y[i], x[i], atol=1e-5) for i in range(64)]
+    assert 10 < sum(unchanged) < 54  # p = 0.5
+    warped = [i for i in range(64) if not unchanged[i]]
+    assert all(y[i].mean() < 1 for i in warped)  # the image shrank inside black borders
+
+
+def test_combined_augmentations_apply_in_order():
+    x = torch.rand(8, 3, 8, 8)
+    combined = transforms.augmentation("crop-flip+vflip")
+    assert combined(x, torch.Generator().manual_seed(0)).shape == x.shape
 
 
 @pytest.mark.parametrize("kind,name", [("augmentation", "flips"), ("permutation", "shuffled")])
