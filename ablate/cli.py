@@ -9,12 +9,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from ablate import arch, count, data, report, results, runner, studies, train, transforms
+from ablate import arch, compare, count, data, plot, report, results, runner, studies, train, transforms
 from ablate.errors import UsageError
 
 stdout = Console()
@@ -188,6 +189,8 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "out": (Optional[Path], None, typer.Option(help="Results file (default: results/STUDY.parquet).")),
     "resume": (bool, False, typer.Option("--resume", help="Keep the runs already in --out and train the rest.")),
     "force": (bool, False, typer.Option("--force", help="Overwrite an existing --out.")),
+    "plot": (Optional[Path], None, typer.Option(
+        help="Also draw the study's natural figure to FILE (.png, .svg or .pdf).")),
 }
 TRAINING_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "limit_train", "limit_test")
 
@@ -205,6 +208,9 @@ def run_study(name: str, options: dict, study_values: dict) -> None:
         raise UsageError(f"--lr must be > 0, got {options['lr']}")
     study = studies.get_study(name, **study_values)
     out = options["out"] or Path("results") / f"{study.name}.parquet"
+    if options["plot"] is not None:
+        plot.check_figure_path(options["plot"])
+        results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
     store = results.StudyFile(out, resume=options["resume"], force=options["force"])
     config = {k: getattr(options[k], "value", options[k]) for k in TRAINING_OPTIONS}
@@ -249,6 +255,9 @@ def run_study(name: str, options: dict, study_values: dict) -> None:
         per_class = store.class_rows[store.class_rows["run_id"].isin(planned)]
         report.print_wide(stdout, report.class_table(per_class))
     stderr.print(f"results: {out} and {results.classes_path(out)}", highlight=False)
+    if options["plot"] is not None:
+        draw(out, options["plot"], PlotKind(study.plot), None, planned)
+        stderr.print(f"figure: {options['plot']}", highlight=False)
 
 
 def _study_command(name: str, extra: dict | None = None, passes: tuple[str, ...] = ()):
@@ -284,6 +293,75 @@ _study_command("optimizer", {"optimizers": (str, ",".join(train.OPTIMIZERS), typ
 _study_command("normalization")
 _study_command("regularization", {"dropout": (float, 0.5, typer.Option(
     help="Dropout probability of the dropout variants, in [0, 1)."))})
+
+
+# ---------------------------------------------------------------- report and plot
+
+
+class PlotKind(str, Enum):
+    curves = "curves"
+    sweep = "sweep"
+    classes = "classes"
+
+
+@app.command("report")
+def report_command(
+    paths: list[Path] = typer.Argument(..., help="Study files (.parquet) written by ablate."),
+    epoch: Optional[int] = typer.Option(None, "--epoch", min=1, help="Compare at this epoch (default: the last)."),
+    best: bool = typer.Option(False, "--best", help="Compare each run at its epoch of best test accuracy."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant to compare with (default: the first)."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format"),
+):
+    """Mean, std and 95 % t-interval over seeds of the test loss and accuracy per variant, and
+    the paired difference to a baseline variant with its interval."""
+    if epoch is not None and best:
+        raise UsageError("give --epoch or --best, not both")
+    frames = [results.read_results(p) for p in paths]
+    chosen = compare.pick_epochs(pd.concat(frames, ignore_index=True), epoch, best)
+    summary = compare.summarize(chosen, baseline)
+    if format == OutputFormat.csv:
+        sys.stdout.write(summary.to_csv(index=False))
+    elif format == OutputFormat.json:
+        sys.stdout.write(summary.to_json(orient="records", indent=1) + "\n")
+    else:
+        label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
+        for study in summary["study"].unique():
+            report.print_wide(stdout, report.comparison_table(summary, study, label))
+
+
+def draw(path: Path, out: Path, kind: PlotKind | None, factor: str | None, run_ids=None) -> None:
+    frame = results.read_results(path)
+    if run_ids is not None:
+        frame = frame[frame["run_id"].isin(run_ids)]
+    registered = [s for s in frame["study"].unique() if s in studies.STUDIES]
+    study = studies.get_study(registered[0]) if registered else None
+    kind = kind or PlotKind(study.plot if study else "curves")
+    if kind == PlotKind.curves:
+        plot.curves(frame, out)
+    elif kind == PlotKind.sweep:
+        plot.sweep(frame, factor or plot.numeric_factor(frame, study.factors if study else tuple(frame)), out)
+    else:
+        per_class = results.classes_path(path)
+        if not per_class.exists():
+            raise UsageError(f"--kind classes needs {str(per_class)!r}, written beside {str(path)!r}")
+        rows = pd.read_parquet(per_class)
+        plot.classes(rows if run_ids is None else rows[rows["run_id"].isin(run_ids)], out)
+
+
+@app.command("plot")
+def plot_command(
+    path: Path = typer.Argument(..., help="A study file (.parquet) written by ablate."),
+    out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
+    kind: Optional[PlotKind] = typer.Option(None, "--kind", help="curves (per epoch), sweep (final loss "
+                                            "against a numeric factor), classes (per-class accuracy); "
+                                            "default: the study's natural one."),
+    factor: Optional[str] = typer.Option(None, "--factor", help="The numeric column of --kind sweep."),
+):
+    """Draw a study's figure: learning curves, a sweep (the U-curve of conv1) or per-class bars."""
+    plot.check_figure_path(out)
+    results.check_writable(out, plot.FORMATS)
+    draw(path, out, kind, factor)
+    stderr.print(f"figure: {out}", highlight=False)
 
 
 def main() -> None:

@@ -139,3 +139,44 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
               (f"{means[0] - baseline[0]:+.4f}", f"{100 * (means[1] - baseline[1]):+.2f} pt")),
         )
     return table
+
+
+def _interval_cell(mean, std, low, high, scale=1.0, digits=4) -> str:
+    text = f"{scale * mean:.{digits}f}"
+    if std == std:  # not NaN: more than one seed
+        text += f" ± {scale * std:.{digits}f}  [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+    return text
+
+
+def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Table:
+    """`ablate report`: one study's variants with 95 % intervals and paired differences."""
+    rows = summary[summary["study"] == study]
+    base = rows["baseline"].iloc[0]
+    seeds = rows["seeds"].max()
+    caption = ("mean ± std [95 % t-interval over seeds]; Δ: paired difference to the baseline over "
+               "shared seeds, * when its interval excludes 0")
+    if seeds < 2:
+        caption = "one seed: no interval can be given (train with --seeds 2 or more)"
+    table = Table(title=f"{study}: test metrics at {epoch_label}, baseline {base!r}", caption=caption,
+                  box=box.SIMPLE_HEAD)
+    for column in ("variant", "seeds", "test loss", "test accuracy (%)", "Δ loss", "Δ accuracy (pt)"):
+        table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
+    for variant, group in rows.groupby("variant", sort=False):
+        loss = group[group.metric == "test_loss"].iloc[0]
+        acc = group[group.metric == "test_accuracy"].iloc[0]
+        deltas = []
+        for row, scale in ((loss, 1.0), (acc, 100.0)):
+            if row["diff"] != row["diff"]:
+                deltas.append("—")
+                continue
+            text = f"{scale * row['diff']:+.4f}" if scale == 1 else f"{scale * row['diff']:+.2f}"
+            if row["diff_ci_low"] == row["diff_ci_low"]:
+                digits = 4 if scale == 1 else 2
+                text += f" [{scale * row['diff_ci_low']:+.{digits}f}, {scale * row['diff_ci_high']:+.{digits}f}]"
+                text += " *" if row["significant"] else "  "
+            deltas.append(text)
+        table.add_row(variant, str(loss["seeds"]),
+                      _interval_cell(loss["mean"], loss["std"], loss["ci_low"], loss["ci_high"]),
+                      _interval_cell(acc["mean"], acc["std"], acc["ci_low"], acc["ci_high"], 100, 2),
+                      *deltas)
+    return table

@@ -88,6 +88,8 @@ def classes_path(path: Path) -> Path:
 
 def read_results(path: Path) -> pd.DataFrame:
     """A study file written by ablate; anything else is a usage error."""
+    if not Path(path).is_file():
+        raise UsageError(f"no such file: {str(path)!r}")
     try:
         frame = pd.read_parquet(path)
     except Exception as error:

@@ -21,6 +21,7 @@ class Study:
     factors: tuple[str, ...]  # the fields the variants vary: the summary's columns
     base: dict = field(default_factory=dict)  # RunConfig fields every variant of the study sets
     per_class: bool = False  # the summary shows per-class test accuracy side by side
+    plot: str = "curves"  # its natural figure: curves, sweep or classes
 
 
 STUDIES: dict[str, Callable[..., Study]] = {}
@@ -84,6 +85,7 @@ def conv1(channels: str | list = CONV1_CHANNELS) -> Study:
         "The tutorial net with conv1's out_channels swept: train and test loss against width.",
         variants={str(c): {"conv1_channels": c} for c in widths},
         factors=("conv1_channels", "params", "flops"),
+        plot="sweep",
     )
 
 
@@ -97,6 +99,7 @@ def permutation() -> Study:
                   "fresh": {"permutation": "fresh"}},
         factors=("permutation",),
         per_class=True,
+        plot="classes",
     )
 
 

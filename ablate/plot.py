@@ -1,0 +1,123 @@
+"""The reference studies' figures, drawn headless with matplotlib from study files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display is needed or wanted
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from ablate.errors import UsageError  # noqa: E402
+
+KINDS = ("curves", "sweep", "classes")
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_figure_path(path: Path) -> None:
+    if Path(path).suffix.lower() not in FORMATS:
+        raise UsageError(f"cannot draw {str(path)!r}: the file name must end in {', '.join(FORMATS)}")
+
+
+def _title(frame: pd.DataFrame) -> str:
+    seeds = frame["seed"].nunique()
+    dataset = ", ".join(frame["dataset"].unique()) if "dataset" in frame else ""
+    return f"{', '.join(frame['study'].unique())} on {dataset} ({seeds} seed{'s' if seeds > 1 else ''})"
+
+
+def _colors(variants: list[str]) -> dict[str, str]:
+    palette = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20").colors
+    return {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+
+
+def curves(frame: pd.DataFrame, path: Path) -> None:
+    """Loss and accuracy per epoch; train dashed, test solid; mean over seeds, band = ± std."""
+    variants = list(dict.fromkeys(frame["variant"]))
+    colors = _colors(variants)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    stats = frame.groupby(["variant", "split", "epoch"])[["loss", "accuracy"]].agg(["mean", "std"])
+    for ax, metric, scale, label in ((axes[0], "loss", 1, "cross-entropy loss"),
+                                     (axes[1], "accuracy", 100, "accuracy (%)")):
+        for variant in variants:
+            for split, style in (("train", "--"), ("test", "-")):
+                if (variant, split) not in stats.index.droplevel(2):
+                    continue
+                s = stats.loc[(variant, split)]
+                mean, std = scale * s[(metric, "mean")], scale * s[(metric, "std")].fillna(0)
+                ax.plot(s.index, mean, style, color=colors[variant], lw=1.8,
+                        marker="o" if len(s) <= 12 else None, ms=3)
+                ax.fill_between(s.index, mean - std, mean + std, color=colors[variant], alpha=0.15, lw=0)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colors[v], lw=2, label=v) for v in variants]
+    handles += [Line2D([], [], color="0.3", ls="--", label="train"), Line2D([], [], color="0.3", label="test")]
+    axes[1].legend(handles=handles, loc="lower right", fontsize=8)
+    fig.suptitle(_title(frame) + ": mean over seeds, band ± 1 std")
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def numeric_factor(frame: pd.DataFrame, factors: tuple[str, ...]) -> str:
+    for factor in factors:
+        if factor in frame and pd.api.types.is_numeric_dtype(frame[factor]) \
+                and not pd.api.types.is_bool_dtype(frame[factor]) and frame[factor].nunique() > 1:
+            return factor
+    raise UsageError("no numeric factor varies across this file's variants: use --kind curves "
+                     "or name one with --factor")
+
+
+def sweep(frame: pd.DataFrame, factor: str, path: Path) -> None:
+    """Final train and test loss against a numeric factor, error bars = ± std over seeds."""
+    if factor not in frame:
+        raise UsageError(f"no column {factor!r} in this file to sweep over")
+    final = frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for split, style, color in (("train", "o--", "tab:blue"), ("test", "s-", "tab:orange")):
+        s = final[final.split == split].groupby(factor)["loss"].agg(["mean", "std"]).sort_index()
+        ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), fmt=style, color=color, capsize=3,
+                    label=f"{split} loss")
+        if split == "test":
+            best = s["mean"].idxmin()
+            ax.plot([best], [s["mean"][best]], "o", ms=12, mfc="none", mec="tab:red")
+            ax.annotate(f"lowest test loss: {best}", (best, s["mean"][best]), textcoords="offset points",
+                        xytext=(0, 14), ha="center", fontsize=9, color="tab:red")
+    ax.set_xlabel(factor.replace("_", " "))
+    ax.set_ylabel("final cross-entropy loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(_title(frame) + ": mean ± 1 std")
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def classes(per_class: pd.DataFrame, path: Path) -> None:
+    """Per-class test accuracy as grouped bars: one group per class, one bar per variant."""
+    variants = list(dict.fromkeys(per_class["variant"]))
+    colors = _colors(variants)
+    names = list(dict.fromkeys(per_class.sort_values("class_index")["class_name"]))
+    stats = per_class.groupby(["variant", "class_name"])["accuracy"].agg(["mean", "std"])
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) * max(1, len(variants) / 3)), 4.5),
+                           constrained_layout=True)
+    for i, variant in enumerate(variants):
+        s = stats.loc[variant].reindex(names)
+        positions = [c + (i - (len(variants) - 1) / 2) * width for c in range(len(names))]
+        ax.bar(positions, 100 * s["mean"], width, yerr=100 * s["std"].fillna(0), capsize=2,
+               color=colors[variant], label=variant, error_kw={"ecolor": "0.35", "lw": 0.8})
+    ax.set_xticks(range(len(names)), names, rotation=30 if max(map(len, names)) > 6 else 0, ha="right"
+                  if max(map(len, names)) > 6 else "center")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    seeds = per_class["seed"].nunique()
+    ax.set_title(f"per-class test accuracy, {', '.join(per_class['study'].unique())} "
+                 f"({seeds} seed{'s' if seeds > 1 else ''}, mean ± 1 std)")
+    fig.savefig(path)
+    plt.close(fig)

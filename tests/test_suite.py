@@ -1,0 +1,162 @@
+"""The ablation suite: every study command, its factors, and the robust effects only."""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ablate import runner, studies, transforms
+from ablate.cli import app
+from ablate.count import count_model
+from ablate.data import load_dataset
+from ablate.train import RunConfig, build_model, train_run
+
+cli = CliRunner()
+TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "1",
+        "--batch-size", "50", "--device", "cpu"]
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+FACTOR = {"linearity": "activation", "conv1": "conv1_channels", "permutation": "permutation",
+          "augment": "augment", "scheduler": "scheduler", "optimizer": "optimizer",
+          "normalization": "normalization", "regularization": "batchnorm"}
+
+
+@pytest.mark.parametrize("name", list(studies.STUDIES))
+def test_every_study_is_well_formed(name):
+    study = studies.get_study(name)
+    assert study.name == name and len(study.variants) >= 2
+    for fields in study.variants.values():
+        assert set(fields) <= CONFIG_FIELDS
+        dataclasses.replace(RunConfig(), **{**study.base, **fields})
+    assert FACTOR[name] in study.factors
+
+
+def test_registry_rejects_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        studies.register_study(studies.linearity)
+
+
+@pytest.mark.parametrize("name", list(studies.STUDIES))
+def test_every_study_command_runs(tmp_path, name):
+    extra = ["--channels", "2,6"] if name == "conv1" else []
+    out = tmp_path / f"{name}.parquet"
+    result = cli.invoke(app, [name, *TINY, *extra, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    study = studies.get_study(name)
+    expected = ["2", "6"] if name == "conv1" else list(study.variants)
+    assert list(frame["variant"].unique()) == expected
+    assert frame.groupby("variant")[FACTOR[name]].nunique().eq(1).all()
+    assert frame[FACTOR[name]].nunique() > 1 or name == "linearity"
+    assert (frame["status"] == "ok").all()
+    assert "test accuracy" in result.stdout
+
+
+def test_conv1_records_size_from_count(tmp_path):
+    out = tmp_path / "c.parquet"
+    assert cli.invoke(app, ["conv1", *TINY, "--channels", "3,36", "--out", str(out)]).exit_code == 0
+    frame = pd.read_parquet(out).groupby("conv1_channels")[["params", "flops"]].first()
+    for width in (3, 36):
+        counts = count_model(build_model(RunConfig(conv1_channels=width), 3, 10), (3, 32, 32))
+        assert frame.loc[width].tolist() == [counts.params, counts.flops]
+    assert frame.loc[36, "params"] - frame.loc[3, "params"] == 33 * (3 * 25 + 1) + 16 * 33 * 25
+
+
+def test_scheduler_learning_rate_is_recorded_per_epoch(tmp_path):
+    out = tmp_path / "s.parquet"
+    args = ["scheduler", *TINY, "--epochs", "3", "--lr", "0.05", "--schedulers", "none,step,onecycle,cosine",
+            "--out", str(out)]
+    assert cli.invoke(app, args).exit_code == 0
+    frame = pd.read_parquet(out)
+    lr = frame[frame.split == "train"].pivot(index="epoch", columns="variant", values="lr")
+    assert lr["none"].tolist() == [0.05] * 3
+    assert lr["step"].tolist() == pytest.approx([0.05, 0.005, 0.0005])  # step size epochs // 3 = 1
+    assert lr["cosine"].tolist() == pytest.approx([0.05, 0.0375, 0.0125])
+    assert lr["onecycle"].iloc[0] == pytest.approx(0.2 / 25)  # starts at lr_max / 25
+    assert frame.groupby("variant")["lr_max"].first()["onecycle"] == pytest.approx(0.2)
+
+
+def test_optimizers_take_their_own_defaults_or_the_given_lr(tmp_path):
+    defaults, given = tmp_path / "d.parquet", tmp_path / "g.parquet"
+    assert cli.invoke(app, ["optimizer", *TINY, "--optimizers", "sgd,adamw", "--out", str(defaults)]).exit_code == 0
+    assert cli.invoke(app, ["optimizer", *TINY, "--optimizers", "sgd,adamw", "--lr", "0.003",
+                            "--out", str(given)]).exit_code == 0
+    first = pd.read_parquet(defaults).groupby("variant")[["base_lr", "weight_decay"]].first()
+    assert first.to_dict("index") == {"sgd": {"base_lr": 0.1, "weight_decay": 0.0},
+                                      "adamw": {"base_lr": 0.001, "weight_decay": 0.01}}
+    assert set(pd.read_parquet(given)["base_lr"]) == {0.003}
+
+
+def test_augmentation_touches_the_train_split_only(monkeypatch):
+    seen = []
+
+    def spy(x, gen):
+        seen.append(len(x))
+        return x
+
+    monkeypatch.setitem(transforms.AUGMENTATIONS, "spy", spy)
+    data = load_dataset("synthetic", limit_train=300, limit_test=100)
+    train_run(RunConfig(epochs=2, batch_size=50, augment="spy"), data, 0, torch.device("cpu"))
+    assert sum(seen) == 2 * 300
+
+
+def fashion_mnist_available():
+    return Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() or os.environ.get("CI")
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_permutation_ordering_holds_for_every_seed(tmp_path):
+    # The robust effect (EXPERIMENTS.md A): a fresh permutation ruins learning, for every seed.
+    # Original vs fixed is not asserted per seed: the gap is small and depends on the budget
+    # (at 12,000 images it vanishes); only its sign on average at this budget is.
+    out = tmp_path / "p.parquet"
+    result = cli.invoke(app, ["permutation", "--dataset", "fashion-mnist", "--limit-train", "6000",
+                              "--limit-test", "1000", "--epochs", "2", "--batch-size", "64", "--lr", "0.01",
+                              "--seeds", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    final = frame[(frame.split == "test") & (frame.epoch == 2)].pivot(index="seed", columns="variant",
+                                                                      values="accuracy")
+    assert (final["original"] > final["fresh"] + 0.25).all(), final
+    assert (final["fixed"] > final["fresh"] + 0.1).all(), final
+    assert final["original"].mean() > final["fixed"].mean(), final
+    assert "per-class test accuracy" in result.stdout and "Ankle boot" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["augment", "--sets", "none,sparkle"], "unknown augmentation 'sparkle'"),
+        (["augment", "--sets", "crop-flip+wobble"], "allowed: none, flip, crop"),
+        (["scheduler", "--schedulers", "linear"], "unknown scheduler 'linear'"),
+        (["optimizer", "--optimizers", "sgd,lion"], "allowed: sgd, momentum, nesterov, rmsprop, adam, adamw"),
+        (["conv1", "--channels", "2,0"], "whole numbers >= 1"),
+        (["conv1", "--channels", "2,six"], "whole numbers >= 1"),
+        (["conv1", "--channels", ""], "give at least one channel count"),
+        (["regularization", "--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["regularization", "--dropout", "-0.1"], "--dropout must be in [0, 1)"),
+        (["augment", "--sets", "flip,flip"], "listed twice"),
+    ],
+)
+def test_bad_study_options_exit_2_before_training(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("trained"))
+    result = cli.invoke(app, [*args, "--dataset", "synthetic"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+@pytest.mark.parametrize("topic,name", [("studies", "permutation"), ("datasets", "fashion-mnist"),
+                                        ("augmentations", "perspective"), ("schedulers", "onecycle"),
+                                        ("optimizers", "adamw"), ("models", "threeconv")])
+def test_list_topics(topic, name):
+    result = cli.invoke(app, ["list", topic, "--json"])
+    assert result.exit_code == 0
+    assert name in {row["name"] for row in json.loads(result.stdout)}
+    assert name in cli.invoke(app, ["list", topic]).stdout
