@@ -224,7 +224,7 @@ def parse_spec(spec: str) -> nn.Sequential:
             raise UsageError(f"malformed layer spec at {where}: expected Layer(args), got {ast.unparse(call)!r}")
         name = ast.unparse(call.func).removeprefix("torch.").removeprefix("nn.")
         if name not in classes:
-            raise unknown_name("torch.nn layer", name, sorted(classes), hint=where)
+            raise unknown_name("torch.nn layer", name, sorted(classes), hint=f"at {where}")
         try:
             args = [ast.literal_eval(a) for a in call.args]
             kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}

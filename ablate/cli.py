@@ -186,13 +186,15 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "device": (Device, Device.auto, typer.Option(help="auto: cuda, then mps, then cpu.")),
     "limit_train": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N train images.")),
     "limit_test": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N test images.")),
+    "deterministic": (bool, False, typer.Option(
+        "--deterministic", help="Use torch's deterministic algorithms (bit-identical reruns on GPUs too).")),
     "out": (Optional[Path], None, typer.Option(help="Results file (default: results/STUDY.parquet).")),
     "resume": (bool, False, typer.Option("--resume", help="Keep the runs already in --out and train the rest.")),
     "force": (bool, False, typer.Option("--force", help="Overwrite an existing --out.")),
     "plot": (Optional[Path], None, typer.Option(
         help="Also draw the study's natural figure to FILE (.png, .svg or .pdf).")),
 }
-TRAINING_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "limit_train", "limit_test")
+TRAINING_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "limit_train", "limit_test", "deterministic")
 
 
 def _progress() -> Progress:
@@ -212,52 +214,55 @@ def run_study(name: str, options: dict, study_values: dict) -> None:
         plot.check_figure_path(options["plot"])
         results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
-    store = results.StudyFile(out, resume=options["resume"], force=options["force"])
     config = {k: getattr(options[k], "value", options[k]) for k in TRAINING_OPTIONS}
-    dataset = data.load_dataset(config["dataset"], options["data_dir"], config["limit_train"], config["limit_test"])
-    runs = runner.plan(study, config, options["seeds"])
-    metadata = {**results.provenance(ARGV), "device": device.type}
-    todo = [r for r in runs if r.run_id not in store.done()]
-    images = len(dataset.train_y)
-    finished: list[runner.Run] = []
-
-    with _progress() as progress:
-        task = progress.add_task(study.name, total=sum(r.config.epochs for r in todo) * images, status="")
-
-        def on_batch(run, epoch, done, loss, seconds):
-            speed = done / max(seconds, 1e-9)
-            completed = finished_images() + (epoch - 1) * images + done
-            progress.update(task, completed=completed, description=(
-                f"{study.name} {run.variant} seed {run.seed} epoch {epoch}/{run.config.epochs}"),
-                status=f"loss {loss:.3f}  {speed:,.0f} img/s")
-
-        def finished_images():
-            return sum(r.config.epochs for r in finished) * images
-
-        def on_run(run, status):
-            if status != "skipped":
-                finished.append(run)
-            if status == "diverged":
-                stderr.print(f"{run.variant} seed {run.seed}: the loss became NaN or infinite; recorded as diverged")
-
-        try:
-            runner.execute(runs, dataset, device, store, metadata, on_batch, on_run)
-        except KeyboardInterrupt:
-            progress.stop()
-            saved = len(store.done())
-            stderr.print(f"interrupted: {saved} of {len(runs)} runs are saved in {out}; "
-                         f"run the same command with --resume to finish", highlight=False)
-            raise typer.Exit(130)
-    planned = {r.run_id for r in runs}
-    frame = store.runs[store.runs["run_id"].isin(planned)]
+    with results.StudyFile(out, resume=options["resume"], force=options["force"]) as store:
+        dataset = data.load_dataset(config["dataset"], options["data_dir"], config["limit_train"],
+                                    config["limit_test"])
+        runs = runner.plan(study, config, options["seeds"])
+        metadata = {**results.provenance(ARGV), "device": device.type}
+        _train(study, runs, dataset, device, store, metadata, out)
+        planned = {r.run_id for r in runs}
+        frame = store.runs[store.runs["run_id"].isin(planned)]
+        per_class = store.class_rows[store.class_rows["run_id"].isin(planned)]
     report.print_wide(stdout, report.study_summary(frame, study.factors))
     if study.per_class:
-        per_class = store.class_rows[store.class_rows["run_id"].isin(planned)]
         report.print_wide(stdout, report.class_table(per_class))
     stderr.print(f"results: {out} and {results.classes_path(out)}", highlight=False)
     if options["plot"] is not None:
         draw(out, options["plot"], PlotKind(study.plot), None, planned)
         stderr.print(f"figure: {options['plot']}", highlight=False)
+
+
+def _train(study, runs, dataset, device, store, metadata, out) -> None:
+    """Train the runs not yet in `store` under a progress display on stderr."""
+    todo = [r for r in runs if r.run_id not in store.done()]
+    images = len(dataset.train_y)
+    finished: list[runner.Run] = []
+    with _progress() as progress:
+        task = progress.add_task(study.name, total=sum(r.config.epochs for r in todo) * images, status="")
+
+        def on_batch(run, epoch, done, loss, seconds):
+            completed = sum(r.config.epochs for r in finished) * images + (epoch - 1) * images + done
+            progress.update(task, completed=completed, description=(
+                f"{study.name} {run.variant} seed {run.seed} epoch {epoch}/{run.config.epochs}"),
+                status=f"loss {loss:.3f}  {done / max(seconds, 1e-9):,.0f} img/s")
+
+        def on_run(run, status):
+            if status != "skipped":
+                finished.append(run)
+            if status == "diverged":
+                progress.console.print(f"{run.variant} seed {run.seed}: the loss became NaN or infinite; "
+                                       "recorded as diverged, going on", highlight=False)
+
+        try:
+            runner.execute(runs, dataset, device, store, metadata, on_batch, on_run)
+        except KeyboardInterrupt:
+            progress.stop()
+            saved = [f"{r.variant}/{r.seed}" for r in runs if r.run_id in store.done()]
+            stderr.print(f"interrupted: {len(saved)} of {len(runs)} runs are saved in {out} "
+                         f"({', '.join(saved) or 'none'}); run the same command with --resume to finish",
+                         highlight=False)
+            raise typer.Exit(130)
 
 
 def _study_command(name: str, extra: dict | None = None, passes: tuple[str, ...] = ()):

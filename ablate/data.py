@@ -127,7 +127,11 @@ def _load_cifar10(roots: list[Path]):
         folders = [roots[0]]
     out = []
     for train in (True, False):
-        split = torchvision.datasets.CIFAR10(folders[0], train=train, download=False)
+        try:
+            split = torchvision.datasets.CIFAR10(folders[0], train=train, download=False)
+        except Exception as error:  # a truncated or foreign file in cifar-10-batches-py
+            raise UsageError(f"the CIFAR-10 files in {str(folders[0] / 'cifar-10-batches-py')!r} are "
+                             f"incomplete or corrupt ({type(error).__name__}); delete them to download again") from None
         out += [torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(split.targets)]
     return out
 
@@ -195,6 +199,8 @@ def load_dataset(
     limit_test: int | None = None,
 ) -> Dataset:
     name = DatasetName(name).value
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {str(data_dir)!r} is not a directory")
     roots = search_dirs(data_dir)
     if name == "synthetic":
         arrays = synthetic()

@@ -12,9 +12,9 @@ def unknown_name(kind: str, name: str, known: list[str], hint: str = "") -> Usag
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     message = f"unknown {kind} {name!r}"
     if close:
-        message += "; did you mean " + ", ".join(repr(c) for c in close) + "?"
+        message += " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
     if hint:
-        message += f" ({hint})"
+        message += f"; {hint}"
     elif len(known) <= 12:
         message += "; allowed: " + ", ".join(known)
     return UsageError(message)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from ablate.errors import UsageError
 
@@ -104,13 +105,29 @@ class StudyFile:
     """The Parquet pair of one study, rewritten by atomic replace after every finished run.
 
     An existing file is refused unless `resume` (keep its runs, skip their run_ids) or
-    `force` (replace it when the first new run finishes).
+    `force` (replace it when the first new run finishes). While it is open, a lock file
+    beside it keeps a second ablate from writing the same study (the OS releases the lock
+    even when the process is killed).
     """
 
     def __init__(self, path: Path, resume: bool = False, force: bool = False):
         self.path = Path(path)
         self.classes = classes_path(self.path)
         check_writable(self.path, (".parquet",))
+        self.lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            raise UsageError(
+                f"another ablate is writing {str(self.path)!r}: wait for it to finish, or give another --out"
+            ) from None
+        try:
+            self._load(resume, force)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, resume: bool, force: bool) -> None:
         self.runs = pd.DataFrame()
         self.class_rows = pd.DataFrame()
         if self.path.exists() and not force:
@@ -121,7 +138,20 @@ class StudyFile:
                 )
             self.runs = read_results(self.path)
             if self.classes.exists():
-                self.class_rows = pd.read_parquet(self.classes)
+                try:
+                    self.class_rows = pd.read_parquet(self.classes)
+                except Exception as error:
+                    raise UsageError(f"{str(self.classes)!r} is not a readable Parquet file "
+                                     f"({type(error).__name__}); move it away to resume") from None
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def done(self) -> set[str]:
         return set(self.runs["run_id"]) if len(self.runs) else set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ class RunConfig:
     permutation: str = "none"
     limit_train: int | None = None
     limit_test: int | None = None
+    deterministic: bool = False  # torch's deterministic algorithms (matters on GPUs)
 
     def columns(self) -> dict:
         """The fields as result columns; `lr` is `base_lr` there, `lr` being each epoch's."""
@@ -143,6 +145,17 @@ def train_run(
 ) -> RunResult:
     """Train one model. `on_batch(epoch, images done this epoch, running loss, seconds since
     the epoch began)` reports progress."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if config.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.use_deterministic_algorithms(config.deterministic)
+    try:
+        return _train(config, data, seed, device, on_batch)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(config, data, seed, device, on_batch) -> RunResult:
     with torch.random.fork_rng(devices=[]):  # the seed alone fixes the initial weights
         torch.manual_seed(seed)
         model = build_model(config, data.shape[0], len(data.classes))

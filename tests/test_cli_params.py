@@ -104,7 +104,7 @@ def test_list_models():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["params", "lenet6"], "unknown model 'lenet6'; did you mean 'lenet5'"),
+        (["params", "lenet6"], "unknown model 'lenet6' (did you mean 'lenet5'"),
         (["params", "resnet19"], "ablate list models"),
         (["params", "tutorial", "--input", "3x8x8"], "layer 'conv2' (Conv2d) failed on input 6x2x2"),
         (["params", "tutorial", "--input", "3x32"], "failed"),

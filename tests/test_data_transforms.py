@@ -54,6 +54,7 @@ def test_missing_data_offline_says_where_it_looked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="mnist not found .*looked in .*empty.*download failed"):
         data.load_dataset("mnist", data_dir=tmp_path / "empty")
 
