@@ -211,7 +211,6 @@ def run_study(name: str, options: dict, study_values: dict) -> None:
     study = studies.get_study(name, **study_values)
     out = options["out"] or Path("results") / f"{study.name}.parquet"
     if options["plot"] is not None:
-        plot.check_figure_path(options["plot"])
         results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
     config = {k: getattr(options[k], "value", options[k]) for k in TRAINING_OPTIONS}
@@ -229,7 +228,7 @@ def run_study(name: str, options: dict, study_values: dict) -> None:
         report.print_wide(stdout, report.class_table(per_class))
     stderr.print(f"results: {out} and {results.classes_path(out)}", highlight=False)
     if options["plot"] is not None:
-        draw(out, options["plot"], PlotKind(study.plot), None, planned)
+        plot.draw(out, options["plot"], study.plot, run_ids=planned)
         stderr.print(f"figure: {options['plot']}", highlight=False)
 
 
@@ -334,25 +333,6 @@ def report_command(
             report.print_wide(stdout, report.comparison_table(summary, study, label))
 
 
-def draw(path: Path, out: Path, kind: PlotKind | None, factor: str | None, run_ids=None) -> None:
-    frame = results.read_results(path)
-    if run_ids is not None:
-        frame = frame[frame["run_id"].isin(run_ids)]
-    registered = [s for s in frame["study"].unique() if s in studies.STUDIES]
-    study = studies.get_study(registered[0]) if registered else None
-    kind = kind or PlotKind(study.plot if study else "curves")
-    if kind == PlotKind.curves:
-        plot.curves(frame, out)
-    elif kind == PlotKind.sweep:
-        plot.sweep(frame, factor or plot.numeric_factor(frame, study.factors if study else tuple(frame)), out)
-    else:
-        per_class = results.classes_path(path)
-        if not per_class.exists():
-            raise UsageError(f"--kind classes needs {str(per_class)!r}, written beside {str(path)!r}")
-        rows = pd.read_parquet(per_class)
-        plot.classes(rows if run_ids is None else rows[rows["run_id"].isin(run_ids)], out)
-
-
 @app.command("plot")
 def plot_command(
     path: Path = typer.Argument(..., help="A study file (.parquet) written by ablate."),
@@ -363,9 +343,8 @@ def plot_command(
     factor: Optional[str] = typer.Option(None, "--factor", help="The numeric column of --kind sweep."),
 ):
     """Draw a study's figure: learning curves, a sweep (the U-curve of conv1) or per-class bars."""
-    plot.check_figure_path(out)
     results.check_writable(out, plot.FORMATS)
-    draw(path, out, kind, factor)
+    plot.draw(path, out, kind and kind.value, factor)
     stderr.print(f"figure: {out}", highlight=False)
 
 

@@ -12,15 +12,12 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ablate import studies  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
+from ablate.results import classes_path, read_results  # noqa: E402
 
 KINDS = ("curves", "sweep", "classes")
 FORMATS = (".png", ".svg", ".pdf")
-
-
-def check_figure_path(path: Path) -> None:
-    if Path(path).suffix.lower() not in FORMATS:
-        raise UsageError(f"cannot draw {str(path)!r}: the file name must end in {', '.join(FORMATS)}")
 
 
 def _title(frame: pd.DataFrame) -> str:
@@ -121,3 +118,24 @@ def classes(per_class: pd.DataFrame, path: Path) -> None:
                  f"({seeds} seed{'s' if seeds > 1 else ''}, mean ± 1 std)")
     fig.savefig(path)
     plt.close(fig)
+
+
+def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = None, run_ids=None) -> None:
+    """Draw the figure `kind` (default: the study's natural one) of the study file `path`,
+    limited to `run_ids` when given."""
+    frame = read_results(path)
+    if run_ids is not None:
+        frame = frame[frame["run_id"].isin(run_ids)]
+    registered = [s for s in frame["study"].unique() if s in studies.STUDIES]
+    study = studies.get_study(registered[0]) if registered else None
+    kind = kind or (study.plot if study else "curves")
+    if kind == "curves":
+        curves(frame, out)
+    elif kind == "sweep":
+        sweep(frame, factor or numeric_factor(frame, study.factors if study else tuple(frame)), out)
+    else:
+        per_class = classes_path(Path(path))
+        if not per_class.exists():
+            raise UsageError(f"--kind classes needs {str(per_class)!r}, written beside {str(path)!r}")
+        rows = pd.read_parquet(per_class)
+        classes(rows if run_ids is None else rows[rows["run_id"].isin(run_ids)], out)

@@ -39,7 +39,8 @@ def check_writable(path: Path, suffixes=SUFFIXES) -> None:
     """Fail early, before any work, when `path` cannot be written (its folder is made here)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
-        raise UsageError(f"cannot write {str(path)!r}: the file name must end in {' or '.join(suffixes)}")
+        allowed = ", ".join(suffixes[:-1]) + " or " + suffixes[-1] if len(suffixes) > 1 else suffixes[0]
+        raise UsageError(f"cannot write {str(path)!r}: the file name must end in {allowed}")
     if path.is_dir():
         raise UsageError(f"cannot write {str(path)!r}: it is a directory")
     try:

@@ -125,7 +125,7 @@ def test_plot_sweep_needs_a_numeric_factor(tmp_path):
     assert result.exit_code == 2 and "no numeric factor varies" in result.stderr
 
 
-@pytest.mark.parametrize("args,message", [(["-o", "fig.gif"], "must end in .png, .svg, .pdf"),
+@pytest.mark.parametrize("args,message", [(["-o", "fig.gif"], "must end in .png, .svg or .pdf"),
                                           (["-o", "fig.png", "--kind", "classes"], "needs"),
                                           (["-o", "fig.png", "--kind", "bars"], "'bars' is not one of")])
 def test_plot_bad_input(tmp_path, monkeypatch, args, message):
