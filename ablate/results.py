@@ -71,6 +71,8 @@ def write_frame(frame: pd.DataFrame, path: Path, metadata: dict[str, str] | None
             meta = dict(table.schema.metadata or {})
             meta[b"ablate"] = json.dumps(metadata or {}).encode()
             pq.write_table(table.replace_schema_metadata(meta), tmp)
+        with open(tmp, "rb") as written:  # on disk before it takes the name: power loss too
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -122,6 +124,9 @@ class StudyFile:
             raise UsageError(
                 f"another ablate is writing {str(self.path)!r}: wait for it to finish, or give another --out"
             ) from None
+        for name in (self.path.name, self.classes.name):  # temporary files a killed writer left
+            for stale in self.path.parent.glob(f".{name}.*.tmp"):
+                stale.unlink()
         try:
             self._load(resume, force)
         except BaseException:

@@ -102,6 +102,7 @@ def test_kill_9_keeps_finished_runs_and_resume_completes(tmp_path):
 
     resumed = cli.invoke(app, [*args, "--out", str(killed), "--resume"])
     assert resumed.exit_code == 0, resumed.output
+    assert not list(tmp_path.glob(".*.tmp"))  # what the killed writer left is cleared
     pd.testing.assert_frame_equal(pd.read_parquet(whole)[NUMBERS], pd.read_parquet(killed)[NUMBERS])
     assert resumed.stdout == cli.invoke(app, [*args, "--out", str(whole), "--resume"]).stdout
 
