@@ -11,6 +11,7 @@ import importlib
 import inspect
 import os
 import sys
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -152,7 +153,9 @@ def torchvision_models() -> list[str]:
 def _torchvision_model(name: str) -> tuple[nn.Module, Shape]:
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=None)
+    with warnings.catch_warnings():  # inception_v3 warns about a future change of its init
+        warnings.simplefilter("ignore", FutureWarning)
+        model = torchvision.models.get_model(name, weights=None)
     side = 224
     weights = torchvision.models.get_model_weights(name)
     v1 = getattr(weights, "IMAGENET1K_V1", None)  # the resolution the architecture was made for

@@ -219,7 +219,8 @@ FREE = {
     chunk unbind constant_pad_nd reflection_pad2d replication_pad2d empty empty_like zeros
     zeros_like ones ones_like full full_like fill_ zero_ new_empty new_zeros new_ones lift_fresh
     lift_fresh_copy index index_select gather repeat roll flip dropout native_dropout arange
-    scalar_tensor _local_scalar_dense upsample_nearest2d channel_shuffle pixel_shuffle""".split()
+    scalar_tensor _local_scalar_dense upsample_nearest2d channel_shuffle pixel_shuffle as_strided_
+    masked_fill""".split()
 }
 
 

@@ -190,7 +190,8 @@ def _fvcore_macs(model, shape):
     return analysis.by_module()
 
 
-@pytest.mark.parametrize("name,shape", [("lenet5", None), ("tutorial", None), ("threeconv", None), ("resnet18", (3, 64, 64))])
+@pytest.mark.parametrize("name,shape", [("lenet5", None), ("tutorial", None), ("threeconv", None),
+                                        ("resnet18", (3, 64, 64)), ("mobilenet_v3_small", (3, 64, 64))])
 def test_conv_and_linear_macs_agree_with_fvcore(name, shape):
     model, natural = arch.load_model(name)
     shape = shape or natural
@@ -222,6 +223,15 @@ def test_resnet18_and_vgg16_totals():
     fc = sum(r.params for r in counts.rows if r.type == "Linear")
     assert fc / counts.params > 0.85  # the three fc layers hold most of VGG16's weights
     assert not counts.uncounted
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "swin_t", "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny"])
+def test_modern_torchvision_models_leave_no_operator_uncounted(name):
+    model, shape = arch.load_model(name)
+    counts = count_model(model, shape)
+    assert counts.uncounted == {}
+    assert counts.params == sum(p.numel() for p in model.parameters())
+    assert counts.flops > 2 * counts.macs  # products plus the element-wise work around them
 
 
 # ---------------------------------------------------------------- specs and shapes
