@@ -16,7 +16,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import nn
 
 from ablate.errors import UsageError, unknown_name

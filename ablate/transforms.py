@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ablate.errors import UsageError, unknown_name
+from ablate.errors import unknown_name
 
 Batch = torch.Tensor
 Augmentation = Callable[[Batch, torch.Generator], Batch]
