@@ -381,8 +381,9 @@ def count_model(model: nn.Module, input_shape: Shape, batch: int = 1) -> Counts:
     was_training = model.training
     model.eval()
     x = torch.zeros(batch, *input_shape)
-    with torch.no_grad():  # Lazy modules take their sizes here, before anything is counted
-        run_forward(model, x)
+    if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in model.modules()):
+        with torch.no_grad():  # Lazy modules take their sizes here, before anything is counted
+            run_forward(model, x)
     counter = _LayerCounter(model)
     try:
         # Grad stays on: with it off, some modules (MultiheadAttention) take fused fast paths.
@@ -390,7 +391,7 @@ def count_model(model: nn.Module, input_shape: Shape, batch: int = 1) -> Counts:
     finally:
         counter.remove_hooks()
         model.train(was_training)
-    unique = {id(p): p for p in model.parameters()}.values()
+    unique = list(model.parameters())  # each tensor once, however often it is shared
     return Counts(
         rows=counter.rows,
         params=sum(p.numel() for p in unique),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -42,16 +43,17 @@ def plan(study: Study, options: dict, seeds: int) -> list[Run]:
     return runs
 
 
-def model_size(config: RunConfig, data: Dataset) -> dict[str, int]:
+@functools.cache  # every seed of a variant has the same model
+def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> dict[str, int]:
     """Parameters and FLOPs per image of the run's model (ablate.count's convention)."""
-    counts = count_model(build_model(config, data.shape[0], len(data.classes)), data.shape)
+    counts = count_model(build_model(config, shape[0], classes), shape)
     return {"params": counts.params, "flops": counts.flops}
 
 
 def run_rows(run: Run, result: RunResult, device: str, data: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tidy rows of one run: (variant, seed, epoch, split) rows, and per-class rows."""
     head = {"study": run.study, "variant": run.variant, "seed": run.seed}
-    size = model_size(run.config, data)
+    size = model_size(run.config, data.shape, len(data.classes))
     rows = pd.DataFrame([
         {**head, "epoch": r.epoch, "split": r.split, "loss": r.loss, "accuracy": r.accuracy,
          "lr": r.lr, "seconds": r.seconds, "status": result.status, "run_id": run.run_id,
