@@ -19,6 +19,7 @@ from typing import Callable
 from torch import nn
 
 from ablate.errors import UsageError, unknown_name
+from ablate.registry import Registry
 
 Shape = tuple[int, ...]
 
@@ -31,29 +32,25 @@ class ModelEntry:
     description: str
 
 
-_MODELS: dict[str, ModelEntry] = {}
+MODELS: Registry[ModelEntry] = Registry("model", hint="`ablate list models` lists them all")
 
 
 def register_model(name: str, input_shape: Shape, description: str):
     """Add a model builder to the registry under `name`; a name can be registered once."""
 
     def decorator(build):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelEntry(name, build, input_shape, description)
+        MODELS.register(name, ModelEntry(name, build, input_shape, description))
         return build
 
     return decorator
 
 
 def registered_models() -> list[ModelEntry]:
-    return list(_MODELS.values())
+    return [entry for _, entry in MODELS.items()]
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    if name not in _MODELS:
-        raise unknown_name("model", name, sorted(_MODELS))
-    return _MODELS[name].build(**kwargs)
+    return MODELS.get(name).build(**kwargs)
 
 
 def _small_convnet(
@@ -87,12 +84,9 @@ def _small_convnet(
     return nn.Sequential(OrderedDict(layers))
 
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module] | None] = {
-    "relu": nn.ReLU,
-    "none": None,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-}
+ACTIVATIONS: Registry[Callable[[], nn.Module] | None] = Registry("activation")
+for _name, _module in {"relu": nn.ReLU, "none": None, "tanh": nn.Tanh, "gelu": nn.GELU}.items():
+    ACTIVATIONS.register(_name, _module)
 
 
 @register_model("lenet5", (1, 32, 32), "LeNet-5 (LeCun 1998): tanh, average-pool subsampling")
@@ -109,11 +103,9 @@ def tutorial(
     fc1_features: int = 120,
     image_size: int = 32,
 ) -> nn.Module:
-    if activation not in ACTIVATIONS:
-        raise unknown_name("activation", activation, list(ACTIVATIONS))
     return _small_convnet(
         in_channels, num_classes, conv1_channels, fc1_features,
-        ACTIVATIONS[activation], lambda: nn.MaxPool2d(2), image_size,
+        ACTIVATIONS.get(activation), lambda: nn.MaxPool2d(2), image_size,
     )
 
 
@@ -262,12 +254,12 @@ def load_model(text: str) -> tuple[nn.Module, Shape | None]:
         return parse_spec(text), None
     if ":" in text:
         return _import_model(text), None
-    if text in _MODELS:
-        return create_model(text), _MODELS[text].input_shape
+    if text in MODELS:
+        return create_model(text), MODELS.get(text).input_shape
     known = torchvision_models()
     if text in known:
         return _torchvision_model(text)
     raise unknown_name(
-        "model", text, sorted(_MODELS) + known, hint="`ablate list models` lists them all"
+        "model", text, MODELS.names() + known, hint="`ablate list models` lists them all"
     )
 

@@ -16,17 +16,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
 from ablate import arch, compare, count, data, plot, report, results, runner, studies, train, transforms
-from ablate.errors import UsageError
+from ablate.errors import EnvironmentFailure, UsageError
 
 stdout = Console()
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # one message, one line, however narrow the terminal
 ARGV: list[str] = []  # the arguments of this invocation, for the files' provenance
 
 
 class _OneLineErrors(TyperGroup):
-    """Usage errors print one line, `ablate params: error: ...`, and exit 2, no traceback.
+    """Usage errors print one line, `ablate params: error: ...`, and exit 2, no traceback;
+    failures of the machine (a full disk) print one line and exit 1.
 
-    Library functions raise `ablate.errors.UsageError`; it is turned into that line here.
+    Library functions raise `ablate.errors.UsageError` or `EnvironmentFailure`; they are
+    turned into that line here.
     """
 
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
@@ -36,10 +38,10 @@ class _OneLineErrors(TyperGroup):
         ARGV[:] = args
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
-        except UsageError as error:
+        except (UsageError, EnvironmentFailure) as error:
             command = next((a for a in args if a in self.commands), "")
             typer.echo(f"ablate {command}: error: {error}".replace(" :", ":"), err=True)
-            sys.exit(2)
+            sys.exit(2 if isinstance(error, UsageError) else 1)
         except typer.TyperException as error:
             if type(error).__name__ == "NoArgsIsHelpError":
                 typer.echo(error.format_message())
@@ -69,12 +71,17 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-PARAMS_HELP = f"""Per-layer input and output shapes, parameters, MACs and FLOPs of MODEL.
+PARAMS_HELP = f"""Per-layer shapes, parameters, activations, receptive fields, MACs and FLOPs of MODEL.
 
 MODEL is one of ablate's models (lenet5, tutorial, threeconv), a torchvision classifier
 (vgg16, resnet18, vit_b_16, ...; built without weights), package.module:attr (your nn.Module
 class or zero-argument factory), or a layer stack whose input sizes are inferred, such as
 "Conv2d(20, 4, stride=2, padding=1), MaxPool2d(3, stride=1)" --input 50x12x12.
+
+The model is built with its parameters on the meta device and counted on fake tensors: no
+weights or activations are allocated, so any size of model or input counts in seconds. A model
+whose forward needs real values falls back to a real forward pass (exit 2 if it cannot fit).
+--training adds the backward pass; --compare adds fvcore's and torch's FlopCounterMode's FLOPs.
 
 \b
 {count.CONVENTION}
@@ -86,6 +93,10 @@ def params(
     model: Optional[str] = typer.Argument(None, help="Model name, package.module:attr, or a layer-stack spec."),
     input: Optional[str] = typer.Option(None, "--input", help="Input shape CxHxW, without batch (default: the model's own)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Count for a batch of N images."),
+    training: bool = typer.Option(False, "--training", help="Also count the backward pass (a backward_flops "
+                                  "column) and give forward, backward and training-step FLOPs per image."),
+    compare: bool = typer.Option(False, "--compare", help="Add what fvcore and torch's FlopCounterMode count, "
+                                 "per row and in all (runs a real forward: builds the weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the rows to FILE (.parquet or .csv)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the rows on stdout."),
     list_models: bool = typer.Option(False, "--list", help="List the model names and exit."),
@@ -96,20 +107,25 @@ def params(
         raise UsageError("give a MODEL (see `ablate params --list`)")
     if out is not None:
         results.check_writable(out)
-    net, natural = arch.load_model(model)
+    on_meta = count.build_meta(lambda: arch.load_model(model))  # cheap: no weights allocated
+    natural = on_meta[1] if on_meta is not None else None
     if input is not None:
         shape = arch.parse_shape(input)
     elif natural is not None:
         shape = natural
     else:
         raise UsageError(f"{model!r} has no natural input shape: give one with --input CxHxW")
-    counts = count.count_model(net, shape, batch)
+    if compare:  # fvcore traces a real forward pass: real weights
+        counts = count.count_model(arch.load_model(model)[0], shape, batch, training, compare=True)
+    else:
+        counts = count.count_meta(lambda: arch.load_model(model)[0], shape, batch, training)
     for op, calls in sorted(counts.uncounted.items()):
         stderr.print(f"warning: no FLOP rule for {op} ({calls} calls): counted as 0", highlight=False)
     frame = counts.frame()
     if out is not None:
         results.write_frame(frame, out, {**results.provenance(ARGV), "model": model,
-                                         "input_shape": "x".join(map(str, shape)), "batch": str(batch)})
+                                         "input_shape": "x".join(map(str, shape)), "batch": str(batch),
+                                         "training": str(training)})
     if format == OutputFormat.csv:
         sys.stdout.write(frame.to_csv(index=False))
     elif format == OutputFormat.json:
@@ -123,8 +139,14 @@ class Topic(str, Enum):
     studies = "studies"
     datasets = "datasets"
     augmentations = "augmentations"
+    normalizations = "normalizations"
+    permutations = "permutations"
     schedulers = "schedulers"
     optimizers = "optimizers"
+
+
+def _first_line(function) -> str:
+    return (function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else ""
 
 
 def _listing(topic: Topic) -> list[dict]:
@@ -137,14 +159,17 @@ def _listing(topic: Topic) -> list[dict]:
         return [{"name": s.name, "variants": ", ".join(s.variants), "description": s.description}
                 for s in map(studies.get_study, studies.STUDIES)]
     if topic == Topic.datasets:
-        return [{"name": d.value, "classes": ", ".join(data.CLASSES[d.value])} for d in data.DatasetName]
+        return [{"name": n, "classes": ", ".join(d.classes), "description": d.description}
+                for n, d in data.DATASETS.items()]
     if topic == Topic.augmentations:
         return [{"name": "none", "description": "no augmentation"}] + [
-            {"name": n, "description": (f.__doc__ or "").strip().splitlines()[0] if f.__doc__ else ""}
-            for n, f in transforms.AUGMENTATIONS.items()]
+            {"name": n, "description": _first_line(f)} for n, f in transforms.AUGMENTATIONS.items()]
+    if topic in (Topic.normalizations, Topic.permutations):
+        registry = transforms.NORMALIZATIONS if topic == Topic.normalizations else transforms.PERMUTATIONS
+        return [{"name": n, "description": _first_line(f)} for n, f in registry.items()]
     if topic == Topic.schedulers:
-        return [{"name": n} for n in train.SCHEDULERS]
-    return [{"name": n, **studies.OPTIMIZER_DEFAULTS[n]} for n in train.OPTIMIZERS]
+        return [{"name": n, "description": s.description} for n, s in train.SCHEDULERS.items()]
+    return [{"name": n, **studies.optimizer_defaults(n)} for n in train.OPTIMIZERS]
 
 
 @app.command("list")
@@ -152,7 +177,8 @@ def list_command(
     topic: Topic = typer.Argument(Topic.models, help="What to list."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """List the models, studies, datasets, augmentations, schedulers or optimisers."""
+    """List the models, studies, datasets, augmentations, normalisations, permutations,
+    schedulers or optimisers."""
     rows = _listing(topic)
     if json_output:
         typer.echo(json.dumps(rows, indent=1))
@@ -172,9 +198,9 @@ class Device(str, Enum):
 
 DEFAULTS = train.RunConfig()
 SHARED_OPTIONS = {  # name: (type, default, option); every study command takes these
-    "dataset": (data.DatasetName, data.DatasetName.cifar10, typer.Option(
-        help="cifar10 and mnist download once; fashion-mnist also comes from Debian's "
-             "dataset-fashion-mnist; synthetic is generated.")),
+    "dataset": (str, DEFAULTS.dataset, typer.Option(
+        help=f"One of {', '.join(data.DATASETS)}: cifar10 and mnist download once; fashion-mnist also "
+             "comes from Debian's dataset-fashion-mnist; synthetic is generated.")),
     "data_dir": (Optional[Path], None, typer.Option(
         help="Where the dataset is (default: $ABLATE_DATA, then ~/.cache/ablate).")),
     "epochs": (int, DEFAULTS.epochs, typer.Option(min=1)),
@@ -189,7 +215,8 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "deterministic": (bool, False, typer.Option(
         "--deterministic", help="Use torch's deterministic algorithms (bit-identical reruns on GPUs too).")),
     "out": (Optional[Path], None, typer.Option(help="Results file (default: results/STUDY.parquet).")),
-    "resume": (bool, False, typer.Option("--resume", help="Keep the runs already in --out and train the rest.")),
+    "resume": (bool, False, typer.Option(
+        "--resume", help="Keep the runs already in --out and train the rest (same options only).")),
     "force": (bool, False, typer.Option("--force", help="Overwrite an existing --out.")),
     "plot": (Optional[Path], None, typer.Option(
         help="Also draw the study's natural figure to FILE (.png, .svg or .pdf).")),
@@ -205,98 +232,81 @@ def _progress() -> Progress:
 
 
 def run_study(name: str, options: dict, study_values: dict) -> None:
-    """Shared by every study command: validate everything, then train and summarise."""
-    if options["lr"] is not None and not options["lr"] > 0:
-        raise UsageError(f"--lr must be > 0, got {options['lr']}")
+    """Shared by every study command: the runner checks everything and creates nothing until
+    then, trains, and gives back the rows this prints."""
     study = studies.get_study(name, **study_values)
     out = options["out"] or Path("results") / f"{study.name}.parquet"
     if options["plot"] is not None:
         results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
-    config = {k: getattr(options[k], "value", options[k]) for k in TRAINING_OPTIONS}
-    with results.StudyFile(out, resume=options["resume"], force=options["force"]) as store:
-        dataset = data.load_dataset(config["dataset"], options["data_dir"], config["limit_train"],
-                                    config["limit_test"])
-        runs = runner.plan(study, config, options["seeds"])
-        metadata = {**results.provenance(ARGV), "device": device.type}
-        _train(study, runs, dataset, device, store, metadata, out)
-        planned = {r.run_id for r in runs}
-        frame = store.runs[store.runs["run_id"].isin(planned)]
-        per_class = store.class_rows[store.class_rows["run_id"].isin(planned)]
+    prepared = runner.prepare(study, {k: options[k] for k in TRAINING_OPTIONS}, options["seeds"], device,
+                              options["data_dir"], out, options["resume"], options["force"])
+    metadata = {**results.provenance(ARGV), "device": device.type, "study": study.metadata()}
+    frame, per_class = _train(prepared, metadata)
     report.print_wide(stdout, report.study_summary(frame, study.factors))
     if study.per_class:
         report.print_wide(stdout, report.class_table(per_class))
-    stderr.print(f"results: {out} and {results.classes_path(out)}", highlight=False)
+    stderr.print(f"results: {out} (per-class rows: {results.per_class_path(out)})", highlight=False)
     if options["plot"] is not None:
-        plot.draw(out, options["plot"], study.plot, run_ids=planned)
+        plot.draw(out, options["plot"], study.plot, run_ids=set(frame["run_id"]))
         stderr.print(f"figure: {options['plot']}", highlight=False)
 
 
-def _train(study, runs, dataset, device, store, metadata, out) -> None:
-    """Train the runs not yet in `store` under a progress display on stderr."""
-    todo = [r for r in runs if r.run_id not in store.done()]
-    images = len(dataset.train_y)
+def _train(prepared: runner.Prepared, metadata: dict):
+    """Run the study under a progress display on stderr; Ctrl-C says what is saved."""
+    name, images = prepared.study.name, len(prepared.data.train_y)
     finished: list[runner.Run] = []
     with _progress() as progress:
-        task = progress.add_task(study.name, total=sum(r.config.epochs for r in todo) * images, status="")
+        task = progress.add_task(name, total=0, status="")
+
+        def on_start(todo):
+            progress.update(task, total=sum(r.config.epochs for r in todo) * images)
 
         def on_batch(run, epoch, done, loss, seconds):
             completed = sum(r.config.epochs for r in finished) * images + (epoch - 1) * images + done
             progress.update(task, completed=completed, description=(
-                f"{study.name} {run.variant} seed {run.seed} epoch {epoch}/{run.config.epochs}"),
+                f"{name} {run.variant} seed {run.seed} epoch {epoch}/{run.config.epochs}"),
                 status=f"loss {loss:.3f}  {done / max(seconds, 1e-9):,.0f} img/s")
 
         def on_run(run, status):
-            if status != "skipped":
-                finished.append(run)
+            finished.append(run)
             if status == "diverged":
-                progress.console.print(f"{run.variant} seed {run.seed}: the loss became NaN or infinite; "
+                progress.console.print(f"{run.label}: the loss became NaN or infinite; "
                                        "recorded as diverged, going on", highlight=False)
 
         try:
-            runner.execute(runs, dataset, device, store, metadata, on_batch, on_run)
-        except KeyboardInterrupt:
+            return runner.run_study(prepared, metadata, runner.InProcess(on_batch), on_run, on_start)
+        except runner.Interrupted as interrupted:
             progress.stop()
-            saved = [f"{r.variant}/{r.seed}" for r in runs if r.run_id in store.done()]
-            stderr.print(f"interrupted: {len(saved)} of {len(runs)} runs are saved in {out} "
-                         f"({', '.join(saved) or 'none'}); run the same command with --resume to finish",
+            saved = ", ".join(f"{r.variant}/{r.seed}" for r in interrupted.saved) or "none"
+            stderr.print(f"interrupted: {len(interrupted.saved)} of {interrupted.planned} runs are saved in "
+                         f"{prepared.out} ({saved}); run the same command with --resume to finish",
                          highlight=False)
             raise typer.Exit(130)
 
 
-def _study_command(name: str, extra: dict | None = None, passes: tuple[str, ...] = ()):
-    """A Typer command for study `name` with the shared options and any of its own (`extra`),
-    which go to the study's builder with the shared options named in `passes`."""
-    extra = extra or {}
-    options = {**SHARED_OPTIONS, **extra}
+def _study_command(name: str, entry: studies.StudyEntry) -> None:
+    """The command `ablate NAME`: the shared options, the study's own (their defaults are
+    its builder's), and any shared option the builder names is passed to it too."""
+    signature = inspect.signature(entry.build).parameters
+    own = {option: (type(signature[option].default), signature[option].default, typer.Option(help=help))
+           for option, help in entry.options.items()}
+    passes = [p for p in signature if p in SHARED_OPTIONS]
 
     def command(**values):
         shared = {k: values[k] for k in SHARED_OPTIONS}
-        own = {k: values[k] for k in (*extra, *passes)}
-        run_study(name, shared, own)
+        run_study(name, shared, {k: values[k] for k in (*own, *passes)})
 
     command.__signature__ = inspect.Signature([
         inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=Annotated[kind, typer_option])
-        for option, (kind, default, typer_option) in options.items()
+        for option, (kind, default, typer_option) in {**SHARED_OPTIONS, **own}.items()
     ])
     app.command(name, help=studies.get_study(name).description)(command)
 
 
-_study_command("linearity")
-_study_command("conv1", {"channels": (str, ",".join(map(str, studies.CONV1_CHANNELS)), typer.Option(
-    help="conv1 widths to train, comma-separated."))})
-_study_command("permutation")
-_study_command("augment", {"sets": (str, ",".join(studies.get_study("augment").variants), typer.Option(
-    help=f"Augmentation sets, comma-separated: {', '.join(studies.AUGMENT_SETS)}, or a+b combinations."))})
-_study_command("scheduler", {"schedulers": (str, ",".join(train.SCHEDULERS), typer.Option(
-    help=f"Schedulers, comma-separated ({studies.SCHEDULER_HELP})."))}, passes=("epochs", "lr"))
-_study_command("optimizer", {"optimizers": (str, ",".join(train.OPTIMIZERS), typer.Option(
-    help=f"Optimisers, comma-separated ({studies.OPTIMIZER_HELP}).",
-))}, passes=("lr",))
-_study_command("normalization")
-_study_command("regularization", {"dropout": (float, 0.5, typer.Option(
-    help="Dropout probability of the dropout variants, in [0, 1)."))})
+for _name, _entry in studies.STUDIES.items():
+    _study_command(_name, _entry)
 
 
 # ---------------------------------------------------------------- report and plot
@@ -321,8 +331,10 @@ def report_command(
     if epoch is not None and best:
         raise UsageError("give --epoch or --best, not both")
     frames = [results.read_results(p) for p in paths]
-    chosen = compare.pick_epochs(pd.concat(frames, ignore_index=True), epoch, best)
-    summary = compare.summarize(chosen, baseline)
+    frame, notes = results.separate_configurations(pd.concat(frames, ignore_index=True))
+    for note in notes:
+        stderr.print(f"note: {note}", highlight=False)
+    summary = compare.summarize(compare.pick_epochs(frame, epoch, best), baseline)
     if format == OutputFormat.csv:
         sys.stdout.write(summary.to_csv(index=False))
     elif format == OutputFormat.json:
@@ -344,7 +356,8 @@ def plot_command(
 ):
     """Draw a study's figure: learning curves, a sweep (the U-curve of conv1) or per-class bars."""
     results.check_writable(out, plot.FORMATS)
-    plot.draw(path, out, kind and kind.value, factor)
+    for note in plot.draw(path, out, kind and kind.value, factor):
+        stderr.print(f"note: {note}", highlight=False)
     stderr.print(f"figure: {out}", highlight=False)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from scipy import stats
 
 from ablate.errors import UsageError, unknown_name
 
@@ -31,6 +30,8 @@ def interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]
     n = values.count()
     if n < 2:
         return math.nan, math.nan
+    from scipy import stats  # imported here: only the statistics need it, and it is slow to load
+
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std() / math.sqrt(n)
     return values.mean() - half, values.mean() + half
 
@@ -45,7 +46,8 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
     for study, rows in test_rows.groupby("study", sort=False):
         variants = list(dict.fromkeys(rows["variant"]))
         base = baseline if baseline in variants else variants[0]
-        by_seed = {m: rows.pivot_table(index="seed", columns="variant", values=m, sort=False) for m in METRICS}
+        # one value per (seed, variant): the caller separated configurations (results.separate_configurations)
+        by_seed = {m: rows.pivot(index="seed", columns="variant", values=m) for m in METRICS}
         for variant in variants:
             for metric in METRICS:
                 values = by_seed[metric][variant].dropna()

@@ -11,29 +11,27 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ablate.errors import UsageError
+from ablate.registry import Registry
 
 
-class DatasetName(str, Enum):
-    cifar10 = "cifar10"
-    mnist = "mnist"
-    fashion_mnist = "fashion-mnist"
-    synthetic = "synthetic"
+@dataclass(frozen=True)
+class Source:
+    """A named dataset: its classes, and how to load (train_x, train_y, test_x, test_y)."""
+
+    name: str
+    classes: list[str]
+    load: Callable[[list[Path]], list[torch.Tensor]]  # the folders to look in -> four tensors
+    description: str
 
 
-CLASSES = {
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-    "mnist": [str(i) for i in range(10)],
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"],
-    "synthetic": [f"class {i}" for i in range(10)],
-}
+DATASETS: Registry[Source] = Registry("dataset")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SYNTHETIC_SIZES = (10_000, 2_000)
 
@@ -173,7 +171,22 @@ def synthetic(train: int = SYNTHETIC_SIZES[0], test: int = SYNTHETIC_SIZES[1], s
     return out
 
 
-# ---------------------------------------------------------------- one entry point
+# ---------------------------------------------------------------- the registry and one entry point
+
+for _source in (
+    Source("cifar10", ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+           _load_cifar10, "CIFAR-10, 3x32x32, 50,000 + 10,000 images; downloaded once"),
+    Source("mnist", [str(i) for i in range(10)], lambda roots: _load_idx("mnist", roots),
+           "MNIST digits, padded to 1x32x32, 60,000 + 10,000; downloaded once"),
+    Source("fashion-mnist", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                             "Sneaker", "Bag", "Ankle boot"], lambda roots: _load_idx("fashion-mnist", roots),
+           "Fashion-MNIST, padded to 1x32x32, 60,000 + 10,000; downloaded once, or Debian's "
+           "dataset-fashion-mnist offline"),
+    Source("synthetic", [f"class {i}" for i in range(10)], lambda roots: synthetic(),
+           "generated, CIFAR-shaped, learnable, 10,000 + 2,000; for tests and trials"),
+):
+    DATASETS.register(_source.name, _source)
+
 
 
 def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -198,17 +211,10 @@ def load_dataset(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> Dataset:
-    name = DatasetName(name).value
+    source = DATASETS.get(name)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UsageError(f"--data-dir {str(data_dir)!r} is not a directory")
-    roots = search_dirs(data_dir)
-    if name == "synthetic":
-        arrays = synthetic()
-    elif name == "cifar10":
-        arrays = _load_cifar10(roots)
-    else:
-        arrays = _load_idx(name, roots)
-    train_x, train_y, test_x, test_y = arrays
+    train_x, train_y, test_x, test_y = source.load(search_dirs(data_dir))
     for split, limit, x, y in (("train", limit_train, train_x, train_y), ("test", limit_test, test_x, test_y)):
         if limit is None:
             continue
@@ -219,4 +225,4 @@ def load_dataset(
             train_x, train_y = x[keep], y[keep]
         else:
             test_x, test_y = x[keep], y[keep]
-    return Dataset(name, train_x, train_y, test_x, test_y, CLASSES[name])
+    return Dataset(name, train_x, train_y, test_x, test_y, source.classes)

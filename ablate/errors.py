@@ -1,4 +1,4 @@
-"""The one error type the command line turns into a clean exit 2."""
+"""The errors the command line turns into one line: bad input (exit 2), a failing machine (exit 1)."""
 
 import difflib
 
@@ -18,3 +18,7 @@ def unknown_name(kind: str, name: str, known: list[str], hint: str = "") -> Usag
     elif len(known) <= 12:
         message += "; allowed: " + ", ".join(known)
     return UsageError(message)
+
+
+class EnvironmentFailure(RuntimeError):
+    """The machine failed us (a full disk, a dead worker): one line, exit 1, no saved run lost."""

@@ -12,9 +12,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ablate import studies  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
-from ablate.results import classes_path, read_results  # noqa: E402
+from ablate.results import read_metadata, read_per_class, read_results, separate_configurations  # noqa: E402
 
 KINDS = ("curves", "sweep", "classes")
 FORMATS = (".png", ".svg", ".pdf")
@@ -73,6 +72,8 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path) -> None:
     """Final train and test loss against a numeric factor, error bars = ± std over seeds."""
     if factor not in frame:
         raise UsageError(f"no column {factor!r} in this file to sweep over")
+    if not pd.api.types.is_numeric_dtype(frame[factor]) or pd.api.types.is_bool_dtype(frame[factor]):
+        raise UsageError(f"--factor {factor}: a sweep needs a numeric column; use --kind curves for the others")
     final = frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for split, style, color in (("train", "o--", "tab:blue"), ("test", "s-", "tab:orange")):
@@ -120,22 +121,25 @@ def classes(per_class: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = None, run_ids=None) -> None:
-    """Draw the figure `kind` (default: the study's natural one) of the study file `path`,
-    limited to `run_ids` when given."""
+def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = None, run_ids=None) -> list[str]:
+    """Draw the figure `kind` (default: the study's natural one, from the file's metadata) of
+    the study file `path`, limited to `run_ids` when given. Returns notes for the user."""
     frame = read_results(path)
     if run_ids is not None:
         frame = frame[frame["run_id"].isin(run_ids)]
-    registered = [s for s in frame["study"].unique() if s in studies.STUDIES]
-    study = studies.get_study(registered[0]) if registered else None
-    kind = kind or (study.plot if study else "curves")
+    frame, notes = separate_configurations(frame)
+    study = read_metadata(path).get("study", {})
+    kind = kind or study.get("plot", "curves")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     if kind == "curves":
         curves(frame, out)
     elif kind == "sweep":
-        sweep(frame, factor or numeric_factor(frame, study.factors if study else tuple(frame)), out)
+        sweep(frame, factor or numeric_factor(frame, tuple(study.get("factors", frame.columns))), out)
     else:
-        per_class = classes_path(Path(path))
-        if not per_class.exists():
-            raise UsageError(f"--kind classes needs {str(per_class)!r}, written beside {str(path)!r}")
-        rows = pd.read_parquet(per_class)
-        classes(rows if run_ids is None else rows[rows["run_id"].isin(run_ids)], out)
+        rows = read_per_class(path)
+        if rows.empty:
+            raise UsageError(f"--kind classes needs the per-class rows written beside {str(path)!r}")
+        labels = frame.drop_duplicates("run_id").set_index("run_id")["variant"]
+        rows = rows[rows["run_id"].isin(labels.index)].assign(variant=lambda r: r["run_id"].map(labels))
+        classes(rows, out)
+    return notes

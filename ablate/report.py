@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import astuple
 
 import numpy as np
 import pandas as pd
@@ -12,9 +11,10 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from ablate.count import COLUMNS, Counts
+from ablate.count import Counts
 
-NUMERIC = {"weights", "biases", "params", "trainable", "macs", "flops"}
+NUMERIC = {"weights", "biases", "params", "shared", "trainable", "activations", "receptive_field", "macs",
+           "flops", "backward_flops", "fvcore_flops", "torch_flops"}
 
 
 def human(n: float) -> str:
@@ -25,6 +25,36 @@ def human(n: float) -> str:
     return f"{n:g}"
 
 
+def _amount(n: float, unit: str) -> str:
+    """416520, 'MACs' -> '417 kMACs'; 0 -> '0 MACs'."""
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {prefix}{unit}"
+    return f"{n:g} {unit}"
+
+
+def params_caption(counts: Counts) -> str:
+    """The totals under the table: parameters, memory, work; per image where training."""
+    batch = "per image" if counts.batch == 1 else f"for a batch of {counts.batch}"
+    lines = [
+        f"{counts.params:,} parameters ({human(counts.params)}), {counts.trainable:,} trainable; "
+        f"memory: parameters {_amount(counts.param_bytes, 'B')}, activations kept for a training step "
+        f"{_amount(counts.activation_bytes, 'B')} {batch} ({counts.dtype})",
+        f"{_amount(counts.macs, 'MACs')}, {_amount(counts.flops, 'FLOPs')} {batch}",
+    ]
+    if counts.training:
+        forward, backward = counts.flops / counts.batch, counts.backward_flops / counts.batch
+        lines.append(f"per image: forward {_amount(forward, 'FLOPs')}, backward {_amount(backward, 'FLOPs')}, "
+                     f"training step {_amount(forward + backward, 'FLOPs')}")
+    if counts.compared:
+        ratios = ", ".join(f"{name} {_amount(flops, 'FLOPs')} ({flops / max(counts.flops, 1):.2f} x ablate's)"
+                           for name, flops in counts.compared.items())
+        lines.append(ratios)
+        lines.append("fvcore counts a multiply-add as one flop, and besides products only norms and adaptive "
+                     "average pools; FlopCounterMode counts 2 per MAC of products (conv, matmul, attention) only")
+    return "\n".join(lines)
+
+
 def params_table(counts: Counts, title: str) -> Table:
     shape = "x".join(map(str, counts.input_shape))
     per = "per image" if counts.batch == 1 else f"for a batch of {counts.batch}"
@@ -33,20 +63,15 @@ def params_table(counts: Counts, title: str) -> Table:
         show_footer=True,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
-        caption=(
-            f"{counts.params:,} parameters ({human(counts.params)}), {counts.trainable:,} trainable, "
-            f"{counts.param_bytes / 1e6:.2f} MB; {human(counts.macs)}MACs, {human(counts.flops)}FLOPs"
-        ),
+        caption=params_caption(counts),
     )
-    totals = {
-        "layer": "total",
-        "params": f"{counts.params:,}",
-        "trainable": f"{counts.trainable:,}",
-        "macs": f"{counts.macs:,}",
-        "flops": f"{counts.flops:,}",
-    }
-    cells = [[f"{v:,}" if isinstance(v, int) else v for v in astuple(row)] for row in counts.rows]
-    for i, column in enumerate(COLUMNS):
+    totals = {"layer": "total", "params": f"{counts.params:,}", "trainable": f"{counts.trainable:,}"}
+    for column in ("macs", "flops", "backward_flops", "fvcore_flops", "torch_flops"):
+        totals[column] = f"{sum(getattr(r, column) or 0 for r in counts.rows):,}"
+    columns = counts.columns
+    cells = [[f"{v:,}" if isinstance(v, int) else str(v) for v in (getattr(row, c) for c in columns)]
+             for row in counts.rows]
+    for i, column in enumerate(columns):
         widest = max([len(column), len(totals.get(column, ""))] + [len(r[i]) for r in cells])
         table.add_column(  # never cut or wrapped: a narrow terminal folds whole lines instead
             column, footer=totals.get(column, ""), justify="right" if column in NUMERIC else "left",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
 import tempfile
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
@@ -14,80 +16,130 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from ablate.errors import UsageError
+from ablate.errors import EnvironmentFailure, UsageError
 
 SUFFIXES = (".parquet", ".csv")
+ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+PER_CLASS_FOLDER = "_per_class"  # readers of a folder skip names starting with _ or .
+
+
+def arrow_schema(columns: dict[str, type]) -> pa.Schema:
+    """An explicit schema from Python types, every column nullable: the same columns with
+    the same types in every file, whatever values one study happens to hold."""
+    return pa.schema([pa.field(name, ARROW_TYPES[kind]) for name, kind in columns.items()])
+
+
+PER_CLASS_SCHEMA = arrow_schema({
+    "study": str, "variant": str, "seed": int, "run_id": str, "config_id": str,
+    "class_index": int, "class_name": str, "images": int, "accuracy": float,
+})
 
 
 def provenance(argv: list[str]) -> dict[str, str]:
     """Versions, command line and time: what every file we write records about itself."""
-    import torch
-    import torchvision
-
     from ablate import __version__
 
     return {
         "ablate_version": __version__,
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        "torch_version": _version("torch"),
+        "torchvision_version": _version("torchvision"),
         "command": shlex.join(["ablate", *argv]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def check_writable(path: Path, suffixes=SUFFIXES) -> None:
-    """Fail early, before any work, when `path` cannot be written (its folder is made here)."""
+    """Fail early, before any work, when `path` could not be written. Creates nothing: the
+    folders are made when the first result is written."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         allowed = ", ".join(suffixes[:-1]) + " or " + suffixes[-1] if len(suffixes) > 1 else suffixes[0]
         raise UsageError(f"cannot write {str(path)!r}: the file name must end in {allowed}")
     if path.is_dir():
         raise UsageError(f"cannot write {str(path)!r}: it is a directory")
+    folder = path.parent  # the nearest folder that exists: where the first new one would go
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {str(path)!r}: {str(folder)!r} is not a directory")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=folder):  # gone when closed: nothing is left behind
             pass
     except OSError as error:
-        raise UsageError(
-            f"cannot write {str(path)!r}: {str(path.parent)!r} is not a writable directory "
-            f"({error.strerror or error})"
-        ) from None
+        raise UsageError(f"cannot write {str(path)!r}: {str(folder)!r} is not writable "
+                         f"({error.strerror or error})") from None
 
 
-def write_frame(frame: pd.DataFrame, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write `frame` to `path` (.parquet with `metadata` in the file, or .csv) atomically."""
-    path = Path(path)
-    check_writable(path)
+def _arrow(frame: pd.DataFrame, schema: pa.Schema | None, metadata: dict) -> pa.Table:
+    if schema is None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    else:
+        table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"ablate"] = json.dumps(metadata or {}).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _write_temporary(frame: pd.DataFrame, path: Path, metadata: dict, schema: pa.Schema | None) -> str:
+    """Write to a hidden temporary file beside `path`, on disk (fsync) before it returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a results file is as readable as any other
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a results file is as readable as any other
         if path.suffix.lower() == ".csv":
             frame.to_csv(tmp, index=False)
         else:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            meta = dict(table.schema.metadata or {})
-            meta[b"ablate"] = json.dumps(metadata or {}).encode()
-            pq.write_table(table.replace_schema_metadata(meta), tmp)
+            pq.write_table(_arrow(frame, schema, metadata), tmp)
         with open(tmp, "rb") as written:  # on disk before it takes the name: power loss too
             os.fsync(written.fileno())
-        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_frames(items: list[tuple[pd.DataFrame, Path, pa.Schema | None]], metadata: dict | None = None) -> None:
+    """Write each (frame, path, schema) atomically: all are written to temporary files first,
+    then each takes its name, so a failure leaves every file as it was."""
+    temporary = []
+    try:
+        for frame, path, schema in items:
+            temporary.append(_write_temporary(frame, Path(path), metadata or {}, schema))
+        for tmp, (_, path, _) in zip(temporary, items):
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temporary:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
-def read_metadata(path: Path) -> dict[str, str]:
+def write_frame(frame: pd.DataFrame, path: Path, metadata: dict | None = None, schema: pa.Schema | None = None) -> None:
+    """Write `frame` to `path` (.parquet with `metadata` in the file, or .csv) atomically."""
+    check_writable(path)
+    write_frames([(frame, Path(path), schema)], metadata)
+
+
+def read_metadata(path: Path) -> dict:
     """The ablate metadata stored in a Parquet file by `write_frame`."""
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"ablate", b"{}"))
 
 
-def classes_path(path: Path) -> Path:
-    """results/linearity.parquet -> results/linearity.classes.parquet"""
-    return path.with_name(path.name.removesuffix(".parquet") + ".classes.parquet")
+def per_class_path(path: Path) -> Path:
+    """results/linearity.parquet -> results/_per_class/linearity.parquet: out of the way of
+    readers of the folder (pandas, polars, DuckDB, Spark skip names starting with _)."""
+    path = Path(path)
+    return path.parent / PER_CLASS_FOLDER / path.name
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -98,25 +150,56 @@ def read_results(path: Path) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     except Exception as error:
         raise UsageError(f"{str(path)!r} is not a readable Parquet file ({type(error).__name__})") from None
-    missing = {"study", "variant", "seed", "epoch", "split", "run_id"} - set(frame.columns)
+    missing = {"study", "variant", "seed", "epoch", "split", "run_id", "config_id"} - set(frame.columns)
     if missing:
         raise UsageError(f"{str(path)!r} is not an ablate study result: no column {', '.join(sorted(missing))}")
     return frame
 
 
+def read_per_class(path: Path) -> pd.DataFrame:
+    """The per-class rows written beside the study file `path` (empty when there are none)."""
+    per_class = per_class_path(path)
+    if not per_class.exists():
+        return pd.DataFrame(columns=PER_CLASS_SCHEMA.names)
+    try:
+        return pd.read_parquet(per_class)
+    except Exception as error:
+        raise UsageError(f"{str(per_class)!r} is not a readable Parquet file ({type(error).__name__}); "
+                         "move it away to go on") from None
+
+
+def existing_runs(path: Path, resume: bool, force: bool) -> pd.DataFrame:
+    """The runs already in `path` that a study writing there would keep; refuses an existing
+    file unless `resume` or `force`. Reads only: nothing is created."""
+    path = Path(path)
+    check_writable(path, (".parquet",))
+    if resume and force:
+        raise UsageError("give --resume (keep the runs in --out) or --force (replace them), not both")
+    if not path.exists() or force:
+        return pd.DataFrame()
+    if not resume:
+        raise UsageError(f"{str(path)!r} exists: add --resume to finish its study, --force to "
+                         "overwrite it, or give another --out")
+    return read_results(path)
+
+
 class StudyFile:
-    """The Parquet pair of one study, rewritten by atomic replace after every finished run.
+    """The Parquet pair of one study (runs, and per-class rows under _per_class/), rewritten
+    by atomic replace after every finished run.
 
     An existing file is refused unless `resume` (keep its runs, skip their run_ids) or
     `force` (replace it when the first new run finishes). While it is open, a lock file
     beside it keeps a second ablate from writing the same study (the OS releases the lock
-    even when the process is killed).
+    even when the process is killed). Opening it creates its folder and the lock: check
+    everything else first.
     """
 
-    def __init__(self, path: Path, resume: bool = False, force: bool = False):
+    def __init__(self, path: Path, schema: pa.Schema, resume: bool = False, force: bool = False):
         self.path = Path(path)
-        self.classes = classes_path(self.path)
-        check_writable(self.path, (".parquet",))
+        self.schema = schema
+        self.per_class = per_class_path(self.path)
+        existing_runs(self.path, resume, force)  # refuses before anything is created
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
         try:
             self.lock.acquire(timeout=0)
@@ -124,31 +207,15 @@ class StudyFile:
             raise UsageError(
                 f"another ablate is writing {str(self.path)!r}: wait for it to finish, or give another --out"
             ) from None
-        for name in (self.path.name, self.classes.name):  # temporary files a killed writer left
-            for stale in self.path.parent.glob(f".{name}.*.tmp"):
-                stale.unlink()
         try:
-            self._load(resume, force)
+            for folder in (self.path.parent, self.per_class.parent):  # what a killed writer left
+                for stale in folder.glob(f".{self.path.name}.*.tmp"):
+                    stale.unlink()
+            self.runs = existing_runs(self.path, resume, force)
+            self.class_rows = read_per_class(self.path) if len(self.runs) else pd.DataFrame()
         except BaseException:
             self.close()
             raise
-
-    def _load(self, resume: bool, force: bool) -> None:
-        self.runs = pd.DataFrame()
-        self.class_rows = pd.DataFrame()
-        if self.path.exists() and not force:
-            if not resume:
-                raise UsageError(
-                    f"{str(self.path)!r} exists: add --resume to finish its study, --force to "
-                    "overwrite it, or give another --out"
-                )
-            self.runs = read_results(self.path)
-            if self.classes.exists():
-                try:
-                    self.class_rows = pd.read_parquet(self.classes)
-                except Exception as error:
-                    raise UsageError(f"{str(self.classes)!r} is not a readable Parquet file "
-                                     f"({type(error).__name__}); move it away to resume") from None
 
     def close(self) -> None:
         self.lock.release()
@@ -162,12 +229,46 @@ class StudyFile:
     def done(self) -> set[str]:
         return set(self.runs["run_id"]) if len(self.runs) else set()
 
-    def add(self, runs: pd.DataFrame, class_rows: pd.DataFrame, metadata: dict[str, str]) -> None:
-        """Append one run's rows; the classes file first, so the main file never runs ahead."""
+    def add(self, runs: pd.DataFrame, class_rows: pd.DataFrame, metadata: dict, label: str) -> None:
+        """Append one run's rows (`label` names it in errors). Both files are written, then
+        both replaced: a failure (a full disk) leaves them, and this object, as they were."""
         run_ids = set(runs["run_id"])
-        if len(self.class_rows):
-            self.class_rows = self.class_rows[~self.class_rows["run_id"].isin(run_ids)]
-        self.class_rows = pd.concat([self.class_rows, class_rows], ignore_index=True)
-        self.runs = pd.concat([self.runs, runs], ignore_index=True)
-        write_frame(self.class_rows, self.classes, metadata)
-        write_frame(self.runs, self.path, metadata)
+        kept = self.class_rows[~self.class_rows["run_id"].isin(run_ids)] if len(self.class_rows) else None
+        new_class_rows = pd.concat([kept, class_rows], ignore_index=True) if kept is not None else class_rows
+        new_runs = pd.concat([self.runs, runs], ignore_index=True) if len(self.runs) else runs
+        try:
+            write_frames([(new_class_rows, self.per_class, PER_CLASS_SCHEMA),
+                          (new_runs, self.path, self.schema)], metadata)
+        except OSError as error:
+            reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+            saved = len(self.done())
+            raise EnvironmentFailure(
+                f"{reason} while saving {label}: {saved} run{'s' if saved != 1 else ''} "
+                f"{'are' if saved != 1 else 'is'} saved in {self.path}; free space and run the "
+                "same command with --resume") from None
+        self.runs, self.class_rows = new_runs, new_class_rows
+
+
+OUTCOME_COLUMNS = {"seed", "epoch", "split", "loss", "accuracy", "lr", "seconds", "status", "run_id", "config_id",
+                   "params", "flops", "device"}
+
+
+def separate_configurations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Runs of different configurations never share a variant name, so nothing averages
+    them: a variant holding several is split, each part named by the settings that differ
+    (`relu [epochs=1]`). Returns the frame and a note per variant split."""
+    frame = frame.drop_duplicates(["run_id", "epoch", "split"]).copy()
+    notes = []
+    for (study, variant), rows in frame.groupby(["study", "variant"], sort=False):
+        configs = rows.drop_duplicates("config_id").set_index("config_id")
+        if len(configs) < 2:
+            continue
+        settings = [c for c in configs.columns if c not in OUTCOME_COLUMNS | {"study", "variant"}]
+        differ = [c for c in settings if configs[c].astype(str).nunique() > 1] or ["config_id"]
+        for config_id, config in configs.iterrows():
+            said = ", ".join(f"{c}={config_id if c == 'config_id' else config[c]}" for c in differ)
+            chosen = (frame["study"] == study) & (frame["variant"] == variant) & (frame["config_id"] == config_id)
+            frame.loc[chosen, "variant"] = f"{variant} [{said}]"
+        notes.append(f"{study}: variant {variant!r} holds runs of {len(configs)} configurations "
+                     f"(differing in {', '.join(differ)}): they are shown apart, never averaged")
+    return frame, notes

@@ -1,4 +1,4 @@
-"""The studies of EXPERIMENTS.md A and B: each a base configuration plus named variants.
+"""The reference studies: each a base configuration plus named variants.
 
 A study is looked up by name; studies with a sweep take its values (`get_study("conv1",
 channels=[6, 36])`), and bad values are usage errors that list what is allowed.
@@ -11,6 +11,7 @@ from typing import Callable
 
 from ablate import transforms, train
 from ablate.errors import UsageError, unknown_name
+from ablate.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -23,22 +24,34 @@ class Study:
     per_class: bool = False  # the summary shows per-class test accuracy side by side
     plot: str = "curves"  # its natural figure: curves, sweep or classes
 
+    def metadata(self) -> dict:
+        """What `ablate report` and `ablate plot` need to know of the study, kept in its file."""
+        return {"name": self.name, "description": self.description, "factors": list(self.factors),
+                "plot": self.plot, "per_class": self.per_class}
 
-STUDIES: dict[str, Callable[..., Study]] = {}
+
+@dataclass(frozen=True)
+class StudyEntry:
+    build: Callable[..., Study]  # keywords: its own options, and any shared option it names
+    options: dict[str, str]  # its own options: name -> help; the default is the keyword's
 
 
-def register_study(build: Callable[..., Study]) -> Callable[..., Study]:
-    name = build().name
-    if name in STUDIES:
-        raise ValueError(f"study {name!r} is already registered")
-    STUDIES[name] = build
-    return build
+STUDIES: Registry[StudyEntry] = Registry("study")
+
+
+def register_study(name: str, **options: str):
+    """Register `build` as study `name`; `options` are its own command-line options, with
+    their help. The command `ablate NAME` is made from this: nothing else needs to know it."""
+
+    def decorator(build: Callable[..., Study]) -> Callable[..., Study]:
+        STUDIES.register(name, StudyEntry(build, options))
+        return build
+
+    return decorator
 
 
 def get_study(name: str, **values) -> Study:
-    if name not in STUDIES:
-        raise unknown_name("study", name, list(STUDIES))
-    return STUDIES[name](**values)
+    return STUDIES.get(name).build(**values)
 
 
 def parse_list(text: str | list, kind: str, allowed=None) -> list[str]:
@@ -55,7 +68,7 @@ def parse_list(text: str | list, kind: str, allowed=None) -> list[str]:
     return names
 
 
-@register_study
+@register_study("linearity")
 def linearity() -> Study:
     return Study(
         "linearity",
@@ -72,11 +85,10 @@ def linearity() -> Study:
 CONV1_CHANNELS = (2, 4, 6, 8, 12, 16, 20, 28, 36, 44)
 
 
-@register_study
-def conv1(channels: str | list = CONV1_CHANNELS) -> Study:
+@register_study("conv1", channels="conv1 widths to train, comma-separated.")
+def conv1(channels: str = ",".join(map(str, CONV1_CHANNELS))) -> Study:
     widths = []
-    for text in parse_list([str(c) for c in channels] if not isinstance(channels, str) else channels,
-                           "channel count"):
+    for text in parse_list(channels, "channel count"):
         if not text.isdigit() or int(text) < 1:
             raise UsageError(f"--channels takes whole numbers >= 1 separated by commas, got {text!r}")
         widths.append(int(text))
@@ -89,7 +101,7 @@ def conv1(channels: str | list = CONV1_CHANNELS) -> Study:
     )
 
 
-@register_study
+@register_study("permutation")
 def permutation() -> Study:
     return Study(
         "permutation",
@@ -103,18 +115,19 @@ def permutation() -> Study:
     )
 
 
-AUGMENT_SETS = ("none", "flip", "crop-flip", "color-jitter", "affine", "perspective", "rotation", "vflip", "blur")
+AUGMENT_SETS = "none,flip,crop-flip,crop-flip+perspective"
 
 
-@register_study
-def augment(sets: str | list = ("none", "flip", "crop-flip", "crop-flip+perspective")) -> Study:
+@register_study("augment", sets="Augmentation sets, comma-separated: "
+                + ", ".join(transforms.augmentation_names()) + ", or a+b combinations.")
+def augment(sets: str = AUGMENT_SETS) -> Study:
     names = parse_list(sets, "augmentation set")
     for name in names:
         transforms.augmentation(name)  # rejects unknown names, listing the allowed ones
     return Study(
         "augment",
         "Augmentation sets on the train split (random per image): "
-        + ", ".join(AUGMENT_SETS) + ", and combinations written a+b.",
+        + ", ".join(transforms.augmentation_names()) + ", and combinations written a+b.",
         variants={name: {"augment": name} for name in names},
         factors=("augment",),
     )
@@ -131,14 +144,14 @@ def scheduler_fields(name: str, epochs: int, lr: float) -> dict:
     }[name]
 
 
-SCHEDULER_HELP = ("step: x0.1 every epochs/3 epochs; exponential: x0.8 per epoch; cosine: to 0 over the "
-                  "epochs; onecycle: up to 4 x lr and down, per batch")
+SCHEDULER_HELP = ("none; step: x0.1 every epochs/3 epochs; exponential: x0.8 per epoch; cosine: to 0 over "
+                  "the epochs; onecycle: up to 4 x lr and down, per batch")
 
 
-@register_study
-def scheduler(schedulers: str | list = tuple(train.SCHEDULERS), epochs: int = train.RunConfig.epochs,
+@register_study("scheduler", schedulers=f"Schedulers, comma-separated ({SCHEDULER_HELP}).")
+def scheduler(schedulers: str = ",".join(train.SCHEDULERS), epochs: int = train.RunConfig.epochs,
               lr: float | None = None) -> Study:
-    names = parse_list(schedulers, "scheduler", train.SCHEDULERS)
+    names = parse_list(schedulers, "scheduler", train.SCHEDULERS.names())
     lr = lr or train.RunConfig.lr
     return Study(
         "scheduler",
@@ -148,26 +161,24 @@ def scheduler(schedulers: str | list = tuple(train.SCHEDULERS), epochs: int = tr
     )
 
 
-OPTIMIZER_DEFAULTS = {  # lr, momentum, weight decay: sensible for these small nets
-    "sgd": {"lr": 0.1, "momentum": None, "weight_decay": 0.0},
-    "momentum": {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.0},
-    "nesterov": {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.0},
-    "rmsprop": {"lr": 0.001, "momentum": None, "weight_decay": 0.0},
-    "adam": {"lr": 0.001, "momentum": None, "weight_decay": 0.0},
-    "adamw": {"lr": 0.001, "momentum": None, "weight_decay": 0.01},
-}
+def optimizer_defaults(name: str) -> dict:
+    """An optimiser's own learning rate, momentum and weight decay, as RunConfig fields."""
+    entry = train.OPTIMIZERS.get(name)
+    return {"lr": entry.lr, "momentum": entry.momentum, "weight_decay": entry.weight_decay}
+
+
 OPTIMIZER_HELP = "; ".join(
-    f"{n}: lr {d['lr']}" + (f", momentum {d['momentum']}" if d["momentum"] else "")
-    + (f", weight decay {d['weight_decay']}" if d["weight_decay"] else "")
-    for n, d in OPTIMIZER_DEFAULTS.items())
+    f"{n}: lr {o.lr}" + (f", momentum {o.momentum}" if o.momentum else "")
+    + (f", weight decay {o.weight_decay}" if o.weight_decay else "")
+    for n, o in train.OPTIMIZERS.items())
 
 
-@register_study
-def optimizer(optimizers: str | list = tuple(train.OPTIMIZERS), lr: float | None = None) -> Study:
-    names = parse_list(optimizers, "optimizer", train.OPTIMIZERS)
+@register_study("optimizer", optimizers=f"Optimisers, comma-separated ({OPTIMIZER_HELP}).")
+def optimizer(optimizers: str = ",".join(train.OPTIMIZERS), lr: float | None = None) -> Study:
+    names = parse_list(optimizers, "optimizer", train.OPTIMIZERS.names())
     variants = {}
     for name in names:
-        fields = {"optimizer": name, **OPTIMIZER_DEFAULTS[name]}
+        fields = {"optimizer": name, **optimizer_defaults(name)}
         if lr is not None:  # --lr given: the same learning rate for every optimiser
             fields["lr"] = lr
         variants[name] = fields
@@ -179,7 +190,7 @@ def optimizer(optimizers: str | list = tuple(train.OPTIMIZERS), lr: float | None
     )
 
 
-@register_study
+@register_study("normalization")
 def normalization() -> Study:
     return Study(
         "normalization",
@@ -191,13 +202,13 @@ def normalization() -> Study:
     )
 
 
-@register_study
+@register_study("regularization", dropout="Dropout probability of the dropout variants, in [0, 1).")
 def regularization(dropout: float = 0.5) -> Study:
     if not 0 <= dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
     return Study(
         "regularization",
-        "The three-conv net of EXPERIMENTS.md B: base, dropout before the last fc, batch norm after "
+        "The three-conv net (report 002): base, dropout before the last fc, batch norm after "
         "every conv, and both.",
         variants={
             "base": {"dropout": 0.0, "batchnorm": False},

@@ -12,38 +12,51 @@ import torch
 import torch.nn.functional as F
 
 from ablate.errors import unknown_name
+from ablate.registry import Registry
 
 Batch = torch.Tensor
 Augmentation = Callable[[Batch, torch.Generator], Batch]
+
+NORMALIZATIONS: Registry[Callable[[torch.Tensor], Callable[[Batch], Batch]]] = Registry("normalization")
+PERMUTATIONS: Registry[Callable[[int, torch.Generator], Callable[[Batch], Batch]]] = Registry("permutation")
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
 
 
 # ---------------------------------------------------------------- normalisation
 
 
-def normalizer(kind: str, train: torch.Tensor) -> Callable[[Batch], Batch]:
-    """A function on float batches in [0, 1], fitted on the train split (uint8) only:
-    none (as is), half ([-1, 1], the PyTorch tutorial's Normalize(0.5, 0.5)), standard
-    (per-channel mean and std) or zca (whitening: decorrelated pixels of unit variance)."""
-    channels = train.shape[1]
-    if kind == "zca":
-        return zca(train)
-    if kind == "none":
-        mean, std = torch.zeros(channels), torch.ones(channels)
-    elif kind == "half":
-        mean, std = torch.full((channels,), 0.5), torch.full((channels,), 0.5)
-    elif kind == "standard":
-        pixels = train.transpose(0, 1).reshape(channels, -1).double() / 255
-        mean, std = pixels.mean(1).float(), pixels.std(1).float()
-    else:
-        raise unknown_name("normalization", kind, list(NORMALIZATIONS))
-    mean = mean.view(1, -1, 1, 1).to(train.device)
-    std = std.view(1, -1, 1, 1).to(train.device)
+def _affine(mean: torch.Tensor, std: torch.Tensor, device) -> Callable[[Batch], Batch]:
+    mean, std = mean.view(1, -1, 1, 1).to(device), std.view(1, -1, 1, 1).to(device)
     return lambda x: (x - mean) / std
 
 
+@NORMALIZATIONS.register("none")
+def no_normalization(train: torch.Tensor) -> Callable[[Batch], Batch]:
+    """pixels in [0, 1], as they are"""
+    channels = train.shape[1]
+    return _affine(torch.zeros(channels), torch.ones(channels), train.device)
+
+
+@NORMALIZATIONS.register("half")
+def half(train: torch.Tensor) -> Callable[[Batch], Batch]:
+    """[-1, 1]: the PyTorch tutorial's Normalize(0.5, 0.5)"""
+    channels = train.shape[1]
+    return _affine(torch.full((channels,), 0.5), torch.full((channels,), 0.5), train.device)
+
+
+@NORMALIZATIONS.register("standard")
+def standard(train: torch.Tensor) -> Callable[[Batch], Batch]:
+    """per-channel mean and std of the train split"""
+    channels = train.shape[1]
+    pixels = train.transpose(0, 1).reshape(channels, -1).double() / 255
+    return _affine(pixels.mean(1).float(), pixels.std(1).float(), train.device)
+
+
+@NORMALIZATIONS.register("zca")
 def zca(train: torch.Tensor, epsilon: float = 1e-2, fit_images: int = 10_000) -> Callable[[Batch], Batch]:
-    """ZCA whitening fitted on up to `fit_images` train images (a fixed subset: the D x D
-    covariance of all 50,000 CIFAR images costs 20 times more for the same matrix)."""
+    """ZCA whitening fitted on the train split: decorrelated pixels of unit variance"""
+    # fitted on a fixed subset of up to `fit_images`: the D x D covariance of all 50,000
+    # CIFAR images costs 20 times more for the same matrix
     subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:fit_images]
     x = train[subset.to(train.device)].flatten(1).double() / 255
     mean = x.mean(0)
@@ -54,37 +67,43 @@ def zca(train: torch.Tensor, epsilon: float = 1e-2, fit_images: int = 10_000) ->
     return lambda batch: ((batch.flatten(1) - mean) @ whiten).view_as(batch)
 
 
-NORMALIZATIONS = ("none", "half", "standard", "zca")
+def normalizer(kind: str, train: torch.Tensor) -> Callable[[Batch], Batch]:
+    """A function on float batches in [0, 1], fitted on the train split (uint8) only."""
+    return NORMALIZATIONS.get(kind)(train)
 
 
 # ---------------------------------------------------------------- pixel permutations
 
 
+@PERMUTATIONS.register("none")
+def no_permutation(pixels: int, gen: torch.Generator) -> Callable[[Batch], Batch]:
+    """the images as they are"""
+    return lambda x: x
+
+
+@PERMUTATIONS.register("fixed")
+def fixed_permutation(pixels: int, gen: torch.Generator) -> Callable[[Batch], Batch]:
+    """one permutation, drawn from the run's seed, for every image, train and test"""
+    perm = torch.randperm(pixels, generator=gen)
+    return lambda x: x.flatten(2)[:, :, perm.to(x.device)].view_as(x)
+
+
+@PERMUTATIONS.register("fresh")
+def fresh_permutation(pixels: int, gen: torch.Generator) -> Callable[[Batch], Batch]:
+    """a new permutation for every image, every time it is seen"""
+
+    def fresh(x):
+        b, c = x.shape[:2]
+        perms = torch.stack([torch.randperm(pixels, generator=gen) for _ in range(b)])
+        index = perms.to(x.device).unsqueeze(1).expand(b, c, pixels)
+        return x.flatten(2).gather(2, index).view_as(x)
+
+    return fresh
+
+
 def permutation(kind: str, pixels: int, gen: torch.Generator) -> Callable[[Batch], Batch]:
-    """Shuffle the H*W pixel positions (every channel alike): none, fixed (one permutation
-    drawn from the run seed for every image) or fresh (a new one per image per call)."""
-    if kind == "none":
-        return lambda x: x
-    if kind == "fixed":
-        perm = torch.randperm(pixels, generator=gen)
-
-        def fixed(x):
-            return x.flatten(2)[:, :, perm.to(x.device)].view_as(x)
-
-        return fixed
-    if kind == "fresh":
-
-        def fresh(x):
-            b, c = x.shape[:2]
-            perms = torch.stack([torch.randperm(pixels, generator=gen) for _ in range(b)])
-            index = perms.to(x.device).unsqueeze(1).expand(b, c, pixels)
-            return x.flatten(2).gather(2, index).view_as(x)
-
-        return fresh
-    raise unknown_name("permutation", kind, list(PERMUTATIONS))
-
-
-PERMUTATIONS = ("none", "fixed", "fresh")
+    """Shuffle the H*W pixel positions (every channel alike), drawing from `gen`."""
+    return PERMUTATIONS.get(kind)(pixels, gen)
 
 
 # ---------------------------------------------------------------- augmentations
@@ -99,16 +118,19 @@ def _coin(gen: torch.Generator, n: int, device, p: float = 0.5) -> torch.Tensor:
     return (torch.rand(n, generator=gen) < p).to(device).view(-1, 1, 1, 1)
 
 
+@AUGMENTATIONS.register("flip")
 def flip(x: Batch, gen: torch.Generator) -> Batch:
     """Horizontal flip of a random half of the images."""
     return torch.where(_coin(gen, len(x), x.device), x.flip(3), x)
 
 
+@AUGMENTATIONS.register("vflip")
 def vflip(x: Batch, gen: torch.Generator) -> Batch:
     """Vertical flip of a random half of the images."""
     return torch.where(_coin(gen, len(x), x.device), x.flip(2), x)
 
 
+@AUGMENTATIONS.register("crop")
 def crop(x: Batch, gen: torch.Generator, pad: int = 4) -> Batch:
     """A random crop per image from the image zero-padded by `pad` on every side."""
     b, c, h, w = x.shape
@@ -121,6 +143,13 @@ def crop(x: Batch, gen: torch.Generator, pad: int = 4) -> Batch:
     return out.gather(3, cols)
 
 
+@AUGMENTATIONS.register("crop-flip")
+def crop_flip(x: Batch, gen: torch.Generator) -> Batch:
+    """A random crop (padding 4), then a horizontal flip of a random half."""
+    return flip(crop(x, gen), gen)
+
+
+@AUGMENTATIONS.register("color-jitter")
 def color_jitter(x: Batch, gen: torch.Generator, strength: float = 0.4, hue: float = 0.1) -> Batch:
     """Brightness, contrast and saturation factors in [1 - strength, 1 + strength] and a hue
     turn of up to `hue` of a circle (a rotation of the YIQ chroma plane), per image."""
@@ -172,16 +201,19 @@ def _affine_matrices(gen, b, device, degrees, translate=0.0, scale=(1.0, 1.0), s
     return theta
 
 
+@AUGMENTATIONS.register("rotation")
 def rotation(x: Batch, gen: torch.Generator, degrees: float = 15) -> Batch:
     """A random rotation per image, up to `degrees` either way."""
     return _warp(x, _affine_matrices(gen, len(x), x.device, degrees))
 
 
+@AUGMENTATIONS.register("affine")
 def affine(x: Batch, gen: torch.Generator) -> Batch:
     """Per image: rotation up to 15 degrees, shift up to 10 %, scale 0.9-1.1, shear up to 10 degrees."""
     return _warp(x, _affine_matrices(gen, len(x), x.device, 15, 0.1, (0.9, 1.1), 10))
 
 
+@AUGMENTATIONS.register("perspective")
 def perspective(x: Batch, gen: torch.Generator, distortion: float = 0.5, p: float = 0.5) -> Batch:
     """With probability p per image, move each corner inwards by up to `distortion` / 2 of the
     size (torchvision's RandomPerspective) and warp the image by that homography."""
@@ -208,6 +240,7 @@ def perspective(x: Batch, gen: torch.Generator, distortion: float = 0.5, p: floa
     return F.grid_sample(x, mapped[..., :2] / mapped[..., 2:], align_corners=False)
 
 
+@AUGMENTATIONS.register("blur")
 def blur(x: Batch, gen: torch.Generator, kernel: int = 3, sigma=(0.1, 2.0)) -> Batch:
     """Gaussian blur with a random sigma per image (torchvision's GaussianBlur(3, (0.1, 2)))."""
     b, c, h, w = x.shape
@@ -221,28 +254,15 @@ def blur(x: Batch, gen: torch.Generator, kernel: int = 3, sigma=(0.1, 2.0)) -> B
     return planes.view(b, c, h, w)
 
 
-AUGMENTATIONS: dict[str, Augmentation] = {
-    "flip": flip,
-    "crop": crop,
-    "crop-flip": lambda x, gen: flip(crop(x, gen), gen),
-    "color-jitter": color_jitter,
-    "affine": affine,
-    "perspective": perspective,
-    "rotation": rotation,
-    "vflip": vflip,
-    "blur": blur,
-}
-
-
 def augmentation(name: str) -> Augmentation | None:
     """The augmentation named `name`, or a chain written `a+b`; None for "none"."""
     if name == "none":
         return None
-    parts = name.split("+")
-    for part in parts:
+    functions = []
+    for part in name.split("+"):
         if part not in AUGMENTATIONS:
-            raise unknown_name("augmentation", part, ["none", *AUGMENTATIONS])
-    functions = [AUGMENTATIONS[p] for p in parts]
+            raise unknown_name("augmentation", part, augmentation_names())
+        functions.append(AUGMENTATIONS.get(part))
 
     def chain(x, gen):
         for f in functions:
@@ -250,3 +270,7 @@ def augmentation(name: str) -> Augmentation | None:
         return x
 
     return chain
+
+
+def augmentation_names() -> list[str]:
+    return ["none", *AUGMENTATIONS]

@@ -1,5 +1,6 @@
 """`ablate params` and `ablate list` through typer's CliRunner."""
 
+import io
 import json
 
 import pandas as pd
@@ -32,6 +33,7 @@ def test_params_out_round_trip(tmp_path, suffix):
     frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path)
     assert list(frame.columns) == COLUMNS
     assert frame["params"].sum() == 1_191_170
+    assert frame.loc[frame.layer == "pool3", "receptive_field"].item() == "36 (8)"
     assert "total" not in set(frame["layer"])
     assert frame.loc[frame.layer == "conv1", "output_shape"].item() == "32x32x32"
     if suffix == ".parquet":
@@ -43,7 +45,8 @@ def test_params_json_and_csv_on_stdout():
     rows = json.loads(invoke("params", "Linear(3)", "--input", "5", "--format", "json").stdout)
     assert rows == [{
         "layer": "0", "type": "Linear", "input_shape": "5", "output_shape": "3", "weights": 15,
-        "biases": 3, "params": 18, "trainable": 18, "macs": 15, "flops": 30,
+        "biases": 3, "params": 18, "shared": 0, "trainable": 18, "activations": 3, "receptive_field": "",
+        "macs": 15, "flops": 30,
     }]
     csv = invoke("params", "lenet5", "--format", "csv").stdout.splitlines()
     assert csv[0] == ",".join(COLUMNS) and len(csv) == 13
@@ -53,7 +56,8 @@ def test_params_spec_from_the_issue():
     result = invoke("params", "Conv2d(20, 4, stride=2, padding=1), MaxPool2d(3, stride=1)",
                     "--input", "50x12x12", "--format", "csv")
     assert result.exit_code == 0, result.output
-    assert "0,Conv2d,50x12x12,20x6x6,16000,20,16020,16020,576000,1152000" in result.stdout
+    # shared 0; 720 activations; a 4x4 window with stride 2
+    assert "0,Conv2d,50x12x12,20x6x6,16000,20,16020,0,16020,720,4 (2),576000,1152000" in result.stdout
 
 
 def test_params_batch(tmp_path):
@@ -130,11 +134,73 @@ def test_unwritable_out_keeps_nothing_half_written(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
     result = invoke("params", "lenet5", "--out", blocker / "counts.parquet")
-    assert result.exit_code == 2 and "not a writable directory" in result.stderr
+    assert result.exit_code == 2 and "cannot write" in result.stderr
     assert blocker.read_text() == "keep me"
 
 
 def test_help_states_the_convention():
     result = invoke("params", "--help")
     assert result.exit_code == 0
-    assert "2K - 1 without" in result.stdout and "k*k - 1" in result.stdout
+    text = " ".join(result.stdout.split())
+    for rule in ("2K - 1 without", "k*k - 1", "G*H*(I + H) MACs", "LSTM 9*H", "backward (--training)",
+                 "2 FLOPs per MAC", "not run"):
+        assert rule in text, rule
+
+
+def test_params_training_adds_backward_and_a_training_step():
+    result = invoke("params", "lenet5", "--training")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "backward_flops" in text and "1,456,482" in text  # the backward total
+    assert "per image: forward 846 kFLOPs, backward 1.46 MFLOPs, training step 2.3 MFLOPs" in text
+    assert "memory: parameters 247 kB, activations kept for a training step 32.3 kB per image (float32)" in text
+    rows = json.loads(invoke("params", "lenet5", "--training", "--format", "json").stdout)
+    assert rows[0]["backward_flops"] == 2 * 117_600 + 6 * (28 * 28 - 1)  # conv1: weight and bias gradients
+    assert "backward_flops" not in json.loads(invoke("params", "lenet5", "--format", "json").stdout)[0]
+
+
+def test_totals_line_puts_a_space_before_the_unit():
+    result = invoke("params", "ReLU()", "--input", "3x4x4")
+    assert result.exit_code == 0, result.output
+    assert "0 MACs, 48 FLOPs per image" in result.stdout
+
+
+def test_every_parameter_in_one_row_from_the_command_line():
+    frame = pd.read_csv(io.StringIO(invoke("params", "vit_b_16", "--format", "csv").stdout))
+    assert frame["params"].sum() == 86_567_656
+    frame = pd.read_csv(io.StringIO(invoke("params", "inception_v3", "--format", "csv").stdout))
+    assert frame["params"].sum() == 27_161_264
+    assert (frame["output_shape"] == "not run").sum() == 5  # the auxiliary head, in eval mode
+
+
+def test_huge_inputs_and_models_count_in_seconds():
+    result = invoke("params", "Conv2d(3, 8, 3)", "--input", "3x999999x999999", "--format", "json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    side = (999_999 - 8) // 3 + 1  # 3 channels out, kernel 8, stride 3
+    assert row["output_shape"] == f"3x{side}x{side}" and row["macs"] == 3 * side * side * 3 * 64
+    assert row["receptive_field"] == "8 (3)"
+    result = invoke("params", "vit_h_14", "--training")
+    assert result.exit_code == 0 and "632,045,800" in result.stdout
+
+
+def test_a_forward_that_cannot_fit_is_exit_2_with_the_memory_it_needs(tmp_path, monkeypatch):
+    (tmp_path / "picky.py").write_text(
+        "import torch\nclass Picky(torch.nn.Module):\n"
+        "    def forward(self, x):\n        return x[x > 0]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = invoke("params", "picky:Picky", "--input", "100000x1000000x4")
+    assert result.exit_code == 2, result.output
+    assert "cannot count on fake tensors" in result.stderr and "its input alone needs 1.6e+03 GB" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert invoke("params", "picky:Picky", "--input", "3x4x4").exit_code == 0  # small: a real forward
+
+
+def test_params_compare():
+    result = invoke("params", "tutorial", "--compare")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "fvcore_flops" in text and "torch_flops" in text
+    assert "fvcore 652 kFLOPs (0.50 x ablate's), FlopCounterMode 1.3 MFLOPs (0.99 x ablate's)" in text
+    assert "fvcore counts a multiply-add as one flop" in text

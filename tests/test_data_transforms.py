@@ -177,14 +177,30 @@ def test_perspective_keeps_undistorted_images_and_shrinks_the_others():
 
 def test_combined_augmentations_apply_in_order():
     x = torch.rand(8, 3, 8, 8)
-    combined = transforms.augmentation("crop-flip+vflip")
-    assert combined(x, torch.Generator().manual_seed(0)).shape == x.shape
+    combined = transforms.augmentation("crop-flip+rotation")(x, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    by_hand = transforms.rotation(transforms.flip(transforms.crop(x, gen), gen), gen)
+    assert torch.equal(combined, by_hand)
+    gen = torch.Generator().manual_seed(0)
+    reversed_order = transforms.flip(transforms.crop(transforms.rotation(x, gen), gen), gen)
+    assert not torch.allclose(combined, reversed_order)
 
 
-@pytest.mark.parametrize("kind,name", [("augmentation", "flips"), ("permutation", "shuffled")])
+def test_every_normalization_and_permutation_is_registered_and_listed():
+    assert transforms.NORMALIZATIONS.names() == ["none", "half", "standard", "zca"]
+    assert transforms.PERMUTATIONS.names() == ["none", "fixed", "fresh"]
+    train = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8)
+    half = transforms.normalizer("half", train)(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4))
+    assert half[0, :, 0, 0].tolist() == [-1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("kind,name", [("augmentation", "flips"), ("permutation", "shuffled"),
+                                       ("normalization", "whiten")])
 def test_unknown_transform_names_list_the_choices(kind, name):
-    with pytest.raises(UsageError, match=f"unknown {kind} '{name}'"):
+    with pytest.raises(UsageError, match=f"unknown {kind} '{name}'.*allowed: none, "):
         if kind == "augmentation":
             transforms.augmentation(f"crop+{name}")
-        else:
+        elif kind == "permutation":
             transforms.permutation(name, 4, torch.Generator())
+        else:
+            transforms.normalizer(name, torch.zeros(2, 1, 2, 2, dtype=torch.uint8))

@@ -9,19 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+import errno
+
 import pandas as pd
 import pytest
 from filelock import FileLock
-from typer.testing import CliRunner
 
-from ablate.cli import app
+from ablate import results
 from ablate.results import write_frame
+from conftest import NUMBERS, TINY
 
-cli = CliRunner()
 README = Path(__file__).parent.parent / "README.md"
-TINY = ["--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "2",
-        "--batch-size", "50", "--device", "cpu"]
-NUMBERS = ["variant", "seed", "epoch", "split", "loss", "accuracy", "lr", "status", "run_id"]
 
 
 def readme_rows():
@@ -36,6 +34,10 @@ def readme_rows():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
     root = tmp_path_factory.mktemp("bad-input")
     (root / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
     write_frame(pd.DataFrame({"name": ["x"], "value": [1.0]}), root / "foreign.parquet")
@@ -46,18 +48,18 @@ def workdir(tmp_path_factory):
                  "t10k-labels-idx1-ubyte"):
         header = b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
         (root / "corrupt-data" / f"{name}.gz").write_bytes(gzip.compress(header + b"\x00" * 100))
-    result = cli.invoke(app, ["linearity", *TINY, "--out", str(root / "finished.parquet")])
+    result = CliRunner().invoke(app, ["linearity", *TINY, "--out", str(root / "finished.parquet")])
     assert result.exit_code == 0, result.output
     return root
 
 
 def snapshot(root: Path) -> dict:
-    """Every file's bytes, less the hidden lock files a study leaves beside its results."""
-    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+    """Every path under `root`, folders and hidden files too, with each file's bytes."""
+    return {p: p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
 
 
 @pytest.mark.parametrize("command,message", readme_rows())
-def test_every_bad_input_in_the_readme(workdir, monkeypatch, command, message):
+def test_every_bad_input_in_the_readme(workdir, monkeypatch, ablate, command, message):
     import torchvision
 
     def offline(*args, **kwargs):
@@ -68,7 +70,7 @@ def test_every_bad_input_in_the_readme(workdir, monkeypatch, command, message):
     monkeypatch.delenv("ABLATE_DATA", raising=False)
     monkeypatch.chdir(workdir)
     before = snapshot(workdir)
-    result = cli.invoke(app, shlex.split(command)[1:])
+    result = ablate(shlex.split(command)[1:])
     assert result.exit_code == 2, result.output
     assert message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -77,14 +79,14 @@ def test_every_bad_input_in_the_readme(workdir, monkeypatch, command, message):
 
 
 def test_readme_table_is_not_empty():
-    assert len(readme_rows()) >= 30
+    assert len(readme_rows()) >= 40
 
 
-def test_kill_9_keeps_finished_runs_and_resume_completes(tmp_path):
+def test_kill_9_keeps_finished_runs_and_resume_completes(tmp_path, ablate):
     args = ["linearity", "--dataset", "synthetic", "--limit-train", "3000", "--limit-test", "200",
             "--epochs", "3", "--batch-size", "50", "--device", "cpu"]
     whole = tmp_path / "whole.parquet"
-    assert cli.invoke(app, [*args, "--out", str(whole)]).exit_code == 0
+    assert ablate([*args, "--out", str(whole)]).exit_code == 0
 
     killed = tmp_path / "killed.parquet"
     process = subprocess.Popen([sys.executable, "-m", "ablate", *args, "--out", str(killed)],
@@ -100,17 +102,45 @@ def test_kill_9_keeps_finished_runs_and_resume_completes(tmp_path):
     assert partial["run_id"].nunique() < 3
     assert (partial.groupby("run_id").size() == 3 * 2).all()  # every saved run is whole
 
-    resumed = cli.invoke(app, [*args, "--out", str(killed), "--resume"])
+    # what a writer killed between writing and renaming leaves (made here: the kill may miss it)
+    stale = [tmp_path / ".killed.parquet.x1.tmp", tmp_path / "_per_class" / ".killed.parquet.x2.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a parquet file")
+    resumed = ablate([*args, "--out", str(killed), "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert not list(tmp_path.glob(".*.tmp"))  # what the killed writer left is cleared
-    pd.testing.assert_frame_equal(pd.read_parquet(whole)[NUMBERS], pd.read_parquet(killed)[NUMBERS])
-    assert resumed.stdout == cli.invoke(app, [*args, "--out", str(whole), "--resume"]).stdout
+    assert not any(path.exists() for path in stale)
+    pd.testing.assert_frame_equal(pd.read_parquet(whole)[NUMBERS], pd.read_parquet(killed)[NUMBERS],
+                                  check_exact=True)
+    assert resumed.stdout == ablate([*args, "--out", str(whole), "--resume"]).stdout
 
 
-def test_divergence_is_recorded_and_the_study_goes_on(tmp_path):
+def test_a_full_disk_loses_no_saved_run(tmp_path, ablate, monkeypatch):
+    out = tmp_path / "full.parquet"
+    real, calls = results._write_temporary, []
+
+    def disk_fills(frame, path, *args):
+        calls.append(path)
+        if len(calls) == 4:  # the second run: its per-class file is written, then the runs file fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(frame, path, *args)
+
+    monkeypatch.setattr(results, "_write_temporary", disk_fills)
+    result = ablate(["linearity", *TINY, "--out", out])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (f"ablate linearity: error: disk full while saving linear seed 0: 1 run is "
+                                      f"saved in {out}; free space and run the same command with --resume")
+    frame = pd.read_parquet(out)
+    assert frame["variant"].unique().tolist() == ["relu"]
+    assert pd.read_parquet(results.per_class_path(out))["variant"].unique().tolist() == ["relu"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    monkeypatch.setattr(results, "_write_temporary", real)
+    assert ablate(["linearity", *TINY, "--out", out, "--resume"]).exit_code == 0
+    assert pd.read_parquet(out)["run_id"].nunique() == 3
+
+
+def test_divergence_is_recorded_and_the_study_goes_on(tmp_path, ablate):
     out = tmp_path / "d.parquet"
-    result = cli.invoke(app, ["optimizer", *TINY, "--optimizers", "momentum,adam", "--lr", "100",
-                              "--out", str(out)])
+    result = ablate(["optimizer", *TINY, "--optimizers", "momentum,adam", "--lr", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
     assert set(frame["variant"]) == {"momentum", "adam"}
@@ -118,20 +148,20 @@ def test_divergence_is_recorded_and_the_study_goes_on(tmp_path):
     assert "(diverged)" in result.stdout and "recorded as diverged" in result.stderr
 
 
-def test_second_writer_is_refused(tmp_path):
+def test_second_writer_is_refused(tmp_path, ablate):
     out = tmp_path / "busy.parquet"
     with FileLock(tmp_path / ".busy.parquet.lock"):
-        result = cli.invoke(app, ["linearity", *TINY, "--out", str(out)])
+        result = ablate(["linearity", *TINY, "--out", str(out)])
     assert result.exit_code == 2
     assert "another ablate is writing" in result.stderr and not out.exists()
-    assert cli.invoke(app, ["linearity", *TINY, "--out", str(out)]).exit_code == 0  # free again
+    assert ablate(["linearity", *TINY, "--out", str(out)]).exit_code == 0  # free again
 
 
-def test_deterministic_runs_are_bit_identical(tmp_path):
+def test_deterministic_runs_are_bit_identical(tmp_path, ablate):
     frames = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.parquet"
-        result = cli.invoke(app, ["permutation", *TINY, "--deterministic", "--out", str(out)])
+        result = ablate(["permutation", *TINY, "--deterministic", "--out", str(out)])
         assert result.exit_code == 0, result.output
         frames.append(pd.read_parquet(out))
     assert frames[0]["deterministic"].all()

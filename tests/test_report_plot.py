@@ -2,34 +2,13 @@
 
 import json
 import math
+import re
 
+import matplotlib
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from ablate import compare
-from ablate.cli import app
-from ablate.results import write_frame
-
-cli = CliRunner()
-
-
-def fake_results(path, variants=("a", "b"), seeds=(0, 1, 2), epochs=2, study="linearity", extra=None):
-    """A study file whose numbers are known: accuracy = 0.5 + 0.1 * variant index + 0.01 * seed."""
-    rows = []
-    for v, variant in enumerate(variants):
-        for seed in seeds:
-            for epoch in range(1, epochs + 1):
-                for split in ("train", "test"):
-                    rows.append({
-                        "study": study, "variant": variant, "seed": seed, "epoch": epoch, "split": split,
-                        "loss": 1.0 - 0.1 * v - 0.01 * seed * v + 0.1 * (epochs - epoch),
-                        "accuracy": 0.5 + 0.1 * v + 0.01 * seed - 0.05 * (epochs - epoch),
-                        "lr": 0.1, "seconds": 1.0, "status": "ok", "run_id": f"{variant}{seed}",
-                        "dataset": "synthetic", **(extra(v) if extra else {}),
-                    })
-    write_frame(pd.DataFrame(rows), path)
-    return path
 
 
 def test_interval_by_hand():
@@ -39,17 +18,29 @@ def test_interval_by_hand():
     assert all(math.isnan(v) for v in compare.interval(pd.Series([1.0])))
 
 
-def test_paired_difference_over_shared_seeds(tmp_path):
-    path = fake_results(tmp_path / "r.parquet")
-    frame = pd.read_parquet(path)
-    frame = frame[~((frame.variant == "b") & (frame.seed == 2))]  # b lacks seed 2
+def test_paired_difference_over_shared_seeds(tmp_path, fake_study):
+    frame = pd.read_parquet(fake_study(tmp_path / "r.parquet"))
+    frame = frame[~((frame.variant == "beta") & (frame.seed == 2))]  # beta lacks seed 2
     summary = compare.summarize(compare.pick_epochs(frame))
-    acc = summary[(summary.variant == "b") & (summary.metric == "test_accuracy")].iloc[0]
+    acc = summary[(summary.variant == "beta") & (summary.metric == "test_accuracy")].iloc[0]
     assert acc["seeds"] == 2 and acc["diff"] == pytest.approx(0.1)
     assert acc["diff_ci_low"] == pytest.approx(0.1) and acc["significant"]  # the same gap every seed
-    loss = summary[(summary.variant == "b") & (summary.metric == "test_loss")].iloc[0]
+    loss = summary[(summary.variant == "beta") & (summary.metric == "test_loss")].iloc[0]
     assert loss["diff"] == pytest.approx(-0.105)  # seeds 0 and 1: -0.1 and -0.11
     assert not math.isnan(loss["diff_ci_low"])
+
+
+def test_a_difference_within_the_noise_is_not_significant(tmp_path, fake_study):
+    # beta - alpha per seed: 0.1 + (-0.3, +0.1, +0.1) = (-0.2, 0.2, 0.2): mean 0.0667,
+    # std 0.231, interval 0.0667 -+ 4.303 x 0.231 / sqrt(3) = [-0.507, 0.640]
+    noise = lambda v, seed: v * (-0.3 if seed == 0 else 0.1)  # noqa: E731
+    frame = pd.read_parquet(fake_study(tmp_path / "r.parquet", noise=noise))
+    summary = compare.summarize(compare.pick_epochs(frame))
+    acc = summary[(summary.variant == "beta") & (summary.metric == "test_accuracy")].iloc[0]
+    assert acc["diff"] == pytest.approx(0.2 / 3)
+    assert (acc["diff_ci_low"], acc["diff_ci_high"]) == pytest.approx((-0.507, 0.640), abs=1e-3)
+    assert not acc["significant"]
+    assert not summary[summary.variant == "alpha"]["significant"].any()  # the baseline itself
 
 
 def test_pick_epochs():
@@ -60,88 +51,99 @@ def test_pick_epochs():
     assert compare.pick_epochs(rows, epoch=1)["accuracy"].tolist() == [0.2]
 
 
-def test_report_table_json_csv(tmp_path):
-    path = fake_results(tmp_path / "r.parquet")
-    table = cli.invoke(app, ["report", str(path)])
+def _row(stdout: str, variant: str) -> str:
+    return next(line for line in stdout.splitlines() if line.strip().startswith(variant + " "))
+
+
+def test_report_table_marks_significant_differences_only(tmp_path, ablate, fake_study):
+    clear = fake_study(tmp_path / "clear.parquet")
+    table = ablate(["report", clear])
     assert table.exit_code == 0, table.output
-    assert "baseline 'a'" in table.stdout and "*" in table.stdout and "95 %" in table.stdout
-    rows = json.loads(cli.invoke(app, ["report", str(path), "--format", "json", "--baseline", "b"]).stdout)
-    a_acc = next(r for r in rows if r["variant"] == "a" and r["metric"] == "test_accuracy")
-    assert a_acc["baseline"] == "b" and a_acc["diff"] == pytest.approx(-0.1)
+    assert "baseline 'alpha'" in table.stdout and "95 %" in table.stdout
+    assert _row(table.stdout, "beta").rstrip().endswith("*")  # +10 pt every seed
+    noisy = fake_study(tmp_path / "noisy.parquet", noise=lambda v, seed: v * (-0.3 if seed == 0 else 0.1))
+    beta = _row(ablate(["report", noisy]).stdout, "beta")
+    assert "[" in beta and not beta.rstrip().endswith("*")
+
+
+def test_report_json_and_csv(tmp_path, ablate, fake_study):
+    path = fake_study(tmp_path / "r.parquet")
+    rows = json.loads(ablate(["report", path, "--format", "json", "--baseline", "beta"]).stdout)
+    a_acc = next(r for r in rows if r["variant"] == "alpha" and r["metric"] == "test_accuracy")
+    assert a_acc["baseline"] == "beta" and a_acc["diff"] == pytest.approx(-0.1)
     assert a_acc["mean"] == pytest.approx(0.51) and a_acc["seeds"] == 3
-    csv = cli.invoke(app, ["report", str(path), "--format", "csv", "--epoch", "1"]).stdout.splitlines()
+    csv = ablate(["report", path, "--format", "csv", "--epoch", "1"]).stdout.splitlines()
     assert csv[0].startswith("study,variant,metric,seeds,mean,std,ci_low,ci_high")
     assert len(csv) == 1 + 2 * 2
 
 
-def test_report_with_one_seed_says_so(tmp_path):
-    path = fake_results(tmp_path / "r.parquet", seeds=(0,))
-    result = cli.invoke(app, ["report", str(path)])
+def test_report_with_one_seed_says_so(tmp_path, ablate, fake_study):
+    result = ablate(["report", fake_study(tmp_path / "r.parquet", seeds=(0,))])
     assert result.exit_code == 0 and "no interval can be given" in result.stdout
 
 
-def test_report_several_files(tmp_path):
-    one = fake_results(tmp_path / "one.parquet")
-    two = fake_results(tmp_path / "two.parquet", variants=("x", "y"), study="augment")
-    result = cli.invoke(app, ["report", str(one), str(two), "--baseline", "y"])
+def test_report_several_files(tmp_path, ablate, fake_study):
+    one = fake_study(tmp_path / "one.parquet")
+    two = fake_study(tmp_path / "two.parquet", variants=("x", "y"), study="augment")
+    result = ablate(["report", one, two, "--baseline", "y"])
     assert result.exit_code == 0
-    assert "baseline 'a'" in result.stdout and "baseline 'y'" in result.stdout
+    assert "baseline 'alpha'" in result.stdout and "baseline 'y'" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "make,args,message",
-    [
-        (lambda p: p.write_text("not parquet"), [], "is not a readable Parquet file"),
-        (lambda p: write_frame(pd.DataFrame({"x": [1]}), p), [], "is not an ablate study result: no column"),
-        (lambda p: fake_results(p), ["--baseline", "zzz"], "unknown baseline variant 'zzz'; allowed: a, b"),
-        (lambda p: fake_results(p), ["--epoch", "9"], "the runs have epochs 1 to 2"),
-        (lambda p: fake_results(p), ["--epoch", "1", "--best"], "not both"),
-        (lambda p: None, [], "no such file"),
-    ],
-)
-def test_report_bad_input(tmp_path, make, args, message):
-    path = tmp_path / "r.parquet"
-    make(path)
-    before = path.read_bytes() if path.exists() else None
-    result = cli.invoke(app, ["report", str(path), *args])
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert (path.read_bytes() if path.exists() else None) == before
-
-
-@pytest.mark.parametrize("kind,suffix", [("curves", ".png"), ("curves", ".svg"), ("sweep", ".pdf"), ("sweep", ".png")])
-def test_plot_kinds(tmp_path, kind, suffix):
-    path = fake_results(tmp_path / "r.parquet", extra=lambda v: {"conv1_channels": 4 * (v + 1)}, study="conv1")
-    out = tmp_path / f"fig{suffix}"
-    result = cli.invoke(app, ["plot", str(path), "-o", str(out), "--kind", kind])
+def test_report_never_averages_runs_of_different_configurations(tmp_path, ablate, fake_study):
+    one = fake_study(tmp_path / "one.parquet", config=lambda v: {"epochs": 1})
+    two = fake_study(tmp_path / "two.parquet", config=lambda v: {"epochs": 2},
+                     noise=lambda v, seed: 0.2)  # the 2-epoch runs are 20 pt better
+    result = ablate(["report", one, two, "--format", "json"])
     assert result.exit_code == 0, result.output
-    head = out.read_bytes()[:8]
-    assert head.startswith({".png": b"\x89PNG", ".svg": b"<?xml", ".pdf": b"%PDF"}[suffix])
+    rows = {(r["variant"], r["metric"]): r for r in json.loads(result.stdout)}
+    assert rows[("alpha [epochs=1]", "test_accuracy")]["mean"] == pytest.approx(0.51)
+    assert rows[("alpha [epochs=2]", "test_accuracy")]["mean"] == pytest.approx(0.71)
+    assert rows[("alpha [epochs=2]", "test_accuracy")]["seeds"] == 3
+    assert "holds runs of 2 configurations (differing in epochs)" in result.stderr
 
 
-def test_plot_sweep_needs_a_numeric_factor(tmp_path):
-    path = fake_results(tmp_path / "r.parquet", extra=lambda v: {"activation": ["relu", "none"][v]})
-    result = cli.invoke(app, ["plot", str(path), "-o", str(tmp_path / "f.png"), "--kind", "sweep"])
-    assert result.exit_code == 2 and "no numeric factor varies" in result.stderr
+def _svg_texts(path) -> list[str]:
+    return re.findall(r"<text[^>]*>([^<]*)</text>", path.read_text())
 
 
-@pytest.mark.parametrize("args,message", [(["-o", "fig.gif"], "must end in .png, .svg or .pdf"),
-                                          (["-o", "fig.png", "--kind", "classes"], "needs"),
-                                          (["-o", "fig.png", "--kind", "bars"], "'bars' is not one of")])
-def test_plot_bad_input(tmp_path, monkeypatch, args, message):
-    monkeypatch.chdir(tmp_path)
-    path = fake_results(tmp_path / "r.parquet")
-    result = cli.invoke(app, ["plot", str(path), *args])
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr
-    assert not (tmp_path / "fig.png").exists()
+@pytest.fixture
+def svg_text(monkeypatch):
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")  # text stays text in the SVG
 
 
-def test_training_command_draws_its_natural_figure(tmp_path):
-    out, figure = tmp_path / "p.parquet", tmp_path / "p.png"
-    result = cli.invoke(app, ["permutation", "--dataset", "synthetic", "--limit-train", "200", "--limit-test",
-                              "100", "--epochs", "1", "--out", str(out), "--plot", str(figure)])
+def test_plot_curves_draws_each_variant_and_split(tmp_path, ablate, fake_study, svg_text):
+    path = fake_study(tmp_path / "r.parquet", epochs=3)
+    out = tmp_path / "fig.svg"
+    result = ablate(["plot", path, "-o", out, "--kind", "curves"])
     assert result.exit_code == 0, result.output
-    assert figure.read_bytes().startswith(b"\x89PNG")
-    cli_classes = cli.invoke(app, ["plot", str(out), "-o", str(tmp_path / "again.png")])
-    assert cli_classes.exit_code == 0
+    texts = _svg_texts(out)
+    for label in ("alpha", "beta", "train", "test", "epoch", "accuracy (%)", "cross-entropy loss"):
+        assert label in texts, label
+    # 2 variants x 2 splits x 2 panels, each a line of 3 points
+    assert out.read_text().count('id="line2d_') >= 8
+
+
+def test_plot_sweep_marks_the_lowest_test_loss(tmp_path, ablate, fake_study, svg_text):
+    path = fake_study(tmp_path / "r.parquet", variants=("2", "4", "8"), study="conv1",
+                      config=lambda v: {"conv1_channels": 2 ** (v + 1)}, factors=("conv1_channels",), plot="sweep")
+    out = tmp_path / "fig.svg"
+    assert ablate(["plot", path, "-o", out]).exit_code == 0  # sweep: the study's natural figure
+    texts = _svg_texts(out)
+    assert "conv1 channels" in texts and "lowest test loss: 8" in texts  # loss falls with the index
+
+
+@pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF")])
+def test_plot_formats(tmp_path, ablate, fake_study, suffix, magic):
+    out = tmp_path / "deeper" / f"fig{suffix}"
+    assert ablate(["plot", fake_study(tmp_path / "r.parquet"), "-o", out]).exit_code == 0
+    assert out.read_bytes().startswith(magic) and out.stat().st_size > 10_000
+
+
+def test_training_command_draws_its_natural_figure(tmp_path, ablate, tiny, svg_text):
+    out, figure = tmp_path / "p.parquet", tmp_path / "p.svg"
+    result = ablate(["permutation", *tiny, "--out", out, "--plot", figure])
+    assert result.exit_code == 0, result.output
+    texts = _svg_texts(figure)
+    assert "test accuracy (%)" in texts and "class 9" in texts  # per-class bars
+    assert {"original", "fixed", "fresh"} <= set(texts)

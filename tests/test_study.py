@@ -1,164 +1,247 @@
 """Training, the study runner and `ablate linearity`, on synthetic data with tiny limits."""
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
+from torch import nn
 
-from ablate import runner
-from ablate.cli import app
+from ablate import runner, studies
 from ablate.data import load_dataset
+from ablate.errors import UsageError
 from ablate.results import read_metadata
-from ablate.train import RunConfig, train_run
+from ablate.train import TASKS, RunConfig, evaluate, resolve, train_run
 
-cli = CliRunner()
-TINY = ["--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "2",
-        "--batch-size", "50", "--device", "cpu"]
-NUMBERS = ["loss", "accuracy", "lr"]
+CPU = torch.device("cpu")
 
 
-def tiny_data():
-    return load_dataset("synthetic", limit_train=300, limit_test=100)
+def losses(result):
+    return [(r.epoch, r.split, r.loss, r.accuracy) for r in result.epochs]
 
 
-def test_same_seed_same_numbers_other_seed_other_numbers():
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_data):
     config = RunConfig(dataset="synthetic", epochs=2, batch_size=50, augment="crop-flip", permutation="fresh")
-    a, b, c = (train_run(config, tiny_data(), seed, torch.device("cpu")) for seed in (0, 0, 1))
-    assert [(r.loss, r.accuracy) for r in a.epochs] == [(r.loss, r.accuracy) for r in b.epochs]
-    assert a.class_accuracy == b.class_accuracy
-    assert [r.loss for r in a.epochs] != [r.loss for r in c.epochs]
+    a, b, c = (train_run(config, tiny_data, seed, CPU) for seed in (0, 0, 1))
+    assert losses(a) == losses(b) and a.class_accuracy == b.class_accuracy
+    assert losses(a) != losses(c)
+
+
+def test_nothing_before_a_run_changes_its_numbers(tiny_data):
+    """Dropout, like every random source, draws from the run's own seed, whatever the
+    global generator's state was before the run."""
+    config = resolve(RunConfig(dataset="synthetic", model="threeconv", dropout=0.5, epochs=1, batch_size=50))
+    torch.manual_seed(1)
+    first = train_run(config, tiny_data, 0, CPU)
+    torch.rand(12345)  # what other work in the process (counting, another run) would do
+    second = train_run(config, tiny_data, 0, CPU)
+    assert losses(first) == losses(second)
+    state = torch.random.get_rng_state()
+    train_run(config, tiny_data, 0, CPU)
+    assert torch.equal(torch.random.get_rng_state(), state)  # and the run leaves it as it was
+
+
+def test_evaluation_does_not_draw_from_the_training_streams():
+    config = RunConfig(dataset="synthetic", epochs=2, batch_size=50, permutation="fresh")
+    small, large = (train_run(config, load_dataset("synthetic", limit_train=300, limit_test=n), 0, CPU)
+                    for n in (100, 200))
+    train = lambda result: [r.loss for r in result.epochs if r.split == "train"]  # noqa: E731
+    assert train(small) == train(large)
+
+
+class Predicts(nn.Module):
+    """Predicts class `label` for every image, whatever it is."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.label = label
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((len(x),), self.label), 4).float()
+
+
+def test_per_class_accuracy_by_hand():
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # class 3 has no image
+    x = torch.zeros(len(y), 1, 2, 2)
+    metrics = evaluate(Predicts(0), x, y, lambda b: b, TASKS.get("classify"), 4, batch_size=3)
+    assert metrics["accuracy"] == pytest.approx(0.4)
+    assert metrics["class_accuracy"] == [1.0, 0.0, 0.0, None]  # None: no image, not 0 %
 
 
 def test_training_learns_the_synthetic_task():
     data = load_dataset("synthetic", limit_train=2000, limit_test=500)
-    result = train_run(RunConfig(dataset="synthetic", epochs=3), data, 0, torch.device("cpu"))
+    result = train_run(RunConfig(dataset="synthetic", epochs=3), data, 0, CPU)
     test = [r for r in result.epochs if r.split == "test"]
     assert test[-1].accuracy > 0.5  # chance is 0.1
     assert result.epochs[0].loss > result.epochs[-2].loss
     assert result.status == "ok" and len(result.class_accuracy) == 10
 
 
-def test_divergence_is_recorded_not_raised():
-    result = train_run(RunConfig(dataset="synthetic", epochs=3, lr=1e4), tiny_data(), 0, torch.device("cpu"))
-    assert result.status == "diverged"
+def test_divergence_is_recorded_not_raised(tiny_data):
+    assert train_run(RunConfig(dataset="synthetic", epochs=3, lr=1e4), tiny_data, 0, CPU).status == "diverged"
 
 
-def study(tmp_path: Path, *extra, out="lin.parquet"):
-    return cli.invoke(app, ["linearity", *TINY, "--out", str(tmp_path / out), *extra])
+# ---------------------------------------------------------------- configurations
 
 
-def test_linearity_writes_tidy_parquet(tmp_path):
-    result = study(tmp_path, "--seeds", "2")
+CHANGED = {  # one other value for every field of RunConfig
+    "task": "reconstruct", "dataset": "mnist", "model": "threeconv", "conv1_channels": 7, "activation": "tanh",
+    "fc1_features": 121, "dropout": 0.1, "batchnorm": True, "epochs": 11, "batch_size": 129, "lr": 0.03,
+    "optimizer": "adam", "momentum": 0.8, "weight_decay": 0.1, "scheduler": "step", "lr_step_size": 2,
+    "lr_gamma": 0.5, "lr_max": 0.1, "normalization": "zca", "augment": "flip", "permutation": "fixed",
+    "limit_train": 100, "limit_test": 50, "deterministic": True,
+}
+
+
+def test_every_field_is_changed_by_the_test():
+    assert set(CHANGED) == {f.name for f in dataclasses.fields(RunConfig)}
+
+
+@pytest.mark.parametrize("field", sorted(CHANGED))
+def test_run_id_and_config_id_change_with_every_setting(field):
+    base = runner.Run("s", "v", 0, RunConfig())
+    other = dataclasses.replace(base, config=dataclasses.replace(RunConfig(), **{field: CHANGED[field]}))
+    assert other.run_id != base.run_id and other.config_id != base.config_id
+
+
+def test_run_id_changes_with_study_variant_and_seed_config_id_not_with_seed():
+    base = runner.Run("s", "v", 0, RunConfig())
+    for other in (dataclasses.replace(base, study="t"), dataclasses.replace(base, variant="w")):
+        assert other.run_id != base.run_id and other.config_id != base.config_id
+    seed = dataclasses.replace(base, seed=1)
+    assert seed.run_id != base.run_id and seed.config_id == base.config_id
+
+
+def test_model_fields_are_filled_where_the_model_takes_them_and_null_elsewhere():
+    tutorial = resolve(RunConfig(model="tutorial"))
+    assert (tutorial.conv1_channels, tutorial.activation, tutorial.fc1_features) == (6, "relu", 120)
+    assert tutorial.dropout is None and tutorial.batchnorm is None
+    threeconv = resolve(RunConfig(model="threeconv"))
+    assert (threeconv.dropout, threeconv.batchnorm) == (0.0, False)
+    assert threeconv.conv1_channels is None and threeconv.fc1_features is None and threeconv.activation is None
+
+
+def test_a_setting_the_model_cannot_take_is_a_usage_error():
+    with pytest.raises(UsageError, match="model 'threeconv' does not take activation .* it takes dropout, batchnorm"):
+        resolve(RunConfig(model="threeconv", activation="none"))
+    study = dataclasses.replace(studies.get_study("linearity"), base={"model": "threeconv"})
+    with pytest.raises(UsageError, match="variant 'relu'"):
+        runner.plan(study, {}, 1)
+
+
+# ---------------------------------------------------------------- the linearity study, end to end
+
+
+def study(ablate, tiny, tmp_path: Path, *extra, out="lin.parquet"):
+    return ablate(["linearity", *tiny, "--out", tmp_path / out, *extra])
+
+
+def test_linearity_writes_tidy_parquet(tmp_path, ablate, tiny):
+    result = study(ablate, tiny, tmp_path, "--seeds", "2")
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(tmp_path / "lin.parquet")
     assert len(frame) == 3 * 2 * 2 * 2  # variants x seeds x epochs x splits
     assert list(frame["variant"].unique()) == ["relu", "linear", "linear-wide"]
-    for column in ("study", "variant", "seed", "epoch", "split", "loss", "accuracy", "lr", "seconds",
-                   "run_id", "dataset", "model", "epochs", "batch_size", "optimizer", "activation",
-                   "fc1_features", "status"):
-        assert column in frame.columns, column
+    assert list(frame.columns) == list(runner.RUN_COLUMNS)
     assert set(frame["split"]) == {"train", "test"}
     assert frame.groupby("variant")["fc1_features"].first().to_dict() == {
         "relu": 120, "linear": 120, "linear-wide": 240}
-    assert frame["run_id"].nunique() == 6
-    classes = pd.read_parquet(tmp_path / "lin.classes.parquet")
-    assert len(classes) == 6 * 10
-    assert set(classes.columns) >= {"run_id", "class_index", "class_name", "accuracy"}
+    assert frame["run_id"].nunique() == 6 and frame["config_id"].nunique() == 3
+    assert frame["dropout"].isna().all()  # the tutorial net takes no dropout
+    classes = pd.read_parquet(tmp_path / "_per_class" / "lin.parquet")
+    assert len(classes) == 6 * 10 and (classes["images"] == 10).all()
     meta = read_metadata(tmp_path / "lin.parquet")
     assert {"ablate_version", "torch_version", "torchvision_version", "command", "device", "created"} <= set(meta)
+    assert meta["study"]["factors"] == ["activation", "fc1_features"] and meta["study"]["plot"] == "curves"
     assert meta["command"].startswith("ablate linearity --dataset synthetic")
     for text in ("relu", "linear-wide", "±", "test accuracy"):
         assert text in result.stdout
 
 
-def test_same_command_twice_gives_the_same_numbers(tmp_path):
-    assert study(tmp_path, out="a.parquet").exit_code == 0
-    assert study(tmp_path, out="b.parquet").exit_code == 0
-    a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
-    pd.testing.assert_frame_equal(a[NUMBERS + ["run_id"]], b[NUMBERS + ["run_id"]])
+def test_the_same_command_twice_gives_bit_identical_numbers(tmp_path, ablate, tiny, numbers):
+    for name in ("a", "b"):
+        assert ablate(["regularization", *tiny, "--out", tmp_path / f"{name}.parquet"]).exit_code == 0
+    a, b = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("a", "b"))
+    pd.testing.assert_frame_equal(a[numbers], b[numbers], check_exact=True)
 
 
-def test_existing_file_is_refused_then_forced(tmp_path):
-    assert study(tmp_path).exit_code == 0
+def test_a_run_gives_the_same_numbers_whatever_else_the_study_trains(tmp_path, ablate, tiny, numbers):
+    assert ablate(["regularization", *tiny, "--seeds", "1", "--out", tmp_path / "one.parquet"]).exit_code == 0
+    assert ablate(["regularization", *tiny, "--seeds", "2", "--out", tmp_path / "two.parquet"]).exit_code == 0
+    one, two = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "two.parquet")
+    pd.testing.assert_frame_equal(one[numbers], two[two.seed == 0][numbers].reset_index(drop=True),
+                                  check_exact=True)
+
+
+def test_existing_file_is_refused_then_forced(tmp_path, ablate, tiny):
+    assert study(ablate, tiny, tmp_path).exit_code == 0
     path = tmp_path / "lin.parquet"
     before = path.read_bytes()
-    refused = study(tmp_path)
+    refused = study(ablate, tiny, tmp_path)
     assert refused.exit_code == 2 and "exists: add --resume" in refused.stderr
     assert path.read_bytes() == before
-    assert study(tmp_path, "--force").exit_code == 0
+    assert study(ablate, tiny, tmp_path, "--force").exit_code == 0
     assert len(pd.read_parquet(path)) == 12
 
 
-def test_interrupted_study_resumes_to_the_same_table(tmp_path, monkeypatch):
-    assert study(tmp_path, out="whole.parquet").exit_code == 0
+def test_interrupted_study_with_dropout_resumes_to_the_same_table(tmp_path, ablate, tiny, numbers, monkeypatch):
+    args = ["regularization", *tiny, "--seeds", "2"]
+    assert ablate([*args, "--out", tmp_path / "whole.parquet"]).exit_code == 0
 
     real = runner.train_run
     calls = []
 
-    def interrupted(*args, **kwargs):
+    def interrupted(*a, **k):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(*a, **k)
 
     monkeypatch.setattr(runner, "train_run", interrupted)
-    stopped = study(tmp_path, out="part.parquet")
+    stopped = ablate([*args, "--out", tmp_path / "part.parquet"])
     assert stopped.exit_code == 130
-    assert "1 of 3 runs are saved" in stopped.stderr and "--resume" in stopped.stderr
-    assert pd.read_parquet(tmp_path / "part.parquet")["variant"].unique().tolist() == ["relu"]
+    assert "3 of 8 runs are saved" in stopped.stderr and "--resume" in stopped.stderr
     monkeypatch.setattr(runner, "train_run", real)
 
-    resumed = study(tmp_path, "--resume", out="part.parquet")
+    resumed = ablate([*args, "--out", tmp_path / "part.parquet", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     whole, part = pd.read_parquet(tmp_path / "whole.parquet"), pd.read_parquet(tmp_path / "part.parquet")
-    pd.testing.assert_frame_equal(whole[NUMBERS + ["run_id", "variant"]], part[NUMBERS + ["run_id", "variant"]])
-    assert resumed.stdout == study(tmp_path, "--resume", out="part.parquet").stdout  # nothing retrained
+    pd.testing.assert_frame_equal(whole[numbers], part[numbers], check_exact=True)
+    assert resumed.stdout == ablate([*args, "--out", tmp_path / "part.parquet", "--resume"]).stdout
 
 
-def test_fashion_mnist_end_to_end(tmp_path):
+def test_resume_takes_more_seeds_and_refuses_other_settings(tmp_path, ablate, tiny):
+    path = tmp_path / "lin.parquet"
+    assert study(ablate, tiny, tmp_path).exit_code == 0
+    more = study(ablate, tiny, tmp_path, "--resume", "--seeds", "2")
+    assert more.exit_code == 0 and pd.read_parquet(path)["run_id"].nunique() == 6
+    before = path.read_bytes()
+    refused = study(ablate, tiny, tmp_path, "--resume", "--epochs", "3", "--lr", "0.05")
+    assert refused.exit_code == 2
+    assert "other settings (epochs: 2 in the file, 3 now; base_lr: 0.02 in the file, 0.05 now)" in refused.stderr
+    assert path.read_bytes() == before
+    other_study = ablate(["permutation", *tiny, "--out", path, "--resume"])
+    assert other_study.exit_code == 2 and "study: linearity in the file, permutation now" in other_study.stderr
+
+
+def test_fashion_mnist_end_to_end(tmp_path, ablate):
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"):
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    result = cli.invoke(app, ["linearity", "--dataset", "fashion-mnist", "--limit-train", "3000",
-                              "--limit-test", "500", "--epochs", "2", "--batch-size", "64", "--lr", "0.01",
-                              "--out", str(tmp_path / "f.parquet")])
+    result = ablate(["linearity", "--dataset", "fashion-mnist", "--limit-train", "3000", "--limit-test", "500",
+                     "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--out", tmp_path / "f.parquet"])
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(tmp_path / "f.parquet")
     final = frame[(frame.split == "test") & (frame.epoch == 2)]
     assert (final["accuracy"] > 0.4).all()  # chance is 0.1
-    classes = pd.read_parquet(tmp_path / "f.classes.parquet")
+    classes = pd.read_parquet(tmp_path / "_per_class" / "f.parquet")
     assert "Ankle boot" in set(classes["class_name"])
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--epochs", "0"], "--epochs"),
-        (["--batch-size", "0"], "--batch-size"),
-        (["--seeds", "0"], "--seeds"),
-        (["--limit-train", "0"], "--limit-train"),
-        (["--limit-test", "100000"], "--limit-test 100000 is out of range"),
-        (["--lr", "0"], "--lr must be > 0"),
-        (["--dataset", "imagenet"], "'imagenet' is not one of"),
-        (["--device", "tpu"], "'tpu' is not one of"),
-        (["--out", "/proc/nope/x.parquet"], "not a writable directory"),
-        (["--out", "x.csv"], "must end in .parquet"),
-    ],
-)
-def test_bad_input_exits_2_before_training(tmp_path, args, message, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("trained"))
-    result = cli.invoke(app, ["linearity", "--dataset", "synthetic", *args])
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
-
-
-def test_unavailable_device_is_refused(tmp_path):
+def test_unavailable_device_is_refused(tmp_path, ablate):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = cli.invoke(app, ["linearity", "--dataset", "synthetic", "--device", "cuda",
-                              "--out", str(tmp_path / "x.parquet")])
+    result = ablate(["linearity", "--dataset", "synthetic", "--device", "cuda", "--out", tmp_path / "x.parquet"])
     assert result.exit_code == 2 and "device 'cuda' is not available" in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,72 @@
+"""Shared fixtures: the CLI, tiny synthetic data, and study files whose numbers are known."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ablate import runner
+from ablate.cli import app
+from ablate.data import load_dataset
+from ablate.results import write_frame
+from ablate.train import RunConfig
+
+# A whole study in about a second: 300 synthetic images, 2 epochs.
+TINY = ["--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "2",
+        "--batch-size", "50", "--device", "cpu"]
+# Every column that a run's numbers decide: compared bit for bit between runs.
+NUMBERS = ["study", "variant", "seed", "epoch", "split", "loss", "accuracy", "lr", "status", "run_id",
+           "config_id", "params", "flops"]
+
+
+@pytest.fixture
+def ablate():
+    """Run the command line in this process: `ablate(["linearity", ...])` -> click Result."""
+    cli = CliRunner()
+    return lambda args: cli.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
+
+
+@pytest.fixture
+def numbers():
+    return list(NUMBERS)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    return load_dataset("synthetic", limit_train=300, limit_test=100)
+
+
+@pytest.fixture
+def fake_study():
+    """A study file whose numbers are known, written with the real schema: test accuracy =
+    0.5 + 0.1 x variant index + 0.01 x seed (+ `noise(variant index, seed)`)."""
+
+    def make(path: Path, variants=("alpha", "beta"), seeds=(0, 1, 2), epochs=2, study="linearity",
+             config=None, noise=None, plot="curves", factors=()) -> Path:
+        rows = []
+        for v, variant in enumerate(variants):
+            fields = config(v) if config else {}
+            columns = RunConfig(**fields).columns()
+            for seed in seeds:
+                run = runner.Run(study, variant, seed, RunConfig(**fields))
+                for epoch in range(1, epochs + 1):
+                    for split in ("train", "test"):
+                        jitter = noise(v, seed) if noise else 0.0
+                        rows.append({
+                            **columns, "study": study, "variant": variant, "seed": seed, "epoch": epoch,
+                            "split": split, "loss": 1.0 - 0.1 * v - 0.01 * seed * v + 0.1 * (epochs - epoch),
+                            "accuracy": 0.5 + 0.1 * v + 0.01 * seed - 0.05 * (epochs - epoch) + jitter,
+                            "lr": 0.1, "seconds": 1.0, "status": "ok", "run_id": run.run_id,
+                            "config_id": run.config_id, "params": 1000, "flops": 2000, "device": "cpu",
+                        })
+        write_frame(pd.DataFrame(rows), path,
+                    {"study": {"name": study, "plot": plot, "factors": list(factors)}}, runner.RUN_SCHEMA)
+        return path
+
+    return make
