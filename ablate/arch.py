@@ -7,6 +7,7 @@ natural input shape (channels x height x width, no batch dimension).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import os
@@ -53,83 +54,149 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return MODELS.get(name).build(**kwargs)
 
 
-def _small_convnet(
-    in_channels: int,
-    num_classes: int,
-    conv1_channels: int,
-    fc1_features: int,
-    activation: Callable[[], nn.Module] | None,
-    pool: Callable[[], nn.Module],
-    image_size: int,
-) -> nn.Sequential:
-    """conv k5, pool, conv(16) k5, pool, fc1, fc(84), fc(classes): LeNet-5 and the tutorial net."""
-    side = ((image_size - 4) // 2 - 4) // 2
-    if side < 1:
-        raise UsageError(f"image size {image_size} is too small for this net (needs >= 16)")
-    layers: list[tuple[str, nn.Module]] = []
-
-    def add(name, module, act_name=None):
-        layers.append((name, module))
-        if act_name and activation is not None:
-            layers.append((act_name, activation()))
-
-    add("conv1", nn.Conv2d(in_channels, conv1_channels, 5), "act1")
-    add("pool1", pool())
-    add("conv2", nn.Conv2d(conv1_channels, 16, 5), "act2")
-    add("pool2", pool())
-    add("flatten", nn.Flatten())
-    add("fc1", nn.Linear(16 * side * side, fc1_features), "act3")
-    add("fc2", nn.Linear(fc1_features, 84), "act4")
-    add("fc3", nn.Linear(84, num_classes))
-    return nn.Sequential(OrderedDict(layers))
-
-
 ACTIVATIONS: Registry[Callable[[], nn.Module] | None] = Registry("activation")
-for _name, _module in {"relu": nn.ReLU, "none": None, "tanh": nn.Tanh, "gelu": nn.GELU}.items():
+for _name, _module in {"relu": nn.ReLU, "none": None, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}.items():
     ACTIVATIONS.register(_name, _module)
+
+
+class _Layers:
+    """An nn.Sequential under construction, with named layers and an activation after some."""
+
+    def __init__(self, activation: str):
+        self.layers: list[tuple[str, nn.Module]] = []
+        self.activation = ACTIVATIONS.get(activation)
+        self.acts = 0
+
+    def add(self, name: str, module: nn.Module, activate: bool = False) -> None:
+        self.layers.append((name, module))
+        if activate and self.activation is not None:
+            self.acts += 1
+            self.layers.append((f"act{self.acts}", self.activation()))
+
+    def dropout(self, p: float) -> None:
+        if p > 0:  # no module at 0: the net is exactly the one without the knob
+            self.layers.append(("dropout", nn.Dropout(p)))
+
+    def build(self) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(self.layers))
+
+
+def _check(name: str, value: float, low: float, high: float | None = None) -> None:
+    if value < low or (high is not None and value >= high):
+        allowed = f"in [{low}, {high})" if high is not None else f">= {low}"
+        raise UsageError(f"{name} must be {allowed}, got {value}")
+
+
+def _small_convnet(in_channels, num_classes, conv1_channels, conv2_channels, kernel_size, fc1_features,
+                   fc2_features, activation, pool, dropout, image_size) -> nn.Sequential:
+    """conv, pool, conv, pool, fc1, fc2, fc(classes): LeNet-5 and the tutorial net."""
+    for name, value in (("conv1_channels", conv1_channels), ("conv2_channels", conv2_channels),
+                        ("kernel_size", kernel_size), ("fc1_features", fc1_features), ("fc2_features", fc2_features)):
+        _check(name, value, 1)
+    _check("dropout", dropout, 0, 1)
+    side = ((image_size - kernel_size + 1) // 2 - kernel_size + 1) // 2
+    if side < 1:
+        raise UsageError(f"image size {image_size} is too small for kernel_size {kernel_size} in this net "
+                         f"(needs >= {4 * kernel_size - 4})")
+    net = _Layers(activation)
+    net.add("conv1", nn.Conv2d(in_channels, conv1_channels, kernel_size), activate=True)
+    net.add("pool1", pool())
+    net.add("conv2", nn.Conv2d(conv1_channels, conv2_channels, kernel_size), activate=True)
+    net.add("pool2", pool())
+    net.add("flatten", nn.Flatten())
+    net.add("fc1", nn.Linear(conv2_channels * side * side, fc1_features), activate=True)
+    net.add("fc2", nn.Linear(fc1_features, fc2_features), activate=True)
+    net.dropout(dropout)
+    net.add("fc3", nn.Linear(fc2_features, num_classes))
+    return net.build()
 
 
 @register_model("lenet5", (1, 32, 32), "LeNet-5 (LeCun 1998): tanh, average-pool subsampling")
 def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 32) -> nn.Module:
-    return _small_convnet(in_channels, num_classes, 6, 120, nn.Tanh, lambda: nn.AvgPool2d(2), image_size)
+    return _small_convnet(in_channels, num_classes, 6, 16, 5, 120, 84, "tanh", lambda: nn.AvgPool2d(2), 0.0,
+                          image_size)
 
 
-@register_model("tutorial", (3, 32, 32), "the PyTorch CIFAR-10 tutorial net (ReLU, max-pool)")
+@register_model("tutorial", (3, 32, 32), "the PyTorch CIFAR-10 tutorial net: conv 6 and 16 k5, max-pool, fc 120, 84")
 def tutorial(
     in_channels: int = 3,
     num_classes: int = 10,
     conv1_channels: int = 6,
-    activation: str = "relu",
+    conv2_channels: int = 16,
+    kernel_size: int = 5,
     fc1_features: int = 120,
+    fc2_features: int = 84,
+    activation: str = "relu",
+    dropout: float = 0.0,
     image_size: int = 32,
 ) -> nn.Module:
-    return _small_convnet(
-        in_channels, num_classes, conv1_channels, fc1_features,
-        ACTIVATIONS.get(activation), lambda: nn.MaxPool2d(2), image_size,
-    )
+    """dropout: before the last fc layer."""
+    return _small_convnet(in_channels, num_classes, conv1_channels, conv2_channels, kernel_size, fc1_features,
+                          fc2_features, activation, lambda: nn.MaxPool2d(2), dropout, image_size)
 
 
-@register_model("threeconv", (3, 32, 32), "three 5x5 convs (32, 64, 64), fc 1000; dropout/batch-norm switches")
+@register_model("threeconv", (3, 32, 32), "report 002's net: three convs (32, 64, 64) k5, max-pool, fc 1000")
 def threeconv(
     in_channels: int = 3,
     num_classes: int = 10,
+    conv1_channels: int = 32,
+    conv2_channels: int = 64,
+    conv3_channels: int = 64,
+    kernel_size: int = 5,
+    fc1_features: int = 1000,
+    activation: str = "relu",
     dropout: float = 0.0,
     batchnorm: bool = False,
     image_size: int = 32,
 ) -> nn.Module:
-    layers: list[tuple[str, nn.Module]] = []
-    channels = [in_channels, 32, 64, 64]
-    for i in range(1, 4):
-        layers.append((f"conv{i}", nn.Conv2d(channels[i - 1], channels[i], 5, padding=2)))
-        if batchnorm:
-            layers.append((f"bn{i}", nn.BatchNorm2d(channels[i])))
-        layers += [(f"act{i}", nn.ReLU()), (f"pool{i}", nn.MaxPool2d(2))]
+    """dropout: before the last fc layer; batchnorm: after every conv."""
+    channels = [in_channels, conv1_channels, conv2_channels, conv3_channels]
+    for i, width in enumerate(channels[1:], 1):
+        _check(f"conv{i}_channels", width, 1)
+    _check("kernel_size", kernel_size, 1)
+    _check("fc1_features", fc1_features, 1)
+    _check("dropout", dropout, 0, 1)
     side = image_size // 8
-    layers += [("flatten", nn.Flatten()), ("fc1", nn.Linear(64 * side * side, 1000)), ("act4", nn.ReLU())]
-    if dropout > 0:
-        layers.append(("dropout", nn.Dropout(dropout)))
-    layers.append(("fc2", nn.Linear(1000, num_classes)))
-    return nn.Sequential(OrderedDict(layers))
+    if side < 1:
+        raise UsageError(f"image size {image_size} is too small for this net (needs >= 8)")
+    net = _Layers(activation)
+    for i in range(1, 4):
+        net.add(f"conv{i}", nn.Conv2d(channels[i - 1], channels[i], kernel_size, padding=kernel_size // 2))
+        if batchnorm:
+            net.add(f"bn{i}", nn.BatchNorm2d(channels[i]))
+        if net.activation is not None:
+            net.acts += 1
+            net.add(f"act{net.acts}", net.activation())
+        net.add(f"pool{i}", nn.MaxPool2d(2))
+    net.add("flatten", nn.Flatten())
+    net.add("fc1", nn.Linear(conv3_channels * side * side, fc1_features), activate=True)
+    net.dropout(dropout)
+    net.add("fc2", nn.Linear(fc1_features, num_classes))
+    return net.build()
+
+
+@register_model("mlp", (3, 32, 32), "fully connected baseline: flatten, hidden layers (ReLU), fc")
+def mlp(
+    in_channels: int = 3,
+    num_classes: int = 10,
+    hidden: tuple = (512,),
+    activation: str = "relu",
+    dropout: float = 0.0,
+    image_size: int = 32,
+) -> nn.Module:
+    """hidden: the widths of the hidden layers, e.g. (512, 256); dropout: before the last fc layer."""
+    widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    if not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise UsageError(f"hidden must be whole numbers >= 1, like (512, 256); got {hidden!r}")
+    _check("dropout", dropout, 0, 1)
+    net = _Layers(activation)
+    net.add("flatten", nn.Flatten())
+    sizes = [in_channels * image_size * image_size, *widths]
+    for i in range(len(widths)):
+        net.add(f"fc{i + 1}", nn.Linear(sizes[i], sizes[i + 1]), activate=True)
+    net.dropout(dropout)
+    net.add(f"fc{len(widths) + 1}", nn.Linear(sizes[-1], num_classes))
+    return net.build()
 
 
 # ---------------------------------------------------------------- torchvision
@@ -158,7 +225,8 @@ def _torchvision_model(name: str) -> tuple[nn.Module, Shape]:
 # ---------------------------------------------------------------- user modules
 
 
-def _import_model(text: str) -> nn.Module:
+def _import_object(text: str):
+    """The object `package.module:attr` names, imported from the current directory."""
     module_name, _, attr = text.partition(":")
     if not module_name or not attr:
         raise UsageError(f"{text!r}: write a user model as package.module:attr")
@@ -173,6 +241,11 @@ def _import_model(text: str) -> nn.Module:
         if not hasattr(obj, part):
             raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    return obj
+
+
+def _import_model(text: str) -> nn.Module:
+    obj = _import_object(text)
     if isinstance(obj, nn.Module):
         return obj
     if not callable(obj):
@@ -263,3 +336,117 @@ def load_model(text: str) -> tuple[nn.Module, Shape | None]:
         "model", text, MODELS.names() + known, hint="`ablate list models` lists them all"
     )
 
+
+
+# ---------------------------------------------------------------- models to train
+
+
+MODEL_INPUTS = ("in_channels", "num_classes", "image_size")  # set by the data, never by the user
+
+
+class GrayToRGB(nn.Module):
+    """Feeds a 1-channel image to a 3-channel model by repeating the channel."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.expand(-1, 3, -1, -1))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model named in any of the four ways, as a maker of fresh models: each seed of a run
+    builds its own, from its own initial weights."""
+
+    name: str
+    make: Callable[..., nn.Module]
+    knobs: dict  # constructor arguments a user may set -> their defaults
+    inputs: frozenset  # the MODEL_INPUTS `make` takes
+    rgb: bool = False  # takes 3 input channels only (torchvision): 1-channel data is repeated
+
+    def build(self, in_channels: int, num_classes: int, image_size: int, **knobs) -> nn.Module:
+        given = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+        if self.rgb and in_channels not in (1, 3):
+            raise UsageError(f"model {self.name!r} takes 3 input channels (or 1, repeated); the data has {in_channels}")
+        try:
+            model = self.make(**{k: v for k, v in given.items() if k in self.inputs}, **knobs)
+        except TypeError as error:
+            raise UsageError(f"cannot build {self.name!r} with {knobs or 'its defaults'}: {error}") from None
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"{self.name!r} returned {type(model).__name__}, not an nn.Module")
+        return GrayToRGB(model) if self.rgb and in_channels == 1 else model
+
+
+def _knobs(function) -> tuple[dict, frozenset]:
+    """The constructor arguments of `function` a user may set (those with a default), and the
+    MODEL_INPUTS it takes."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return {}, frozenset()
+    knobs = {n: p.default for n, p in parameters.items()
+             if n not in MODEL_INPUTS and p.default is not inspect.Parameter.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return knobs, frozenset(n for n in MODEL_INPUTS if n in parameters)
+
+
+@functools.cache
+def model_source(text: str) -> ModelSource:
+    """`text` as in `load_model`; a user model must be a class or a factory (an instance cannot
+    give each seed its own initial weights)."""
+    text = text.strip()
+    if "(" in text:
+        parse_spec(text)  # rejects a malformed spec now
+        return ModelSource(text, lambda: parse_spec(text), {}, frozenset())
+    if ":" in text:
+        obj = _import_object(text)
+        if isinstance(obj, nn.Module) or not callable(obj):
+            raise UsageError(f"{text!r} is an instance: to train it, name its class or a factory function, "
+                             "so that every seed builds its own model")
+        return ModelSource(text, obj, *_knobs(obj))
+    if text in MODELS:
+        return ModelSource(text, MODELS.get(text).build, *_knobs(MODELS.get(text).build))
+    if text in torchvision_models():
+        import torchvision
+
+        def make(num_classes):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                return torchvision.models.get_model(text, weights=None, num_classes=num_classes)
+
+        return ModelSource(text, make, {}, frozenset({"num_classes"}), rgb=True)
+    raise unknown_name("model", text, MODELS.names() + torchvision_models(),
+                       hint="`ablate list models` lists them all")
+
+
+def knob_type(value) -> type:
+    """The column type of a constructor argument's value: int, float, str or bool; anything
+    else (a tuple of widths) is recorded as its text."""
+    return type(value) if isinstance(value, (bool, int, float, str)) else str
+
+
+def registry_knobs() -> dict[str, type]:
+    """Every constructor argument of ablate's own models, with its column type."""
+    types = {}
+    for entry in registered_models():
+        for name, default in _knobs(entry.build)[0].items():
+            types.setdefault(name, knob_type(default))
+    return types
+
+
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+                      nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+                      nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink)
+
+
+def strip_activations(model: nn.Module) -> dict[str, int]:
+    """Replace every activation module by identity, in place; how many of each type."""
+    replaced: dict[str, int] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ACTIVATION_MODULES):
+                setattr(parent, name, nn.Identity())
+                replaced[type(child).__name__] = replaced.get(type(child).__name__, 0) + 1
+    return replaced

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -149,6 +150,13 @@ def _first_line(function) -> str:
     return (function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else ""
 
 
+def _study_row(name: str, entry: studies.StudyEntry) -> dict:
+    if entry.build.__doc__:  # a study made from its options (sweep): no variants of its own
+        return {"name": name, "variants": "given by its options", "description": _first_line(entry.build)}
+    study = studies.get_study(name)
+    return {"name": name, "variants": ", ".join(study.variants), "description": study.description}
+
+
 def _listing(topic: Topic) -> list[dict]:
     if topic == Topic.models:
         return [{"name": e.name, "source": "ablate", "input": "x".join(map(str, e.input_shape)),
@@ -156,8 +164,7 @@ def _listing(topic: Topic) -> list[dict]:
             {"name": n, "source": "torchvision", "input": "", "description": ""}
             for n in arch.torchvision_models()]
     if topic == Topic.studies:
-        return [{"name": s.name, "variants": ", ".join(s.variants), "description": s.description}
-                for s in map(studies.get_study, studies.STUDIES)]
+        return [_study_row(name, entry) for name, entry in studies.STUDIES.items()]
     if topic == Topic.datasets:
         return [{"name": n, "classes": ", ".join(d.classes), "description": d.description}
                 for n, d in data.DATASETS.items()]
@@ -198,21 +205,33 @@ class Device(str, Enum):
 
 DEFAULTS = train.RunConfig()
 SHARED_OPTIONS = {  # name: (type, default, option); every study command takes these
-    "dataset": (str, DEFAULTS.dataset, typer.Option(
-        help=f"One of {', '.join(data.DATASETS)}: cifar10 and mnist download once; fashion-mnist also "
-             "comes from Debian's dataset-fashion-mnist; synthetic is generated.")),
+    "model": (Optional[str], None, typer.Option(
+        help="The model, in any form `ablate params` takes: a registry name (tutorial, threeconv, mlp, ...), "
+             "a torchvision classifier (built without weights, num_classes from the data; 1-channel data is "
+             "repeated to 3 channels), package.module:Class, or a layer-stack spec. Default: the study's own "
+             "(tutorial for most).")),
+    "dataset": (Optional[str], None, typer.Option(
+        help=f"{', '.join(data.DATASETS)}, or folder:PATH (an image folder with train/ and test/, or class "
+             "folders split by --test-fraction). cifar10 and mnist download once; fashion-mnist also comes from "
+             f"Debian's dataset-fashion-mnist; synthetic is generated. Default: {DEFAULTS.dataset}.")),
     "data_dir": (Optional[Path], None, typer.Option(
         help="Where the dataset is (default: $ABLATE_DATA, then ~/.cache/ablate).")),
-    "epochs": (int, DEFAULTS.epochs, typer.Option(min=1)),
+    "image_size": (Optional[int], None, typer.Option(
+        min=8, max=1024, help="Resize every image to NxN once, in memory (default: the dataset's own; folders: 32).")),
+    "test_fraction": (Optional[float], None, typer.Option(
+        help="folder:PATH without train/ and test/: the class-stratified part held out for testing (default 0.2).")),
+    "test_dataset": (Optional[str], None, typer.Option(
+        help="Also evaluate on this dataset (folder:PATH or a name, same classes): rows with split test:NAME.")),
+    "epochs": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.epochs}, or the study's own.")),
     "seeds": (int, 1, typer.Option(min=1, help="Train every variant under seeds 0..K-1.")),
-    "batch_size": (int, DEFAULTS.batch_size, typer.Option(min=1)),
+    "batch_size": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.batch_size}.")),
     "lr": (Optional[float], None, typer.Option(
         help=f"Learning rate (default: {DEFAULTS.lr} for SGD with momentum 0.9, or the study's own; "
              "--batch-size 4 --lr 0.001 is the PyTorch tutorial's).")),
     "device": (Device, Device.auto, typer.Option(help="auto: cuda, then mps, then cpu.")),
     "limit_train": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N train images.")),
     "limit_test": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N test images.")),
-    "deterministic": (bool, False, typer.Option(
+    "deterministic": (Optional[bool], None, typer.Option(
         "--deterministic", help="Use torch's deterministic algorithms (bit-identical reruns on GPUs too).")),
     "out": (Optional[Path], None, typer.Option(help="Results file (default: results/STUDY.parquet).")),
     "resume": (bool, False, typer.Option(
@@ -220,8 +239,13 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "force": (bool, False, typer.Option("--force", help="Overwrite an existing --out.")),
     "plot": (Optional[Path], None, typer.Option(
         help="Also draw the study's natural figure to FILE (.png, .svg or .pdf).")),
+    "dry_run": (bool, False, typer.Option(
+        "--dry-run", help="Print the run matrix, what --out already holds and an estimate of the time; "
+                          "train and write nothing.")),
 }
-TRAINING_OPTIONS = ("dataset", "epochs", "batch_size", "lr", "limit_train", "limit_test", "deterministic")
+# The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
+TRAINING_OPTIONS = ("model", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
+                    "limit_train", "limit_test", "deterministic")
 
 
 def _progress() -> Progress:
@@ -231,16 +255,20 @@ def _progress() -> Progress:
     )
 
 
-def run_study(name: str, options: dict, study_values: dict) -> None:
+def run_study(study: studies.Study, options: dict) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
-    study = studies.get_study(name, **study_values)
     out = options["out"] or Path("results") / f"{study.name}.parquet"
     if options["plot"] is not None:
         results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
     prepared = runner.prepare(study, {k: options[k] for k in TRAINING_OPTIONS}, options["seeds"], device,
                               options["data_dir"], out, options["resume"], options["force"])
+    for note in prepared.notes:
+        stderr.print(note, highlight=False)
+    if options["dry_run"]:
+        report.print_wide(stdout, report.dry_run_table(runner.dry_run(prepared), study.name, out))
+        return
     metadata = {**results.provenance(ARGV), "device": device.type, "study": study.metadata()}
     frame, per_class = _train(prepared, metadata)
     report.print_wide(stdout, report.study_summary(frame, study.factors))
@@ -285,28 +313,47 @@ def _train(prepared: runner.Prepared, metadata: dict):
             raise typer.Exit(130)
 
 
-def _study_command(name: str, entry: studies.StudyEntry) -> None:
-    """The command `ablate NAME`: the shared options, the study's own (their defaults are
-    its builder's), and any shared option the builder names is passed to it too."""
-    signature = inspect.signature(entry.build).parameters
-    own = {option: (type(signature[option].default), signature[option].default, typer.Option(help=help))
-           for option, help in entry.options.items()}
-    passes = [p for p in signature if p in SHARED_OPTIONS]
+def _command(name: str, help: str, build, own: dict) -> None:
+    """Register `ablate NAME`: the shared options and `own` ({name: (type, default, typer
+    option or argument)}); `build(own values, shared values)` makes the study to run."""
 
     def command(**values):
         shared = {k: values[k] for k in SHARED_OPTIONS}
-        run_study(name, shared, {k: values[k] for k in (*own, *passes)})
+        run_study(build({k: values[k] for k in own}, shared), shared)
 
     command.__signature__ = inspect.Signature([
         inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=Annotated[kind, typer_option])
-        for option, (kind, default, typer_option) in {**SHARED_OPTIONS, **own}.items()
+        for option, (kind, default, typer_option) in {**own, **SHARED_OPTIONS}.items()
     ])
-    app.command(name, help=studies.get_study(name).description)(command)
+    app.command(name, help=help)(command)
+
+
+def _study_command(name: str, entry: studies.StudyEntry) -> None:
+    """`ablate NAME` for a registered study: its own options (their types and defaults are its
+    builder's), and any shared option the builder names is passed to it too."""
+    signature = inspect.signature(entry.build).parameters
+    hints = typing.get_type_hints(entry.build)
+    own = {option: (hints[option], signature[option].default, typer.Option(help=help))
+           for option, help in entry.options.items()}
+    passes = [p for p in signature if p in SHARED_OPTIONS]
+    help = entry.build.__doc__ or studies.get_study(name).description
+
+    def build(own_values, shared):
+        return entry.build(**own_values, **{k: shared[k] for k in passes})
+
+    _command(name, help, build, own)
 
 
 for _name, _entry in studies.STUDIES.items():
     _study_command(_name, _entry)
+
+_command(
+    "run", "Run the study kept in FILE.toml: name, description, [base], and [variants.NAME] tables or a [vary] "
+           "or [grid] table of NAME = [values]. Options given here override the file's [base].",
+    lambda own, shared: studies.from_toml(own["file"], shared["model"]),
+    {"file": (Path, ..., typer.Argument(help="The study file (.toml)."))},
+)
 
 
 # ---------------------------------------------------------------- report and plot
@@ -316,6 +363,7 @@ class PlotKind(str, Enum):
     curves = "curves"
     sweep = "sweep"
     classes = "classes"
+    variants = "variants"
 
 
 @app.command("report")

@@ -30,6 +30,8 @@ from typing import Callable, TypeVar
 import pandas as pd
 import torch
 from torch import nn
+from torch._subclasses import fake_tensor
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ablate.arch import Shape
@@ -124,8 +126,7 @@ class Counts:
 
     @property
     def columns(self) -> list[str]:
-        optional = [c for c in OPTIONAL if any(getattr(r, c) is not None for r in self.rows)]
-        return COLUMNS[: COLUMNS.index("flops") + 1] + optional
+        return COLUMNS + [c for c in OPTIONAL if any(getattr(r, c) is not None for r in self.rows)]
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(r) for r in self.rows], columns=self.columns)
@@ -197,8 +198,8 @@ def _attention_backward(args, kwargs, out, module):
 
 
 def _kernel_size(x, kernel_size) -> int:
-    spatial = len(kernel_size) if len(kernel_size) > 1 else x.dim() - 2
-    return math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** spatial
+    """Elements in a pooling window: kernel_size is [k] (k in each spatial dim) or one per dim."""
+    return math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** (x.dim() - 2)
 
 
 def _max_pool(args, kwargs, out, module):
@@ -210,21 +211,16 @@ def _avg_pool(args, kwargs, out, module):
 
 
 def _avg_pool_backward(args, kwargs, out, module):  # (grad_output, input, kernel_size, ...)
-    return 0, _kernel_size(args[1], args[2]) * args[0].numel()
+    return _avg_pool(args[1:], kwargs, args[0], module)
 
 
 def _adaptive_windows(x, out) -> tuple[int, int]:
     """Total window size over all outputs, and the number of outputs."""
     out = out[0] if isinstance(out, (tuple, list)) else out
     spatial = out.dim() - 2
-    per_map = 1
+    per_map = 1  # window i spans [floor(i * in / out), ceil((i + 1) * in / out))
     for size_in, size_out in zip(x.shape[-spatial:], out.shape[-spatial:]):
-        if size_in % size_out == 0:
-            per_map *= size_in
-        else:
-            per_map *= sum(
-                -(-(i + 1) * size_in // size_out) - (i * size_in // size_out) for i in range(size_out)
-            )
+        per_map *= sum(-(-(i + 1) * size_in // size_out) - (i * size_in // size_out) for i in range(size_out))
     maps = math.prod(out.shape[:-spatial])
     return per_map * maps, out.numel()
 
@@ -234,7 +230,7 @@ def _adaptive_avg(args, kwargs, out, module):
 
 
 def _adaptive_avg_backward(args, kwargs, out, module):  # (grad_output, input)
-    return 0, _adaptive_windows(args[1], args[0])[0]
+    return _adaptive_avg(args[1:], kwargs, args[0], module)
 
 
 def _adaptive_max(args, kwargs, out, module):
@@ -254,22 +250,13 @@ def _vector_norm(args, kwargs, out, module):  # a square and an add per value
     return 0, 2 * args[0].numel()
 
 
-def _norm(args, kwargs, out, module):
-    affine = len(args) > 2 and args[2] is not None
-    return 0, (5 if affine else 4) * args[0].numel()
+def _norm(input_at: int, weight_at: int, times: int = 1):
+    """Layer or group norm: 5 per element, 4 without affine; `times` 2 for the backward."""
+    def rule(args, kwargs, out, module):
+        affine = len(args) > weight_at and args[weight_at] is not None
+        return 0, times * (5 if affine else 4) * args[input_at].numel()
 
-
-def _norm_backward(args, kwargs, out, module):  # (grad_out, input, normalized_shape, mean, rstd, weight, ...)
-    return 0, 2 * (5 if args[5] is not None else 4) * args[1].numel()
-
-
-def _group_norm(args, kwargs, out, module):
-    affine = len(args) > 1 and args[1] is not None
-    return 0, (5 if affine else 4) * args[0].numel()
-
-
-def _group_norm_backward(args, kwargs, out, module):  # (grad_out, input, mean, rstd, weight, ...)
-    return 0, 2 * (5 if args[4] is not None else 4) * args[1].numel()
+    return rule
 
 
 def _index_put(args, kwargs, out, module):  # index backward: gradients of repeated indices add up
@@ -331,10 +318,10 @@ RULES = {
     aten._native_batch_norm_legit: _per_element(2),
     aten._native_batch_norm_legit_no_training: _per_element(2),
     aten.native_batch_norm_backward: _per_input_element(4),
-    aten.native_layer_norm: _norm,
-    aten.native_layer_norm_backward: _norm_backward,
-    aten.native_group_norm: _group_norm,
-    aten.native_group_norm_backward: _group_norm_backward,
+    aten.native_layer_norm: _norm(0, 2),  # (input, normalized_shape, weight, ...)
+    aten.native_layer_norm_backward: _norm(1, 5, 2),  # (grad_out, input, normalized_shape, mean, rstd, weight, ...)
+    aten.native_group_norm: _norm(0, 1),  # (input, weight, ...)
+    aten.native_group_norm_backward: _norm(1, 4, 2),  # (grad_out, input, mean, rstd, weight, ...)
     aten._softmax: _per_element(3),
     aten._log_softmax: _per_element(3),
     aten._softmax_backward_data: _per_element(6),
@@ -393,10 +380,9 @@ def _recurrent(module: nn.Module, args) -> tuple[int, int]:
 # in input pixels; UNDEFINED once spatial positions are mixed (a flatten, attention).
 
 UNDEFINED = "undefined"
-CONV_OPS = {aten.convolution, aten._convolution}
-POOL_OPS = set(_ops("max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices "
-                    "avg_pool1d avg_pool2d avg_pool3d"))
-ADAPTIVE_OPS = set(_ops("_adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool2d adaptive_max_pool3d"))
+CONV_OPS = {op for op, rule in RULES.items() if rule is _conv}
+POOL_OPS = {op for op, rule in RULES.items() if rule in (_max_pool, _avg_pool)}
+ADAPTIVE_OPS = {op for op, rule in RULES.items() if rule in (_adaptive_avg, _adaptive_max)}
 POINTWISE = set(_ops(ELEMENTWISE)) | set(_ops("""native_batch_norm _native_batch_norm_legit
     _native_batch_norm_legit_no_training native_group_norm _to_copy clone contiguous dropout
     native_dropout masked_fill where copy_ fill_ zero_"""))
@@ -610,7 +596,16 @@ class _Param:
     numel: int
     bias: bool
     trainable: bool
-    row: LayerRow | None = None
+    row: LayerRow | None = None  # the one row that holds it
+
+    def hold(self, row: LayerRow) -> None:
+        self.row = row
+        row.params += self.numel
+        row.trainable += self.numel if self.trainable else 0
+        if self.bias:
+            row.biases += self.numel
+        else:
+            row.weights += self.numel
 
 
 @dataclass
@@ -640,7 +635,7 @@ class _LayerCounter(TorchDispatchMode):
         self.fields = _Fields()
         self.field_of: dict[int, object] = {}  # id(row) -> the field of its output
         self.recurrent: list[_Frame] = []
-        self.saved: dict[int, int] = {}  # storage address -> bytes kept for the backward
+        self.saved: dict[int, object] = {}  # address -> storage kept for the backward (held: no reuse)
         self.entered: set[int] = set()
         self.in_backward = False
         self.uncounted: Counter[str] = Counter()
@@ -654,7 +649,7 @@ class _LayerCounter(TorchDispatchMode):
             frame = _Frame(name or "(model)", module, _shapes((args, kwargs)))
             self.stack.append(frame)
             self.entered.add(id(module))
-            if not any(True for _ in module.children()):  # a container: once its own code computes
+            if next(module.children(), None) is None:  # a container: once its own code computes
                 self._row(frame)
             if isinstance(module, RECURRENT):
                 frame.row.macs, frame.row.flops = _recurrent(module, args)
@@ -688,13 +683,7 @@ class _LayerCounter(TorchDispatchMode):
                 frame.used.add(id(p))
                 row = self._row(frame)
                 if p.row is None:
-                    p.row = row
-                    row.params += p.numel
-                    row.trainable += p.numel if p.trainable else 0
-                    if p.bias:
-                        row.biases += p.numel
-                    else:
-                        row.weights += p.numel
+                    p.hold(row)
                 elif p.row is not row:
                     row.shared += p.numel
 
@@ -734,7 +723,7 @@ class _LayerCounter(TorchDispatchMode):
     def pack(self, t: torch.Tensor):
         key = _storage(t)
         if key is not None and key not in self.excluded:
-            self.saved[key] = t.untyped_storage().nbytes()
+            self.saved[key] = t.untyped_storage()
         return t
 
     def backward(self, output, inputs: list[torch.Tensor]):
@@ -764,6 +753,15 @@ class _LayerCounter(TorchDispatchMode):
             handle.remove()
 
 
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The parameters' floating-point dtype: that of the input and the activations too."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
 def _is_float(out) -> bool:
     if isinstance(out, (tuple, list)):
         return any(_is_float(o) for o in out)
@@ -786,7 +784,7 @@ class _FailureTracker:
         return hook
 
     def error(self, error: Exception, input_shape: Shape) -> UsageError:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = _first_line(error)
         whole = "x".join(map(str, input_shape))
         if not self.stack:
             return UsageError(f"the model cannot take input {whole}: {message}")
@@ -802,8 +800,6 @@ class NeedsRealTensors(UsageError):
 
 
 def _needs_real(error: Exception) -> bool:
-    from torch._subclasses import fake_tensor
-
     if isinstance(error, (NotImplementedError, fake_tensor.DataDependentOutputException,
                           fake_tensor.DynamicOutputShapeException, fake_tensor.UnsupportedOperatorException,
                           fake_tensor.UnsupportedFakeTensorException)):
@@ -844,19 +840,15 @@ def run_forward(model: nn.Module, x: torch.Tensor, mode: TorchDispatchMode | Non
             handle.remove()
 
 
-def _fake_state(model: nn.Module, fake_mode) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
-    """Fake CPU stand-ins for the model's parameters and buffers (meta or real): name -> tensor,
-    and id(original) -> stand-in. Tied tensors share one stand-in."""
-    converter = fake_mode.fake_tensor_converter
+def _fake_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[int, torch.Tensor]]:
+    """Under FakeTensorMode: fake CPU stand-ins (shapes, no data) for the model's parameters and
+    buffers, meta or real: name -> tensor, and id(original) -> stand-in. Tied tensors share one."""
     made: dict[int, torch.Tensor] = {}
     state = {}
     named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
     for name, t in named:
         if id(t) not in made:
-            if t.is_meta:
-                fake = converter.from_meta_and_device(fake_mode, t, torch.device("cpu"))
-            else:
-                fake = fake_mode.from_tensor(t, static_shapes=True)
+            fake = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
             if isinstance(t, nn.Parameter):
                 fake = nn.Parameter(fake, requires_grad=t.requires_grad)
             made[id(t)] = fake
@@ -872,23 +864,21 @@ def _node_creation_hook(hook, training: bool):
     """Marks each autograd node with the row that made it, so that backward operators are
     charged to that row. torch.autograd.graph.node_creation_hook is recent: older torch counts
     the forward pass only."""
-    if hasattr(torch.autograd.graph, "node_creation_hook"):
+    if hasattr(torch.autograd.graph, "node_creation_hook") and hasattr(torch._C, "_current_autograd_node"):
         return torch.autograd.graph.node_creation_hook(hook)
     if training:
-        raise UsageError(f"--training needs a newer torch (one with torch.autograd.graph.node_creation_hook, "
-                         f"such as 2.14); this is torch {torch.__version__}")
+        raise UsageError(f"--training needs a torch with torch.autograd.graph.node_creation_hook and "
+                         f"torch._C._current_autograd_node (such as 2.14); this is torch {torch.__version__}")
     return nullcontext()
 
 
 def _count(model: nn.Module, input_shape: Shape, batch: int, training: bool, fake: bool) -> Counts:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     unique = list(model.parameters())  # each tensor once, however often it is shared
-    dtype = next((p.dtype for p in unique if p.is_floating_point()), torch.get_default_dtype())
+    dtype = _dtype(model)
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     with fake_mode or nullcontext():
-        state, standins = _fake_state(model, fake_mode) if fake else (None, {})
-        device = next((p.device for p in unique if not p.is_meta), torch.device("cpu"))
+        state, standins = _fake_state(model) if fake else (None, {})
+        device = "cpu" if fake else next((p.device for p in unique), "cpu")  # fake: all on CPU
         x = torch.zeros(batch, *input_shape, dtype=dtype, device=device)
     owners = {}  # id(parameter) -> (module name, module, attribute name), the first of its names
     for name, module in model.named_modules():
@@ -923,7 +913,7 @@ def _count(model: nn.Module, input_shape: Shape, batch: int, training: bool, fak
         param_bytes=sum(p.numel() * p.element_size() for p in unique),
         input_shape=tuple(input_shape),
         batch=batch,
-        activation_bytes=sum(counter.saved.values()),
+        activation_bytes=sum(s.nbytes() for s in counter.saved.values()),
         dtype=str(dtype).removeprefix("torch."),
         training=training,
         uncounted=dict(counter.uncounted),
@@ -940,13 +930,7 @@ def _unused_rows(records: list[tuple[_Param, nn.Module]], entered: set[int], tra
             state = "not used" if id(module) in entered else "not run"
             rows[p.owner] = LayerRow(p.owner or "(model)", type(module).__name__, "", state,
                                      backward_flops=0 if training else None)
-        p.row = row = rows[p.owner]
-        row.params += p.numel
-        row.trainable += p.numel if p.trainable else 0
-        if p.bias:
-            row.biases += p.numel
-        else:
-            row.weights += p.numel
+        p.hold(rows[p.owner])
     return list(rows.values())
 
 
@@ -968,8 +952,7 @@ def _available_memory() -> int | None:
 def _count_real(model: nn.Module, input_shape: Shape, batch: int, training: bool, reason: str) -> Counts:
     """The fallback: a real forward pass, when it can fit."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    needed = batch * math.prod(input_shape) * dtype.itemsize
+    needed = batch * math.prod(input_shape) * _dtype(model).itemsize
     available = _available_memory()
     if available is not None and needed > available:
         raise UsageError(f"{reason}; a real forward pass does not fit: its input alone needs "
@@ -977,7 +960,7 @@ def _count_real(model: nn.Module, input_shape: Shape, batch: int, training: bool
     try:
         return _count(model, input_shape, batch, training, fake=False)
     except (MemoryError, RuntimeError, UsageError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = _first_line(error)
         if not isinstance(error, MemoryError) and not re.search(r"can't allocate|out of memory", first, re.I):
             raise
         raise UsageError(f"{reason}; a real forward pass does not fit: it needs more than "
@@ -1077,24 +1060,24 @@ def count_meta(build: Callable[[], nn.Module], input_shape: Shape, batch: int = 
 
 def _compare(model: nn.Module, input_shape: Shape, batch: int, counts: Counts) -> None:
     """Add fvcore's and FlopCounterMode's FLOPs for the same model and input, per row and in all."""
-    from fvcore.nn import FlopCountAnalysis
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(batch, *input_shape, dtype=next(
-        (p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype()))
-    analysis = FlopCountAnalysis(model, x)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    x = torch.zeros(batch, *input_shape, dtype=_dtype(model))
     try:
-        with warnings.catch_warnings():  # torch.jit's deprecation, on every trace
+        with warnings.catch_warnings():  # torch.jit's deprecation: on importing fvcore, on every trace
             warnings.simplefilter("ignore")
+            from fvcore.nn import FlopCountAnalysis
+
+            analysis = FlopCountAnalysis(model, x)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
             fvcore = analysis.by_module()
     except Exception as error:  # noqa: BLE001 - fvcore's tracer fails on some models
-        raise UsageError(f"fvcore cannot count this model: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"fvcore cannot count this model: {_first_line(error)}") from None
     with FlopCounterMode(display=False) as flop_counter:
         model(x)
     root = type(model).__name__
-    ours = {k.removeprefix(root).removeprefix("."): sum(v.values())
-            for k, v in flop_counter.get_flop_counts().items() if k == root or k.startswith(root + ".")}
+    flop_counts = {k.removeprefix(root).removeprefix("."): sum(v.values())
+                   for k, v in flop_counter.get_flop_counts().items() if k == root or k.startswith(root + ".")}
     children = {name: [f"{name}.{c}" if name else c for c, _ in module.named_children()]
                 for name, module in model.named_modules()}
 
@@ -1106,6 +1089,6 @@ def _compare(model: nn.Module, input_shape: Shape, batch: int, counts: Counts) -
         name = "" if row.layer == "(model)" else row.layer
         first = name not in done and row.output_shape not in ("not run", "not used")
         row.fvcore_flops = own(fvcore, name) if first else 0
-        row.torch_flops = own(ours, name) if first else 0
+        row.torch_flops = own(flop_counts, name) if first else 0
         done.add(name)
     counts.compared = {"fvcore": int(analysis.total()), "FlopCounterMode": flop_counter.get_total_flops()}

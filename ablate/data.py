@@ -1,15 +1,24 @@
-"""Datasets, loaded once into memory as uint8 tensors (N x C x 32 x 32) with int64 labels.
+"""Datasets, loaded once into memory as uint8 tensors (N x C x H x W, 32 x 32 unless resized)
+with int64 labels.
 
 Where a dataset is looked for, in order: `--data-dir`, `$ABLATE_DATA`, the per-user cache
 (`$XDG_CACHE_HOME/ablate` or `~/.cache/ablate`) and, for Fashion-MNIST, Debian's
 `/usr/share/datasets/fashion-mnist`. When it is nowhere, torchvision downloads it into the
 first of the first three.
+
+`folder:PATH` is an ImageFolder tree of the user's own images (PATH/<class>/<image>, or
+PATH/train/<class>/<image> and PATH/test/<class>/<image>), decoded once and kept in the
+per-user cache under `folders/`.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ablate.errors import UsageError
+from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
 
@@ -205,16 +214,225 @@ def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
     return chosen.sort().values
 
 
+# ---------------------------------------------------------------- sizes and channels
+
+DEFAULT_IMAGE_SIZE = 32
+IMAGE_SIZES = (8, 1024)
+
+
+def _check_image_size(image_size: int | None) -> None:
+    low, high = IMAGE_SIZES
+    if image_size is not None and not (type(image_size) is int and low <= image_size <= high):
+        raise UsageError(f"--image-size {image_size!r} is not allowed: give a whole number from {low} to {high}")
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images (... x C x H x W) made size x size: bilinear with antialias, back to uint8."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    from torchvision.transforms.v2.functional import resize as tv_resize
+
+    return tv_resize(images, [size, size], antialias=True)
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 N x C x H x W with `channels` channels: gray -> RGB by repeating, RGB -> gray by luma."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.repeat(1, 3, 1, 1)
+    if have == 3 and channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise UsageError(f"cannot turn {have}-channel images into {channels}-channel ones: only 1 <-> 3 is allowed")
+
+
+# ---------------------------------------------------------------- folder:PATH, the user's own images
+
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
+LAYOUT = "PATH/<class>/<image>, or PATH/train/<class>/<image> and PATH/test/<class>/<image>"
+SPLIT_SEED = 0
+CACHE_VERSION = 1
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:20])
+    return "[" + shown + (f", ... ({len(names)} in all)" if len(names) > 20 else "") + "]"
+
+
+def _folder_root(spec: str) -> Path:
+    given = spec[len(FOLDER_PREFIX):]
+    if not given:
+        raise UsageError(f"{spec!r} names no folder: give folder:PATH with {LAYOUT}")
+    root = Path(given).expanduser()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise UsageError(f"{str(root)!r} {what}: folder:PATH needs a folder of images, {LAYOUT}")
+    return root
+
+
+def _classes(tree: Path) -> list[str]:
+    classes = sorted(d.name for d in tree.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UsageError(f"{str(tree)!r} has no class folders: folder:PATH needs {LAYOUT}")
+    return classes
+
+
+def _trees(root: Path) -> tuple[list[str], dict[str, Path]]:
+    """The class names, and the trees to read: {"train": .., "test": ..} or {"all": root}."""
+    splits = [s for s in ("train", "test") if (root / s).is_dir()]
+    if len(splits) == 1:
+        raise UsageError(f"{str(root)!r} has {splits[0]}/ but no {({'train', 'test'} - set(splits)).pop()}/: "
+                         f"folder:PATH needs {LAYOUT}")
+    if not splits:
+        return _classes(root), {"all": root}
+    train, test = _classes(root / "train"), _classes(root / "test")
+    if train != test:
+        raise UsageError(f"the class folders of {str(root / 'train')!r} and {str(root / 'test')!r} differ: "
+                         f"train has {_names(train)}, test has {_names(test)}; they must be the same")
+    return train, {"train": root / "train", "test": root / "test"}
+
+
+def _images(tree: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    files = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (tree / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not found:
+            raise UsageError(f"class folder {str(tree / name)!r} has no images (looked for "
+                             f"{', '.join('*' + e for e in IMAGE_EXTENSIONS)})")
+        files += [(p, label) for p in found]
+    return files
+
+
+def _decode(files: list[tuple[Path, int]], image_size: int, root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every readable image as RGB, resized to image_size x image_size; the unreadable ones' paths."""
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    images, labels, skipped = [], [], []
+    for path, label in files:
+        try:
+            with Image.open(path) as image:
+                pixels = pil_to_tensor(image.convert("RGB"))
+        except Exception:  # not an image, truncated, too large: skipped, and counted in one warning
+            skipped.append(path.relative_to(root).as_posix())
+            continue
+        images.append(resize(pixels, image_size))
+        labels.append(label)
+    if not images:
+        raise UsageError(f"no readable images in {str(root)!r}: all {len(files)} failed to decode "
+                         f"(first: {str(root / skipped[0])!r})")
+    return torch.stack(images), torch.tensor(labels), skipped
+
+
+def _cache_file(root: Path, files: list[tuple[Path, int]], classes: list[str], image_size: int) -> Path:
+    listing = []
+    for path, label in files:
+        stat = path.stat()
+        listing.append([path.relative_to(root).as_posix(), label, stat.st_size, stat.st_mtime_ns])
+    key = json.dumps([CACHE_VERSION, str(root.resolve()), image_size, classes, listing])
+    return search_dirs(None)[-1] / "folders" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt")
+
+
+def _save_atomically(content: dict, path: Path) -> None:
+    """torch.save into a temporary file beside `path`, then renamed: no reader sees half a file."""
+    temp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as file:
+            torch.save(content, file)
+        os.replace(temp, path)
+    except (OSError, RuntimeError) as error:  # a read-only or full cache: the next load decodes again
+        print(f"warning: could not cache the decoded images in {path.parent} ({error})", file=sys.stderr)
+        if temp:
+            Path(temp).unlink(missing_ok=True)
+
+
+def _read_folder(root: Path, image_size: int) -> tuple[list[str], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """The classes, and each tree of folder:PATH as (images, labels); decoded once, then from the cache."""
+    classes, trees = _trees(root)
+    files = {split: _images(tree, classes) for split, tree in trees.items()}
+    cache = _cache_file(root, [f for split in files.values() for f in split], classes, image_size)
+    content = None
+    if cache.is_file():
+        try:
+            content = torch.load(cache, weights_only=True)
+        except Exception:  # a truncated or foreign file: decode again and overwrite it
+            content = None
+    if content is None:
+        content = {"skipped": []}
+        for split, split_files in files.items():
+            x, y, skipped = _decode(split_files, image_size, root)
+            content[f"{split}_x"], content[f"{split}_y"] = x, y
+            content["skipped"] += skipped
+        _save_atomically(content, cache)
+    skipped = content["skipped"]
+    if skipped:
+        n = len(skipped)
+        print(f"warning: skipped {n} unreadable image{'s' * (n != 1)} in {root} (first: {root / skipped[0]})",
+              file=sys.stderr)
+    return classes, {split: (content[f"{split}_x"], content[f"{split}_y"]) for split in trees}
+
+
+def stratified_test_mask(labels: torch.Tensor, test_fraction: float, seed: int = SPLIT_SEED) -> torch.Tensor:
+    """A seeded choice of round(n x test_fraction) images of every class (at least 1, and 1 left to train
+    when the class has 2 or more), as a boolean mask over `labels`."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        n = len(members)
+        n_test = min(max(round(n * test_fraction), 1), n - 1)
+        mask[members[torch.randperm(n, generator=gen)[:n_test]]] = True
+    return mask
+
+
+def _load_folder(spec: str, image_size: int, test_fraction: float) -> tuple[list[str], list[torch.Tensor]]:
+    classes, trees = _read_folder(_folder_root(spec), image_size)
+    if "all" not in trees:
+        return classes, [*trees["train"], *trees["test"]]
+    x, y = trees["all"]
+    test = stratified_test_mask(y, test_fraction)
+    if not test.any():
+        raise UsageError(f"{spec} is too small to split off a test set: a class needs 2 or more images "
+                         f"(or give train/ and test/ folders)")
+    return classes, [x[~test], y[~test], x[test], y[test]]
+
+
+# ---------------------------------------------------------------- the entry points
+
+
+def _check_data_dir(data_dir: Path | None) -> None:
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"--data-dir {str(data_dir)!r} is not a directory")
+
+
 def load_dataset(
     name: str,
     data_dir: Path | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    image_size: int | None = None,
+    test_fraction: float = 0.2,
 ) -> Dataset:
-    source = DATASETS.get(name)
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise UsageError(f"--data-dir {str(data_dir)!r} is not a directory")
-    train_x, train_y, test_x, test_y = source.load(search_dirs(data_dir))
+    """A named dataset or folder:PATH. image_size None keeps the dataset's own size (32 for folders);
+    test_fraction is the share of each class held out when a folder has no train/ and test/."""
+    _check_image_size(image_size)
+    if not 0 < test_fraction < 1:
+        raise UsageError(f"--test-fraction {test_fraction} is out of range: it must be between 0 and 1, e.g. 0.2")
+    _check_data_dir(data_dir)
+    if name.startswith(FOLDER_PREFIX):
+        classes, (train_x, train_y, test_x, test_y) = _load_folder(name, image_size or DEFAULT_IMAGE_SIZE,
+                                                                   test_fraction)
+    else:
+        if name not in DATASETS:
+            raise unknown_name("dataset", name, [*DATASETS, "folder:PATH"])
+        source = DATASETS.get(name)
+        classes = source.classes
+        train_x, train_y, test_x, test_y = source.load(search_dirs(data_dir))
     for split, limit, x, y in (("train", limit_train, train_x, train_y), ("test", limit_test, test_x, test_y)):
         if limit is None:
             continue
@@ -225,4 +443,40 @@ def load_dataset(
             train_x, train_y = x[keep], y[keep]
         else:
             test_x, test_y = x[keep], y[keep]
-    return Dataset(name, train_x, train_y, test_x, test_y, source.classes)
+    if image_size is not None:  # after the limits: only the images kept are resized
+        train_x, test_x = resize(train_x, image_size), resize(test_x, image_size)
+    return Dataset(name, train_x, train_y, test_x, test_y, classes)
+
+
+def load_test_dataset(
+    spec: str,
+    classes: list[str],
+    data_dir: Path | None,
+    image_size: int | None,
+    channels: int,
+) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """A second test set for a model trained on a dataset with `classes`: (a short name, test_x, test_y).
+    folder:PATH gives all its images (train/ and test/ alike); a named dataset, its test split. It is
+    resized to image_size and given `channels` channels, so that the same model takes it."""
+    _check_image_size(image_size)
+    if channels not in (1, 3):
+        raise UsageError(f"a test dataset can be given 1 or 3 channels, not {channels}")
+    folder = spec.startswith(FOLDER_PREFIX)
+    if folder:
+        root = _folder_root(spec)
+        found, short = _trees(root)[0], root.resolve().name or spec
+    else:
+        _check_data_dir(data_dir)
+        source = DATASETS.get(spec)
+        found, short = source.classes, spec
+    if list(found) != list(classes):
+        raise UsageError(f"--test-dataset {spec} has the classes {_names(list(found))} but the model was trained "
+                         f"on {_names(list(classes))}; they must be the same, in the same order")
+    if folder:
+        trees = _read_folder(root, image_size or DEFAULT_IMAGE_SIZE)[1].values()
+        x, y = torch.cat([x for x, _ in trees]), torch.cat([y for _, y in trees])
+    else:
+        x, y = source.load(search_dirs(data_dir))[2:]
+    if image_size is not None:
+        x = resize(x, image_size)
+    return short, match_channels(x, channels), y

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
 from ablate.results import read_metadata, read_per_class, read_results, separate_configurations  # noqa: E402
 
-KINDS = ("curves", "sweep", "classes")
+KINDS = ("curves", "sweep", "classes", "variants")
 FORMATS = (".png", ".svg", ".pdf")
 
 
@@ -86,10 +86,39 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path) -> None:
             ax.annotate(f"lowest test loss: {best}", (best, s["mean"][best]), textcoords="offset points",
                         xytext=(0, 14), ha="center", fontsize=9, color="tab:red")
     ax.set_xlabel(factor.replace("_", " "))
+    values = final[factor].dropna()
+    if len(values) and values.min() > 0 and values.max() / values.min() >= 100:
+        ax.set_xscale("log")  # learning rates, batch sizes: decades apart
     ax.set_ylabel("final cross-entropy loss")
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(_title(frame) + ": mean ± 1 std")
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def variants(frame: pd.DataFrame, path: Path) -> None:
+    """Final test accuracy per variant, in the study's order, mean over seeds with its 95 %
+    t-interval and each seed's value: a ladder of steps reads left to right."""
+    from ablate.compare import interval
+
+    final = frame[(frame.split == "test") & (frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max"))]
+    names = list(dict.fromkeys(frame["variant"]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4.5), constrained_layout=True)
+    for i, name in enumerate(names):
+        values = 100 * final[final.variant == name]["accuracy"]
+        low, high = interval(values)
+        ax.bar(i, values.mean(), 0.6, color="tab:blue", alpha=0.35)
+        if low == low:  # more than one seed
+            ax.errorbar(i, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], color="k", capsize=4)
+        ax.plot([i] * len(values), values, "o", color="tab:blue", ms=4)
+        ax.annotate(f"{values.mean():.1f}", (i, values.mean()), textcoords="offset points", xytext=(12, 0),
+                    fontsize=8, va="center")
+    ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names)) > 8 else 0, ha="right"
+                  if max(map(len, names)) > 8 else "center")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(_title(frame) + ": mean, 95 % t-interval, seeds as dots")
     fig.savefig(path)
     plt.close(fig)
 
@@ -135,6 +164,8 @@ def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = No
         curves(frame, out)
     elif kind == "sweep":
         sweep(frame, factor or numeric_factor(frame, tuple(study.get("factors", frame.columns))), out)
+    elif kind == "variants":
+        variants(frame, out)
     else:
         rows = read_per_class(path)
         if rows.empty:

@@ -205,3 +205,24 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
                       _interval_cell(acc["mean"], acc["std"], acc["ci_low"], acc["ci_high"], 100, 2),
                       *deltas)
     return table
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def dry_run_table(rows: list[dict], study: str, out) -> Table:
+    """`--dry-run`: the run matrix, what the results file holds, and the time it would take."""
+    done, left = sum(r["done"] for r in rows), sum(r["left"] for r in rows)
+    table = Table(title=f"{study}: {done + left} runs planned, {done} already in {out}, {left} to train",
+                  caption=f"estimated time: {_duration(sum(r['seconds'] for r in rows))} on this device "
+                          "(from timing a few batches of each model); nothing was trained or written",
+                  box=box.SIMPLE_HEAD)
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(_duration(v) if k == "seconds" else human(v) if k == "flops" else _cell(v)
+                        for k, v in row.items()))
+    return table

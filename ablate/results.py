@@ -81,7 +81,7 @@ def _arrow(frame: pd.DataFrame, schema: pa.Schema | None, metadata: dict) -> pa.
     if schema is None:
         table = pa.Table.from_pandas(frame, preserve_index=False)
     else:
-        table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+        table = pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"ablate"] = json.dumps(metadata or {}).encode()
     return table.replace_schema_metadata(meta)

@@ -7,19 +7,20 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import pandas as pd
 import torch
 
-from ablate import count, results
-from ablate.data import Dataset, load_dataset
+from ablate import arch, count, results
+from ablate.data import Dataset, load_dataset, load_test_dataset
 from ablate.errors import UsageError
 from ablate.results import StudyFile
 from ablate.studies import Study
-from ablate.train import RunConfig, RunResult, build_model, column_types, resolve, train_run
+from ablate.train import TASKS, RunConfig, RunResult, build_model, column_types, resolve, train_run
 
 RUN_COLUMNS = {
     "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float,
@@ -27,6 +28,16 @@ RUN_COLUMNS = {
     **column_types(), "params": int, "flops": int, "device": str,
 }
 RUN_SCHEMA = results.arrow_schema(RUN_COLUMNS)
+
+
+def run_columns(runs: list[Run]) -> dict[str, type]:
+    """RUN_COLUMNS, and a column for each constructor argument of a user's model."""
+    extra = {}
+    for run in runs:
+        for name, value in run.config.model_args:
+            if name not in RUN_COLUMNS:
+                extra.setdefault(name, arch.knob_type(value))
+    return {**RUN_COLUMNS, **extra}
 
 
 def _digest(key: dict) -> str:
@@ -58,13 +69,13 @@ class Run:
 def plan(study: Study, options: dict, seeds: int) -> list[Run]:
     """Every variant under seeds 0..seeds-1, each configuration checked. Options left as
     None keep the defaults; a variant's own fields win over the options, and the options
-    over the study's base."""
+    over the study's base. Names that are not RunConfig fields are the model's arguments."""
     given = {k: v for k, v in options.items() if v is not None}
-    resolve(replace(RunConfig(), **{**study.base, **given}))  # the options, before any variant
+    resolve(RunConfig().with_fields(**{**study.base, **given}))  # the options, before any variant
     runs = []
     for variant, fields in study.variants.items():
         try:
-            config = resolve(replace(RunConfig(), **{**study.base, **given, **fields}))
+            config = resolve(RunConfig().with_fields(**{**study.base, **given, **fields}))
         except UsageError as error:
             raise UsageError(f"variant {variant!r}: {error}") from None
         runs += [Run(study.name, variant, seed, config) for seed in range(seeds)]
@@ -108,7 +119,7 @@ def check_resumable(existing: pd.DataFrame, runs: list[Run], path) -> None:
 @functools.cache  # every seed of a variant has the same model
 def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count.Counts:
     """The run's model counted on the meta device: nothing is allocated."""
-    return count.count_meta(lambda: build_model(config, shape[0], classes), shape)
+    return count.count_meta(lambda: build_model(config, shape[0], classes, shape[1]), shape)
 
 
 def available_memory(device: torch.device) -> int:
@@ -123,6 +134,22 @@ def available_memory(device: torch.device) -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_model(run: Run, data: Dataset) -> list[str]:
+    """With strip_activations, the model must have activation modules: say how many go."""
+    config = run.config
+    if not config.strip_activations:
+        return []
+    with torch.device("meta"):  # nothing is allocated
+        model = arch.model_source(config.model).build(data.shape[0], len(data.classes), data.shape[1],
+                                                      **dict(config.model_args))
+    replaced = arch.strip_activations(model)
+    if not replaced:
+        raise UsageError(f"variant {run.variant!r}: model {config.model!r} has no activation module to remove "
+                         "(activations called as functions in forward cannot be replaced)")
+    said = ", ".join(f"{n} {name}" for name, n in replaced.items())
+    return [f"variant {run.variant!r}: {sum(replaced.values())} activation modules replaced by identity ({said})"]
 
 
 def check_memory(runs: list[Run], data: Dataset, device: torch.device) -> None:
@@ -142,7 +169,8 @@ def check_memory(runs: list[Run], data: Dataset, device: torch.device) -> None:
 # ---------------------------------------------------------------- rows
 
 
-def run_rows(run: Run, result: RunResult, device: str, data: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
+             columns: dict = RUN_COLUMNS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tidy rows of one run: (variant, seed, epoch, split) rows, and per-class rows."""
     head = {"study": run.study, "variant": run.variant, "seed": run.seed}
     ids = {"run_id": run.run_id, "config_id": run.config_id}
@@ -152,7 +180,7 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset) -> tuple[p
          "lr": r.lr, "seconds": r.seconds, "status": result.status, **ids,
          **run.config.columns(), "params": size.params, "flops": size.flops, "device": device}
         for r in result.epochs
-    ], columns=list(RUN_COLUMNS))
+    ], columns=list(columns))
     images = torch.bincount(data.test_y, minlength=len(data.classes)).tolist()
     per_class = pd.DataFrame([
         {**head, **ids, "class_index": i, "class_name": name, "images": n, "accuracy": accuracy}
@@ -185,8 +213,8 @@ class InProcess:
             yield run, work(run, data, on_batch=report)
 
 
-def train_one(run: Run, data: Dataset, device: torch.device, on_batch=None) -> RunResult:
-    return train_run(run.config, data, run.seed, device, on_batch)
+def train_one(run: Run, data: Dataset, device: torch.device, on_batch=None, other_test=None) -> RunResult:
+    return train_run(run.config, data, run.seed, device, on_batch, other_test)
 
 
 def execute(
@@ -197,13 +225,15 @@ def execute(
     metadata: dict,
     executor: Executor | None = None,
     on_run: Callable[[Run, str], None] | None = None,
+    other_test=None,
 ) -> None:
     """Train the runs not yet in `store`, saving each one as soon as it finishes."""
     done = store.done()
     todo = [r for r in runs if r.run_id not in done]
-    work = functools.partial(train_one, device=device)
+    work = functools.partial(train_one, device=device, other_test=other_test)
+    columns = run_columns(runs)
     for run, result in (executor or InProcess()).map(work, todo, data):
-        store.add(*run_rows(run, result, device.type, data), metadata, run.label)
+        store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
         if on_run is not None:
             on_run(run, result.status)
 
@@ -222,6 +252,8 @@ class Prepared:
     out: Path
     resume: bool
     force: bool
+    other_test: tuple | None = None  # (name, images, labels) of --test-dataset
+    notes: list[str] = field(default_factory=list)  # what the user should know before training
 
     def todo(self, done: set[str]) -> list[Run]:
         return [r for r in self.runs if r.run_id not in done]
@@ -242,10 +274,15 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
     existing = results.existing_runs(out, resume, force)
     runs = plan(study, options, seeds)
     check_resumable(existing, runs, out)
-    data = load_dataset(options.get("dataset") or RunConfig.dataset, data_dir,
-                        options.get("limit_train"), options.get("limit_test"))
+    config = runs[0].config  # the data settings are the same for every run of a study
+    data = load_dataset(config.dataset, data_dir, config.limit_train, config.limit_test,
+                        image_size=config.image_size, test_fraction=config.test_fraction or 0.2)
+    other_test = None
+    if config.test_dataset is not None:
+        other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
+    notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
     check_memory(runs, data, device)
-    return Prepared(study, runs, data, device, Path(out), resume, force)
+    return Prepared(study, runs, data, device, Path(out), resume, force, other_test, notes)
 
 
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,
@@ -254,14 +291,65 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
     """Train what `prepared` plans and the file does not hold yet; return the planned runs'
     rows and per-class rows. `on_start(runs to train)` is called once the file is open."""
     p = prepared
-    with StudyFile(p.out, RUN_SCHEMA, resume=p.resume, force=p.force) as store:
+    schema = results.arrow_schema(run_columns(p.runs))
+    with StudyFile(p.out, schema, resume=p.resume, force=p.force) as store:
         check_resumable(store.runs, p.runs, p.out)  # a writer may have finished since we looked
         if on_start is not None:
             on_start(p.todo(store.done()))
         try:
-            execute(p.runs, p.data, p.device, store, metadata, executor, on_run)
+            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test)
         except KeyboardInterrupt:
             raise Interrupted([r for r in p.runs if r.run_id in store.done()], len(p.runs)) from None
         planned = {r.run_id for r in p.runs}
         return (store.runs[store.runs["run_id"].isin(planned)],
                 store.class_rows[store.class_rows["run_id"].isin(planned)])
+
+
+# ---------------------------------------------------------------- planning before spending
+
+
+def seconds_per_image(config: RunConfig, data: Dataset, device: torch.device, steps: int = 3) -> float:
+    """Training time per image of the run's model on `device`, from a few timed batches of
+    real images (after one untimed batch: allocation and first-call costs)."""
+    model = build_model(config, data.shape[0], len(data.classes), data.shape[1]).to(
+        device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)
+    x = (data.train_x[:config.batch_size].float() / 255).to(device).contiguous(memory_format=torch.channels_last)
+    y = data.train_y[:config.batch_size].to(device)
+    task = TASKS.get(config.task)
+    timings = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            task.loss(model(x), x, y).backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings.append(time.perf_counter() - start)
+    return min(timings[1:]) / len(y)
+
+
+def dry_run(prepared: Prepared) -> list[dict]:
+    """Per variant: its runs, what `--out` already holds, the model's size and an estimate of
+    the time left (training, and evaluation at a third of the training cost per image)."""
+    p = prepared
+    existing = results.existing_runs(p.out, p.resume, p.force)
+    done = set(existing["run_id"]) if len(existing) else set()
+    train_images, test_images = len(p.data.train_y), len(p.data.test_y)
+    rows = []
+    for variant in dict.fromkeys(r.variant for r in p.runs):
+        runs = [r for r in p.runs if r.variant == variant]
+        config = runs[0].config
+        size = model_size(config, p.data.shape, len(p.data.classes))
+        left = sum(r.run_id not in done for r in runs)
+        per_image = seconds_per_image(config, p.data, p.device) if left else 0.0
+        evaluated = train_images + (config.epochs + 1) * test_images
+        rows.append({
+            "variant": variant, "seeds": len(runs), **{f: config.columns().get(f) for f in p.study.factors
+                                                        if f not in ("params", "flops")},
+            "params": size.params, "flops": size.flops, "epochs": config.epochs, "images": train_images,
+            "done": len(runs) - left, "left": left,
+            "seconds": left * per_image * (config.epochs * train_images + evaluated / 3),
+        })
+    return rows

@@ -6,10 +6,19 @@ channels=[6, 36])`), and bad values are usage errors that list what is allowed.
 
 from __future__ import annotations
 
+import ast
+import itertools
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
-from ablate import transforms, train
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from ablate import arch, transforms, train
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
@@ -69,16 +78,26 @@ def parse_list(text: str | list, kind: str, allowed=None) -> list[str]:
 
 
 @register_study("linearity")
-def linearity() -> Study:
+def linearity(model: str | None = None) -> Study:
+    knobs = arch.model_source(model or train.RunConfig.model).knobs
+    if {"activation", "fc1_features"} <= set(knobs):
+        fc1 = knobs["fc1_features"]
+        return Study(
+            "linearity",
+            "The net with its activations, without them (max-pools kept), and without them with fc1 doubled "
+            "(any other model: with and without its activation modules).",
+            variants={
+                "relu": {"activation": "relu", "fc1_features": fc1},
+                "linear": {"activation": "none", "fc1_features": fc1},
+                "linear-wide": {"activation": "none", "fc1_features": 2 * fc1},
+            },
+            factors=("activation", "fc1_features"),
+        )
     return Study(
         "linearity",
-        "The tutorial net with its ReLUs, without them (max-pools kept), and without them with fc1 doubled.",
-        variants={
-            "relu": {"activation": "relu", "fc1_features": 120},
-            "linear": {"activation": "none", "fc1_features": 120},
-            "linear-wide": {"activation": "none", "fc1_features": 240},
-        },
-        factors=("activation", "fc1_features"),
+        "The model as it is, and with every activation module (ReLU, GELU, SiLU, ...) replaced by identity.",
+        variants={"original": {"strip_activations": False}, "linear": {"strip_activations": True}},
+        factors=("strip_activations",),
     )
 
 
@@ -219,3 +238,232 @@ def regularization(dropout: float = 0.5) -> Study:
         factors=("dropout", "batchnorm"),
         base={"model": "threeconv"},
     )
+
+
+# ---------------------------------------------------------------- the reports' sweeps
+
+
+def parse_numbers(text: str, option: str, kind: type = float, low: float = 0) -> list:
+    """'0.1,0.01' -> [0.1, 0.01]: each a number of `kind` >= `low`, none twice."""
+    values = []
+    for item in parse_list(text, f"value of {option}"):
+        try:
+            value = kind(item)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            what = "whole numbers" if kind is int else "numbers"
+            raise UsageError(f"{option} takes {what} >= {low} separated by commas, got {item!r}")
+        values.append(value)
+    return values
+
+
+@register_study("lr", values="Learning rates, comma-separated.")
+def lr(values: str = "0.001,0.01,0.1,1") -> Study:
+    rates = parse_numbers(values, "--values")
+    if 0 in rates:
+        raise UsageError("--values: a learning rate must be > 0")
+    return Study("lr", "Learning rates, everything else fixed: final loss against the rate.",
+                 variants={f"{r:g}": {"lr": r} for r in rates}, factors=("base_lr",), plot="sweep")
+
+
+@register_study("batch-size", values="Batch sizes, comma-separated.",
+                scale_lr="Scale the learning rate with the batch size: lr x batch / --batch-size.")
+def batch_size(values: str = "32,128,512", scale_lr: bool = False, batch_size: int | None = None,
+               lr: float | None = None) -> Study:
+    sizes = parse_numbers(values, "--values", int, 1)
+    base_batch, base_lr = batch_size or train.RunConfig.batch_size, lr or train.RunConfig.lr
+    variants = {str(b): {"batch_size": b, **({"lr": base_lr * b / base_batch} if scale_lr else {})} for b in sizes}
+    rule = f", the learning rate scaled as {base_lr:g} x batch / {base_batch}" if scale_lr else ""
+    return Study("batch-size", f"Batch sizes{rule}: final loss against the batch size.",
+                 variants=variants, factors=("batch_size", "base_lr"), plot="sweep")
+
+
+@register_study("dropout", values="Dropout probabilities before the last fc layer, in [0, 1), comma-separated.")
+def dropout(values: str = "0,0.25,0.5,0.75") -> Study:
+    rates = parse_numbers(values, "--values")
+    if any(r >= 1 for r in rates):
+        raise UsageError(f"--values: dropout probabilities must be in [0, 1), got {values!r}")
+    return Study("dropout", "Dropout rates before the last fc layer (report 002's three-conv net by default).",
+                 variants={f"{r:g}": {"dropout": r} for r in rates}, factors=("dropout",),
+                 base={"model": "threeconv"}, plot="sweep")
+
+
+LADDER_STEPS = {  # report 002, part 2: each step on top of the ones before it
+    "standardize": {"normalization": "standard"},
+    "crop-flip": {"augment": "crop-flip"},
+    "exponential": {"scheduler": "exponential", "lr_gamma": 0.8},
+    "adam": {"optimizer": "adam", **optimizer_defaults("adam")},
+    "dropout": {"dropout": 0.5},
+    "batchnorm": {"batchnorm": True},
+}
+
+
+@register_study("ladder", steps="The steps, in order, each on top of those before it: "
+                + ", ".join(LADDER_STEPS) + ".")
+def ladder(steps: str = "standardize,crop-flip,exponential,dropout,batchnorm") -> Study:
+    names = parse_list(steps, "ladder step", list(LADDER_STEPS))
+    variants, fields = {"baseline": {}}, {}
+    for name in names:
+        fields = {**fields, **LADDER_STEPS[name]}
+        variants[f"+{name}"] = dict(fields)
+    return Study(
+        "ladder",
+        "Report 002's cumulative protocol on the three-conv net: baseline, then each step on top of the "
+        "previous ones (standardize: per-channel mean/std; crop-flip; exponential: lr x0.8 per epoch; "
+        "adam: Adam, lr 0.001; dropout 0.5 before the last fc; batchnorm after every conv).",
+        variants=variants,
+        factors=("normalization", "augment", "scheduler", "optimizer", "dropout", "batchnorm"),
+        base={"model": "threeconv"},
+        plot="variants",
+    )
+
+
+# ---------------------------------------------------------------- any knob
+
+
+FIXED_PER_STUDY = {"dataset", "image_size", "test_fraction", "test_dataset", "limit_train", "limit_test", "task"}
+
+
+def parse_values(name: str, text: str, model: str | None) -> list:
+    """The values of `--vary NAME=TEXT`: typed as the RunConfig field, or, for a constructor
+    argument of the model, Python literals (strings may be bare)."""
+    field = "lr" if name == "base_lr" else name
+    kinds = train.column_types()
+    if field in train.FIELDS - FIXED_PER_STUDY:
+        kind = kinds["base_lr" if field == "lr" else field]
+        items = parse_list(text, f"value of {name}")
+        return [_typed(name, item, kind) for item in items]
+    knobs = arch.model_source(model or train.RunConfig.model).knobs
+    if name not in knobs:
+        allowed = sorted(train.FIELDS - FIXED_PER_STUDY) + list(knobs)
+        raise unknown_name("setting to vary", name, allowed,
+                           hint="allowed: the training settings " + ", ".join(sorted(train.FIELDS - FIXED_PER_STUDY))
+                           + f"; the constructor arguments of {model or train.RunConfig.model!r}: "
+                           + (", ".join(knobs) or "none"))
+    try:
+        values = ast.literal_eval(f"[{text}]")
+    except (ValueError, SyntaxError):
+        values = [_literal(item) for item in parse_list(text, f"value of {name}")]
+    if not values or len({repr(v) for v in values}) < len(values):
+        raise UsageError(f"--vary {name}: give distinct values separated by commas, got {text!r}")
+    return values
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word: a string
+
+
+def _typed(name: str, text: str, kind: type):
+    if text.lower() == "none":
+        return None
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return kind(text)
+    except ValueError:
+        article = "an" if kind is int else "a"
+        raise UsageError(f"--vary {name}: {text!r} is not {article} {kind.__name__}") from None
+
+
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def factorial(factors: dict[str, list], grid: bool) -> dict[str, dict]:
+    """Variants from factor values: with `grid`, every combination; without, one factor at a
+    time around the base (the first value of every factor)."""
+    names = list(factors)
+    if grid:
+        combos = itertools.product(*factors.values())
+        return {" ".join(f"{n}={_label(v)}" for n, v in zip(names, combo)): dict(zip(names, combo))
+                for combo in combos}
+    base = {n: values[0] for n, values in factors.items()}
+    variants = {"base": base}
+    for name, values in factors.items():
+        for value in values[1:]:
+            variants[f"{name}={_label(value)}"] = {**base, name: value}
+    return variants
+
+
+@register_study("sweep", vary="NAME=V1,V2,...: a training setting (lr, batch_size, optimizer, ...) or a "
+                "constructor argument of --model, and its values; give --vary once per factor.",
+                grid="Every combination of the factors' values (default: one factor at a time around the base, "
+                "the first value of each).")
+def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None = None) -> Study:
+    """Any knob: each --vary NAME=V1,V2,... is a training setting or a constructor argument of
+    --model, e.g. `ablate sweep --model mynets:Net --vary width=16,32,64 --vary lr=0.01,0.1`.
+    One factor at a time around the base (the first value of each), or --grid for every
+    combination. Each varied name is a column of the results."""
+    if not vary:
+        raise UsageError("give at least one --vary NAME=V1,V2,... (a training setting or a constructor argument)")
+    factors = {}
+    for item in vary:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise UsageError(f"--vary {item!r}: write NAME=V1,V2,...")
+        if name in factors:
+            raise UsageError(f"--vary {name} is given twice")
+        factors[name] = parse_values(name, text, model)
+    kind = "every combination" if grid else "one factor at a time around the base"
+    columns = tuple("base_lr" if n == "lr" else n for n in factors)
+    numeric = any(isinstance(v, (int, float)) and not isinstance(v, bool) for vs in factors.values() for v in vs)
+    return Study("sweep", f"A sweep of {', '.join(factors)}: {kind}.", variants=factorial(factors, grid),
+                 factors=columns, plot="sweep" if len(factors) == 1 and numeric else "curves")
+
+
+def from_toml(path: Path, model: str | None = None) -> Study:
+    """A study kept in a file: name, description, [base], and [variants.NAME] tables or a
+    [vary] / [grid] table of NAME = [values]."""
+    text = _read(path)
+    try:
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: malformed TOML: {error}") from None
+    allowed = {"name", "description", "base", "variants", "vary", "grid"}
+    for key in spec:
+        if key not in allowed:
+            raise UsageError(f"{path}, {_line(text, key)}: unknown field {key!r}; allowed: {', '.join(sorted(allowed))}")
+    if sum(k in spec for k in ("variants", "vary", "grid")) != 1:
+        raise UsageError(f"{path}: give exactly one of [variants.NAME], [vary] or [grid]")
+    base = spec.get("base", {})
+    model = model or base.get("model")
+    settings = sorted(train.FIELDS - FIXED_PER_STUDY) + list(arch.model_source(model or train.RunConfig.model).knobs)
+    for table in (base, *spec.get("variants", {}).values(), spec.get("vary", {}), spec.get("grid", {})):
+        for key in table:
+            if key not in settings and key not in FIXED_PER_STUDY | {"model"}:
+                raise UsageError(f"{path}, {_line(text, key)}: unknown setting {key!r}; allowed: "
+                                 + ", ".join(settings))
+    if "variants" in spec:
+        variants = {name: dict(fields) for name, fields in spec["variants"].items()}
+        factors = tuple(dict.fromkeys(k for fields in variants.values() for k in fields))
+    else:
+        grid = "grid" in spec
+        table = spec["grid" if grid else "vary"]
+        factors_values = {k: v if isinstance(v, list) else [v] for k, v in table.items()}
+        variants = factorial(factors_values, grid)
+        factors = tuple(factors_values)
+    name = spec.get("name", Path(path).stem)
+    return Study(name, spec.get("description", f"the study in {path}"), variants=variants,
+                 factors=tuple("base_lr" if f == "lr" else f for f in factors), base=base,
+                 plot="sweep" if len(factors) == 1 else "curves")
+
+
+def _read(path: Path) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read {str(path)!r}: {getattr(error, 'strerror', None) or error}") from None
+
+
+def _line(text: str, key: str) -> str:
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith((key, f"[{key}", f"[variants.{key}")):
+            return f"line {number}"
+    return "somewhere"

@@ -22,20 +22,17 @@ from ablate.registry import Registry
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that decides a run's numbers, except the seed. Every field is a column.
-
-    The model's constructor arguments (MODEL_FIELDS) are None where the model does not take
-    them; `resolve` fills in the model's own default where it does.
-    """
+    """Everything that decides a run's numbers, except the seed. Every field is a column, and
+    so is every constructor argument of the model (`model_args`, filled in by `resolve`)."""
 
     task: str = "classify"
     dataset: str = "cifar10"
+    image_size: int | None = None  # None: the dataset's own
+    test_fraction: float | None = None  # a folder without train/ and test/: the part held out
+    test_dataset: str | None = None  # evaluated too, as split "test:NAME"
     model: str = "tutorial"
-    conv1_channels: int | None = None
-    activation: str | None = None
-    fc1_features: int | None = None
-    dropout: float | None = None
-    batchnorm: bool | None = None
+    model_args: tuple = ()  # (name, value) pairs, sorted: the model's constructor arguments
+    strip_activations: bool = False  # every activation module replaced by identity
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.02
@@ -54,22 +51,35 @@ class RunConfig:
     deterministic: bool = False  # torch's deterministic algorithms (matters on GPUs)
 
     def columns(self) -> dict:
-        """The fields as result columns; `lr` is `base_lr` there, `lr` being each epoch's."""
-        return {("base_lr" if k == "lr" else k): v for k, v in asdict(self).items()}
+        """The fields and the model's arguments as result columns; `lr` is `base_lr` there,
+        `lr` being each epoch's."""
+        fields = {("base_lr" if k == "lr" else k): v for k, v in asdict(self).items() if k != "model_args"}
+        return {**fields, **{k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in self.model_args}}
+
+    def with_fields(self, **values) -> RunConfig:
+        """A copy with `values` set: RunConfig fields by name, anything else as a model argument."""
+        fields = {k: v for k, v in values.items() if k in FIELDS}
+        args = {**dict(self.model_args), **{k: v for k, v in values.items() if k not in FIELDS}}
+        return replace(self, **fields, model_args=tuple(sorted(args.items())))
+
+    def arg(self, name: str, default=None):
+        return dict(self.model_args).get(name, default)
 
 
-MODEL_FIELDS = ("conv1_channels", "activation", "fc1_features", "dropout", "batchnorm")
+FIELDS = set(RunConfig.__dataclass_fields__) - {"model_args"}
 
 
 def column_types() -> dict[str, type]:
-    """Each config column's Python type (int, float, str or bool); every one may be null."""
+    """Each config column's Python type (int, float, str or bool); every one may be null. The
+    constructor arguments of ablate's own models are columns of every study."""
     hints = typing.get_type_hints(RunConfig)
     types = {}
     for name in RunConfig.__dataclass_fields__:
-        kind = hints[name]
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        types["base_lr" if name == "lr" else name] = args[0] if args else kind
-    return types
+        if name == "model_args":
+            continue
+        args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
+        types["base_lr" if name == "lr" else name] = args[0] if args else hints[name]
+    return {**types, **{k: v for k, v in arch.registry_knobs().items() if k not in types}}
 
 
 @dataclass
@@ -108,16 +118,10 @@ TASKS.register("classify", Task("classify", lambda out, x, y: F.cross_entropy(ou
 # ---------------------------------------------------------------- models
 
 
-def _model_builder(name: str) -> Callable[..., nn.Module]:
-    return arch.MODELS.get(name).build
-
-
 def resolve(config: RunConfig) -> RunConfig:
-    """`config` checked, with the model's own defaults in the model fields it takes.
-
-    Every named choice must exist, and a model field set for a model that does not take it
-    is a usage error: a row records only what decided the run.
-    """
+    """`config` checked, with every constructor argument of its model in `model_args` (the
+    model's own default where none is given). Every named choice must exist, and an argument
+    the model does not take is a usage error: a row records only what decided the run."""
     for registry, name in ((TASKS, config.task), (OPTIMIZERS, config.optimizer),
                            (SCHEDULERS, config.scheduler), (transforms.NORMALIZATIONS, config.normalization),
                            (transforms.PERMUTATIONS, config.permutation)):
@@ -125,25 +129,25 @@ def resolve(config: RunConfig) -> RunConfig:
     transforms.augmentation(config.augment)
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {config.lr}")
-    if config.dropout is not None and not 0 <= config.dropout < 1:
-        raise UsageError(f"dropout must be in [0, 1), got {config.dropout}")
-    accepted = inspect.signature(_model_builder(config.model)).parameters
-    filled = {}
-    for name in MODEL_FIELDS:
-        value = getattr(config, name)
-        if name in accepted:
-            filled[name] = accepted[name].default if value is None else value
-        elif value is not None:
-            takes = [f for f in MODEL_FIELDS if f in accepted]
-            raise UsageError(f"model {config.model!r} does not take {name} (set to {value!r}); it takes "
-                             + (", ".join(takes) if takes else "none of " + ", ".join(MODEL_FIELDS)))
-    return replace(config, **filled)
+    if config.epochs < 1 or config.batch_size < 1:
+        raise UsageError(f"epochs and batch_size must be >= 1, got {config.epochs} and {config.batch_size}")
+    source = arch.model_source(config.model)
+    unknown = [k for k, _ in config.model_args if k not in source.knobs]
+    if unknown:
+        takes = ", ".join(source.knobs) or "no constructor arguments"
+        raise UsageError(f"model {config.model!r} does not take {', '.join(unknown)}; it takes {takes}")
+    return replace(config, model_args=tuple(sorted({**source.knobs, **dict(config.model_args)}.items())))
 
 
-def build_model(config: RunConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """The registry model named by `config.model`, given the model fields that are set."""
-    kwargs = {name: getattr(config, name) for name in MODEL_FIELDS if getattr(config, name) is not None}
-    return _model_builder(config.model)(in_channels=in_channels, num_classes=num_classes, **kwargs)
+def build_model(config: RunConfig, in_channels: int, num_classes: int, image_size: int = 32) -> nn.Module:
+    """A fresh model of `config` (resolved), for data of `in_channels` x `image_size`^2."""
+    model = arch.model_source(config.model).build(in_channels, num_classes, image_size, **dict(config.model_args))
+    if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in model.modules()):
+        with torch.no_grad():  # a layer spec's Lazy layers take their sizes from a first batch
+            model(torch.zeros(1, in_channels, image_size, image_size))
+    if config.strip_activations:
+        arch.strip_activations(model)
+    return model
 
 
 # ---------------------------------------------------------------- optimisers and schedulers
@@ -248,25 +252,28 @@ def train_run(
     seed: int,
     device: torch.device,
     on_batch: Callable[[int, int, float, float], None] | None = None,
+    other_test: tuple[str, torch.Tensor, torch.Tensor] | None = None,
 ) -> RunResult:
-    """Train one model. `on_batch(epoch, images done this epoch, running loss, seconds since
-    the epoch began)` reports progress. Nothing outside the run's seed decides its numbers:
-    the global random state is forked for the run and given back as it was."""
+    """Train one model, evaluating it before training (epoch 0) and after every epoch.
+    `on_batch(epoch, images done this epoch, running loss, seconds since the epoch began)`
+    reports progress; `other_test` (name, images, labels) is evaluated too, as split
+    `test:NAME`. Nothing outside the run's seed decides its numbers: the global random state
+    is forked for the run and given back as it was."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if config.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
     torch.use_deterministic_algorithms(config.deterministic)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return _train(config, data, seed, device, on_batch)
+            return _train(config, data, seed, device, on_batch, other_test)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _train(config, data, seed, device, on_batch) -> RunResult:
+def _train(config, data, seed, device, on_batch, other_test) -> RunResult:
     task = TASKS.get(config.task)
     torch.manual_seed(seed * 1_000_003 + INIT)
-    model = build_model(config, data.shape[0], len(data.classes))
+    model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
     torch.manual_seed(seed * 1_000_003 + DROPOUT)
     # channels_last: 1.12-1.18x on this CPU for these nets (measured in benchmarks/speed.py)
     model = model.to(device, memory_format=torch.channels_last)
@@ -282,18 +289,39 @@ def _train(config, data, seed, device, on_batch) -> RunResult:
                     if config.permutation == "fresh" else permute)
     augment = transforms.augmentation(config.augment)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    tests = {"test": (data.test_x.to(device), data.test_y.to(device))}
+    if other_test is not None:
+        tests[f"test:{other_test[0]}"] = (other_test[1].to(device), other_test[2].to(device))
     normalize = transforms.normalizer(config.normalization, train_x)
     unit = lambda x: x.float() / 255  # noqa: E731
     if augment is None:  # every image is the same each epoch: normalise once, up front
         train_x = _in_chunks(lambda x: normalize(unit(x)), train_x)
-        test_x = _in_chunks(lambda x: normalize(unit(x)), test_x)
+        tests = {split: (_in_chunks(lambda x: normalize(unit(x)), x), y) for split, (x, y) in tests.items()}
         train_prepare, test_prepare = permute, eval_permute
     else:
         train_prepare = lambda x: permute(normalize(augment(unit(x), augment_gen)))  # noqa: E731
         test_prepare = lambda x: eval_permute(normalize(unit(x)))  # noqa: E731
+    classes, class_accuracy = len(data.classes), []
 
-    records, status, n = [], "ok", len(train_y)
+    def evaluations(epoch: int, lr: float) -> list[EpochRecord]:
+        nonlocal class_accuracy
+        records = []
+        for split, (x, y) in tests.items():
+            start = time.perf_counter()
+            metrics = evaluate(model, x, y, test_prepare, task, classes)
+            records.append(EpochRecord(epoch, split, metrics["loss"], metrics["accuracy"], lr,
+                                       time.perf_counter() - start))
+            if split == "test":
+                class_accuracy = metrics["class_accuracy"]
+        return records
+
+    # epoch 0: the untrained model on both splits (the train split as it is, unaugmented)
+    lr = optimizer.param_groups[0]["lr"]
+    start = time.perf_counter()
+    untrained = evaluate(model, train_x, train_y, test_prepare, task, classes)
+    records = [EpochRecord(0, "train", untrained["loss"], untrained["accuracy"], lr, time.perf_counter() - start),
+               *evaluations(0, lr)]
+    status, n = "ok", len(train_y)
     for epoch in range(1, config.epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -323,12 +351,10 @@ def _train(config, data, seed, device, on_batch) -> RunResult:
         records.append(EpochRecord(epoch, "train", train_loss, train_accuracy, lr, train_seconds))
         if scheduler is not None and not schedule.per_step:
             scheduler.step()
-        start = time.perf_counter()
-        test = evaluate(model, test_x, test_y, test_prepare, task, len(data.classes))
-        records.append(EpochRecord(epoch, "test", test["loss"], test["accuracy"], lr, time.perf_counter() - start))
+        records += evaluations(epoch, lr)
         if on_batch is not None:
             on_batch(epoch, n, train_loss, train_seconds)
-        if not (math.isfinite(train_loss) and math.isfinite(test["loss"])):
+        if not all(math.isfinite(r.loss) for r in records[-len(tests) - 1:]):
             status = "diverged"
             break
-    return RunResult(records, test["class_accuracy"], status)
+    return RunResult(records, class_accuracy, status)

@@ -10,7 +10,7 @@ from ablate import runner
 from ablate.cli import app
 from ablate.data import load_dataset
 from ablate.results import write_frame
-from ablate.train import RunConfig
+from ablate.train import RunConfig, resolve
 
 # A whole study in about a second: 300 synthetic images, 2 epochs.
 TINY = ["--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "2",
@@ -51,10 +51,10 @@ def fake_study():
              config=None, noise=None, plot="curves", factors=()) -> Path:
         rows = []
         for v, variant in enumerate(variants):
-            fields = config(v) if config else {}
-            columns = RunConfig(**fields).columns()
+            run_config = resolve(RunConfig().with_fields(**(config(v) if config else {})))
+            columns = run_config.columns()
             for seed in seeds:
-                run = runner.Run(study, variant, seed, RunConfig(**fields))
+                run = runner.Run(study, variant, seed, run_config)
                 for epoch in range(1, epochs + 1):
                     for split in ("train", "test"):
                         jitter = noise(v, seed) if noise else 0.0

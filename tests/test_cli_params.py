@@ -60,7 +60,7 @@ def test_params_spec_from_the_issue():
     assert "0,Conv2d,50x12x12,20x6x6,16000,20,16020,0,16020,720,4 (2),576000,1152000" in result.stdout
 
 
-def test_params_batch(tmp_path):
+def test_params_batch():
     one = json.loads(invoke("params", "tutorial", "--format", "json").stdout)
     eight = json.loads(invoke("params", "tutorial", "--batch", 8, "--format", "json").stdout)
     assert [r["macs"] * 8 for r in one] == [r["macs"] for r in eight]

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablate import arch
-from ablate.count import count_meta, count_model
+from ablate.count import build_meta, count_meta, count_model
 from ablate.errors import UsageError
 
 
@@ -295,6 +295,7 @@ def _fvcore_macs(model, shape):
     return analysis.by_module()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 @pytest.mark.parametrize("name,shape", [("lenet5", None), ("tutorial", None), ("threeconv", None),
                                         ("resnet18", (3, 64, 64)), ("mobilenet_v3_small", (3, 64, 64))])
 def test_conv_and_linear_macs_agree_with_fvcore(name, shape):
@@ -469,6 +470,19 @@ def test_backward_of_inner_conv_and_linear_layers_by_hand():
     assert counts.backward_flops == sum(r.backward_flops for r in counts.rows)
 
 
+def test_backward_of_norms_pools_and_activations_by_hand():
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4), nn.AvgPool2d(2), nn.Tanh(), nn.Flatten(),
+                          nn.LayerNorm(64), nn.AdaptiveAvgPool1d(3), nn.LayerNorm(3, elementwise_affine=False))
+    counts = count_model(model, (2, 10, 10), training=True)
+    conv, group, pool, tanh, flatten, layer, adaptive, plain = counts.rows
+    assert group.backward_flops == 2 * 5 * 4 * 8 * 8  # norms: twice their forward
+    assert pool.backward_flops == 4 * 4 * 4 * 4  # as its forward: k*k per output element
+    assert tanh.backward_flops == 2 * 64  # the derivative and the product
+    assert layer.backward_flops == 2 * 5 * 64 and plain.backward_flops == 2 * 4 * 3
+    assert adaptive.backward_flops == 22 + 22 + 22  # 64 -> 3: windows 22, 22, 22 (they overlap)
+    assert flatten.backward_flops == 0 and counts.uncounted == {}
+
+
 def test_backward_products_agree_with_torch():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, bias=False),
                           nn.Flatten(), nn.Linear(8 * 6 * 6, 10, bias=False))
@@ -502,6 +516,10 @@ def test_activations_and_kept_memory_of_lenet5_by_hand():
     # the pools' and linears' other inputs are tanh outputs already kept
     assert counts.activation_bytes == 4 * (4704 + 1600 + 120 + 84 + 1176 + 400)
     assert count_model(*arch.load_model("lenet5"), batch=3).activation_bytes == 3 * counts.activation_bytes
+    model, shape = arch.load_model("lenet5")
+    double = count_model(model.double(), shape)  # kept at the parameters' dtype
+    assert (double.dtype, double.activation_bytes, double.param_bytes) == (
+        "float64", 2 * counts.activation_bytes, 2 * counts.param_bytes)
 
 
 # ---------------------------------------------------------------- receptive fields
@@ -565,6 +583,9 @@ class TolistInInit(nn.Module):
 
 
 def test_a_builder_that_needs_real_values_still_gets_meta_parameters():
+    with pytest.raises(NotImplementedError, match="meta"), torch.device("meta"):
+        TolistInInit()  # .tolist() of a meta tensor: the first way to build on meta fails
+    assert all(p.is_meta for p in build_meta(TolistInInit).parameters())  # the second does not
     counts = count_meta(TolistInInit, (50_000,))
     assert counts.params == 50_000 * 100_000 + 100_000
 

@@ -42,6 +42,8 @@ def workdir(tmp_path_factory):
     (root / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
     write_frame(pd.DataFrame({"name": ["x"], "value": [1.0]}), root / "foreign.parquet")
     (root / "notadir").write_text("a plain file")
+    (root / "malformed.toml").write_text('name = "x"\n[vary\nlr = [0.1]\n')
+    (root / "unknown.toml").write_text('name = "x"\n\n[base]\nlearning_rate = 0.1\n\n[vary]\nlr = [0.1, 1]\n')
     (root / "empty-data").mkdir()
     (root / "corrupt-data").mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -100,7 +102,7 @@ def test_kill_9_keeps_finished_runs_and_resume_completes(tmp_path, ablate):
     assert killed.exists(), "the first run never finished"
     partial = pd.read_parquet(killed)  # readable: written by atomic replace
     assert partial["run_id"].nunique() < 3
-    assert (partial.groupby("run_id").size() == 3 * 2).all()  # every saved run is whole
+    assert (partial.groupby("run_id").size() == 4 * 2).all()  # every saved run is whole: epochs 0-3
 
     # what a writer killed between writing and renaming leaves (made here: the kill may miss it)
     stale = [tmp_path / ".killed.parquet.x1.tmp", tmp_path / "_per_class" / ".killed.parquet.x2.tmp"]

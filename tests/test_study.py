@@ -13,7 +13,7 @@ from ablate import runner, studies
 from ablate.data import load_dataset
 from ablate.errors import UsageError
 from ablate.results import read_metadata
-from ablate.train import TASKS, RunConfig, evaluate, resolve, train_run
+from ablate.train import TASKS, RunConfig, RunResult, evaluate, resolve, train_run
 
 CPU = torch.device("cpu")
 
@@ -32,7 +32,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tiny_data):
 def test_nothing_before_a_run_changes_its_numbers(tiny_data):
     """Dropout, like every random source, draws from the run's own seed, whatever the
     global generator's state was before the run."""
-    config = resolve(RunConfig(dataset="synthetic", model="threeconv", dropout=0.5, epochs=1, batch_size=50))
+    config = resolve(RunConfig(dataset="synthetic", model="threeconv", epochs=1, batch_size=50).with_fields(dropout=0.5))
     torch.manual_seed(1)
     first = train_run(config, tiny_data, 0, CPU)
     torch.rand(12345)  # what other work in the process (counting, another run) would do
@@ -87,8 +87,9 @@ def test_divergence_is_recorded_not_raised(tiny_data):
 
 
 CHANGED = {  # one other value for every field of RunConfig
-    "task": "reconstruct", "dataset": "mnist", "model": "threeconv", "conv1_channels": 7, "activation": "tanh",
-    "fc1_features": 121, "dropout": 0.1, "batchnorm": True, "epochs": 11, "batch_size": 129, "lr": 0.03,
+    "task": "reconstruct", "dataset": "mnist", "image_size": 28, "test_fraction": 0.3, "test_dataset": "mnist",
+    "model": "threeconv", "model_args": (("conv1_channels", 7),), "strip_activations": True,
+    "epochs": 11, "batch_size": 129, "lr": 0.03,
     "optimizer": "adam", "momentum": 0.8, "weight_decay": 0.1, "scheduler": "step", "lr_step_size": 2,
     "lr_gamma": 0.5, "lr_max": 0.1, "normalization": "zca", "augment": "flip", "permutation": "fixed",
     "limit_train": 100, "limit_test": 50, "deterministic": True,
@@ -114,20 +115,23 @@ def test_run_id_changes_with_study_variant_and_seed_config_id_not_with_seed():
     assert seed.run_id != base.run_id and seed.config_id == base.config_id
 
 
-def test_model_fields_are_filled_where_the_model_takes_them_and_null_elsewhere():
-    tutorial = resolve(RunConfig(model="tutorial"))
-    assert (tutorial.conv1_channels, tutorial.activation, tutorial.fc1_features) == (6, "relu", 120)
-    assert tutorial.dropout is None and tutorial.batchnorm is None
-    threeconv = resolve(RunConfig(model="threeconv"))
-    assert (threeconv.dropout, threeconv.batchnorm) == (0.0, False)
-    assert threeconv.conv1_channels is None and threeconv.fc1_features is None and threeconv.activation is None
+def test_model_arguments_are_filled_where_the_model_takes_them_and_null_elsewhere():
+    tutorial = resolve(RunConfig(model="tutorial")).columns()
+    assert (tutorial["conv1_channels"], tutorial["activation"], tutorial["fc1_features"]) == (6, "relu", 120)
+    assert "batchnorm" not in tutorial and "conv3_channels" not in tutorial
+    threeconv = resolve(RunConfig(model="threeconv").with_fields(conv1_channels=8)).columns()
+    assert (threeconv["conv1_channels"], threeconv["dropout"], threeconv["batchnorm"]) == (8, 0.0, False)
+    assert "fc2_features" not in threeconv
+    rows, _ = runner.run_rows(runner.Run("s", "v", 0, resolve(RunConfig(model="threeconv"))),
+                              RunResult([], [], "ok"), "cpu", load_dataset("synthetic", limit_train=10, limit_test=10))
+    assert set(runner.RUN_COLUMNS) >= {"fc2_features", "hidden", "conv3_channels"} and list(rows) == list(runner.RUN_COLUMNS)
 
 
 def test_a_setting_the_model_cannot_take_is_a_usage_error():
-    with pytest.raises(UsageError, match="model 'threeconv' does not take activation .* it takes dropout, batchnorm"):
-        resolve(RunConfig(model="threeconv", activation="none"))
-    study = dataclasses.replace(studies.get_study("linearity"), base={"model": "threeconv"})
-    with pytest.raises(UsageError, match="variant 'relu'"):
+    with pytest.raises(UsageError, match="model 'threeconv' does not take fc2_features; it takes conv1_channels, "):
+        resolve(RunConfig(model="threeconv").with_fields(fc2_features=10))
+    study = dataclasses.replace(studies.get_study("regularization"), base={"model": "tutorial"})
+    with pytest.raises(UsageError, match="variant 'base': model 'tutorial' does not take batchnorm"):
         runner.plan(study, {}, 1)
 
 
@@ -142,14 +146,14 @@ def test_linearity_writes_tidy_parquet(tmp_path, ablate, tiny):
     result = study(ablate, tiny, tmp_path, "--seeds", "2")
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(tmp_path / "lin.parquet")
-    assert len(frame) == 3 * 2 * 2 * 2  # variants x seeds x epochs x splits
+    assert len(frame) == 3 * 2 * 3 * 2  # variants x seeds x epochs (0, 1, 2) x splits
     assert list(frame["variant"].unique()) == ["relu", "linear", "linear-wide"]
     assert list(frame.columns) == list(runner.RUN_COLUMNS)
     assert set(frame["split"]) == {"train", "test"}
     assert frame.groupby("variant")["fc1_features"].first().to_dict() == {
         "relu": 120, "linear": 120, "linear-wide": 240}
     assert frame["run_id"].nunique() == 6 and frame["config_id"].nunique() == 3
-    assert frame["dropout"].isna().all()  # the tutorial net takes no dropout
+    assert frame["batchnorm"].isna().all() and (frame["dropout"] == 0).all()  # the tutorial net has no batchnorm
     classes = pd.read_parquet(tmp_path / "_per_class" / "lin.parquet")
     assert len(classes) == 6 * 10 and (classes["images"] == 10).all()
     meta = read_metadata(tmp_path / "lin.parquet")
@@ -183,7 +187,7 @@ def test_existing_file_is_refused_then_forced(tmp_path, ablate, tiny):
     assert refused.exit_code == 2 and "exists: add --resume" in refused.stderr
     assert path.read_bytes() == before
     assert study(ablate, tiny, tmp_path, "--force").exit_code == 0
-    assert len(pd.read_parquet(path)) == 12
+    assert len(pd.read_parquet(path)) == 3 * 3 * 2
 
 
 def test_interrupted_study_with_dropout_resumes_to_the_same_table(tmp_path, ablate, tiny, numbers, monkeypatch):

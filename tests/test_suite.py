@@ -1,6 +1,5 @@
 """The ablation suite: every study command, its factors, and the robust effects only."""
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -19,18 +18,23 @@ from ablate.train import RunConfig, build_model, resolve, train_run
 
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "1",
         "--batch-size", "50", "--device", "cpu"]
-CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 FACTOR = {"linearity": "activation", "conv1": "conv1_channels", "permutation": "permutation",
           "augment": "augment", "scheduler": "scheduler", "optimizer": "optimizer",
-          "normalization": "normalization", "regularization": "batchnorm"}
+          "normalization": "normalization", "regularization": "batchnorm", "lr": "base_lr",
+          "batch-size": "batch_size", "dropout": "dropout", "ladder": "normalization", "sweep": "base_lr"}
+OPTIONS = {"conv1": ["--channels", "2,6"], "sweep": ["--vary", "lr=0.01,0.05"], "lr": ["--values", "0.01,0.05"],
+           "batch-size": ["--values", "50,100"], "dropout": ["--values", "0,0.5"],
+           "ladder": ["--steps", "standardize,dropout"]}
+
+
+def test_every_study_is_tested():
+    assert set(FACTOR) == set(studies.STUDIES)
 
 
 @pytest.mark.parametrize("name", list(studies.STUDIES))
 def test_every_study_is_well_formed(name):
-    study = studies.get_study(name)
+    study = studies.get_study(name, **({"vary": ["lr=0.01,0.1"]} if name == "sweep" else {}))
     assert study.name == name and len(study.variants) >= 2
-    for fields in study.variants.values():
-        assert set(fields) <= CONFIG_FIELDS
     assert len(runner.plan(study, {}, 2)) == 2 * len(study.variants)  # every variant resolves
     assert FACTOR[name] in study.factors
 
@@ -42,14 +46,14 @@ def test_registry_rejects_duplicates():
 
 @pytest.mark.parametrize("name", list(studies.STUDIES))
 def test_every_study_command_runs(tmp_path, ablate, name):
-    extra = ["--channels", "2,6"] if name == "conv1" else []
     out = tmp_path / f"{name}.parquet"
-    result = ablate([name, *TINY, *extra, "--out", str(out)])
+    result = ablate([name, *TINY, *OPTIONS.get(name, []), "--out", str(out)])
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
-    study = studies.get_study(name)
-    expected = ["2", "6"] if name == "conv1" else list(study.variants)
-    assert list(frame["variant"].unique()) == expected
+    expected = {"conv1": ["2", "6"], "sweep": ["base", "lr=0.05"], "lr": ["0.01", "0.05"], "batch-size": ["50", "100"],
+                "dropout": ["0", "0.5"], "ladder": ["baseline", "+standardize", "+dropout"]}
+    variants = expected[name] if name in expected else list(studies.get_study(name).variants)
+    assert list(frame["variant"].unique()) == variants
     assert frame.groupby("variant")[FACTOR[name]].nunique().eq(1).all()
     assert frame[FACTOR[name]].nunique() > 1 or name == "linearity"
     assert (frame["status"] == "ok").all()
@@ -61,7 +65,7 @@ def test_conv1_records_size_from_count(tmp_path, ablate):
     assert ablate(["conv1", *TINY, "--channels", "3,36", "--out", str(out)]).exit_code == 0
     frame = pd.read_parquet(out).groupby("conv1_channels")[["params", "flops"]].first()
     for width in (3, 36):
-        counts = count_model(build_model(resolve(RunConfig(conv1_channels=width)), 3, 10), (3, 32, 32))
+        counts = count_model(build_model(resolve(RunConfig().with_fields(conv1_channels=width)), 3, 10), (3, 32, 32))
         assert frame.loc[width].tolist() == [counts.params, counts.flops]
     assert frame.loc[36, "params"] - frame.loc[3, "params"] == 33 * (3 * 25 + 1) + 16 * 33 * 25
 
@@ -72,7 +76,7 @@ def test_scheduler_learning_rate_is_recorded_per_epoch(tmp_path, ablate):
             "--out", str(out)]
     assert ablate(args).exit_code == 0
     frame = pd.read_parquet(out)
-    lr = frame[frame.split == "train"].pivot(index="epoch", columns="variant", values="lr")
+    lr = frame[(frame.split == "train") & (frame.epoch >= 1)].pivot(index="epoch", columns="variant", values="lr")
     assert lr["none"].tolist() == [0.05] * 3
     assert lr["step"].tolist() == pytest.approx([0.05, 0.005, 0.0005])  # step size epochs // 3 = 1
     assert lr["cosine"].tolist() == pytest.approx([0.05, 0.0375, 0.0125])
@@ -153,7 +157,7 @@ def test_a_results_folder_reads_as_one_table_of_runs(tmp_path, ablate):
     for args in (["linearity"], ["optimizer", "--optimizers", "adam,momentum"], ["scheduler", "--schedulers", "none,step"],
                  ["regularization"]):
         assert ablate([*args, *TINY, "--out", folder / f"{args[0]}.parquet"]).exit_code == 0
-    expected = 2 * (3 + 2 + 2 + 4)  # splits x runs
+    expected = 2 * 2 * (3 + 2 + 2 + 4)  # splits x epochs (0 and 1) x runs
     schemas = {str(pq.read_schema(path).remove_metadata()) for path in folder.glob("*.parquet")}
     assert len(schemas) == 1 and "null" not in next(iter(schemas))
 

@@ -1,0 +1,199 @@
+"""folder:PATH datasets, their cache, --image-size and a second test set, on tiny generated PNGs."""
+
+import gzip
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ablate import data
+from ablate.errors import UsageError
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Never the real cache: the folder the decoded images go to."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "ablate" / "folders"
+
+
+def png(path: Path, colour=RED, size=(10, 20), mode="RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+
+
+def pets(root: Path) -> Path:
+    """train/ and test/ with cat, dog, fish: solid colours of several sizes and modes, one bad file."""
+    for split, n in (("train", 3), ("test", 2)):
+        for name, colour in (("cat", RED), ("dog", GREEN), ("fish", BLUE)):
+            for i in range(n):
+                png(root / split / name / f"{i}.png", colour, size=(10 + 7 * i, 20))
+    png(root / "train" / "dog" / "gray.png", 128, size=(16, 16), mode="L")
+    png(root / "train" / "fish" / "rgba.png", (10, 20, 30, 255), size=(40, 30), mode="RGBA")
+    (root / "train" / "cat" / "bad.png").write_bytes(b"these bytes are not an image")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image file name: not looked at")
+    return root
+
+
+def test_train_and_test_folders(tmp_path, capsys):
+    spec = f"folder:{pets(tmp_path / 'pets')}"
+    ds = data.load_dataset(spec)
+    assert ds.name == spec and ds.classes == ["cat", "dog", "fish"]
+    assert ds.train_x.shape == (11, 3, 32, 32) and ds.train_x.dtype == torch.uint8
+    assert ds.test_x.shape == (6, 3, 32, 32) and ds.shape == (3, 32, 32)
+    assert ds.train_y.tolist() == [0] * 3 + [1] * 4 + [2] * 4 and ds.test_y.tolist() == [0, 0, 1, 1, 2, 2]
+    # sorted file order: cat 0 1 2 | dog 0 1 2 gray | fish 0 1 2 rgba; each solid colour survives the resize
+    assert (ds.train_x[0] == torch.tensor(RED, dtype=torch.uint8).view(3, 1, 1)).all()
+    assert (ds.train_x[6] == 128).all()
+    assert (ds.train_x[10] == torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1)).all()
+    assert (ds.test_x[5] == torch.tensor(BLUE, dtype=torch.uint8).view(3, 1, 1)).all()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: skipped 1 unreadable image in {tmp_path / 'pets'} "
+                   f"(first: {tmp_path / 'pets' / 'train' / 'cat' / 'bad.png'})"]
+    small = data.load_dataset(spec, image_size=16, limit_train=6)
+    assert small.train_x.shape == (6, 3, 16, 16) and small.test_x.shape == (6, 3, 16, 16)
+
+
+def test_second_load_comes_from_the_cache_and_a_new_file_invalidates_it(tmp_path, monkeypatch, capsys, cache):
+    root = pets(tmp_path / "pets")
+    first = data.load_dataset(f"folder:{root}")
+    assert len(list(cache.glob("*.pt"))) == 1 and not list(cache.glob("*.tmp"))
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.setattr(Image, "open", lambda *a, **k: pytest.fail("decoded again"))
+        again = data.load_dataset(f"folder:{root}")
+    for a, b in ((first.train_x, again.train_x), (first.train_y, again.train_y), (first.test_x, again.test_x)):
+        assert torch.equal(a, b)
+    assert "skipped 1 unreadable image" in capsys.readouterr().err  # still said, from the cache
+    png(root / "train" / "cat" / "3.png", RED)
+    assert len(data.load_dataset(f"folder:{root}").train_y) == 12
+    assert len(list(cache.glob("*.pt"))) == 2
+    data.load_dataset(f"folder:{root}", image_size=16)  # another size, another entry
+    assert len(list(cache.glob("*.pt"))) == 3
+
+
+def test_one_tree_is_split_by_class_seeded(tmp_path, cache):
+    counts = {"a": 10, "b": 5, "c": 20}
+    for label, (name, n) in enumerate(counts.items()):
+        for i in range(n):  # every image its own colour: (index, class, 0)
+            png(tmp_path / "flat" / name / f"{i:02}.png", (i, 100 * label, 0), size=(8, 8))
+    spec = f"folder:{tmp_path / 'flat'}"
+    ds = data.load_dataset(spec)
+    assert torch.bincount(ds.test_y).tolist() == [2, 1, 4] and torch.bincount(ds.train_y).tolist() == [8, 4, 16]
+    pixels = lambda x: {tuple(p) for p in x[:, :2, 0, 0].tolist()}  # noqa: E731
+    assert not pixels(ds.train_x) & pixels(ds.test_x) and len(pixels(ds.train_x) | pixels(ds.test_x)) == 35
+    for path in cache.glob("*.pt"):
+        path.unlink()
+    again = data.load_dataset(spec)  # decoded afresh: the same split
+    assert torch.equal(ds.test_x, again.test_x) and torch.equal(ds.train_y, again.train_y)
+    half = data.load_dataset(spec, test_fraction=0.5)
+    assert torch.bincount(half.test_y).tolist()[::2] == [5, 10]
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(UsageError, match="--test-fraction .* between 0 and 1"):
+            data.load_dataset(spec, test_fraction=bad)
+
+
+def test_train_and_test_with_different_classes_list_both(tmp_path, cache):
+    root = pets(tmp_path / "pets")
+    (root / "test" / "fish").rename(root / "test" / "cow")
+    with pytest.raises(UsageError, match=r"train has \[cat, dog, fish\], test has \[cat, cow, dog\]"):
+        data.load_dataset(f"folder:{root}")
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("missing", "does not exist"),
+    ("file", "is not a folder"),
+    ("empty", "has no class folders: folder:PATH needs PATH/<class>/<image>"),
+    ("flat", "has no class folders"),
+    ("no-images", r"class folder .*cat' has no images \(looked for \*.jpg"),
+    ("train-only", "has train/ but no test/"),
+    ("all-bad", "no readable images .*all 2 failed to decode"),
+])
+def test_bad_folders_are_usage_errors(tmp_path, cache, layout, message):
+    root = tmp_path / "d"
+    if layout == "file":
+        root.write_text("x")
+    elif layout == "empty":
+        root.mkdir()
+    elif layout == "flat":
+        png(root / "0.png")
+    elif layout == "no-images":
+        (root / "cat").mkdir(parents=True)
+        (root / "cat" / "readme.txt").write_text("x")
+    elif layout == "train-only":
+        png(root / "train" / "cat" / "0.png")
+    elif layout == "all-bad":
+        for name in ("a", "b"):
+            (root / name).mkdir(parents=True)
+            (root / name / "x.png").write_bytes(b"junk")
+    with pytest.raises(UsageError, match=message):
+        data.load_dataset(f"folder:{root}")
+    assert not cache.exists()
+
+
+def test_bad_arguments_are_usage_errors_before_anything_is_read(tmp_path, cache):
+    with pytest.raises(UsageError, match="names no folder"):
+        data.load_dataset("folder:")
+    for size in (4, 2000, 32.5, True):
+        with pytest.raises(UsageError, match="--image-size .* whole number from 8 to 1024"):
+            data.load_dataset(f"folder:{tmp_path / 'nowhere'}", image_size=size)
+    assert not cache.exists()
+
+
+def fake_mnist(folder: Path, test: int = 20, value: int | None = 200) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 30), ("t10k", test)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=gen) if value is None else torch.full((n, 28, 28), value)
+        for kind, array in (("images", images), ("labels", torch.arange(n) % 10)):
+            header = bytes([0, 0, 0x08, array.dim()]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            with gzip.open(folder / f"{prefix}-{kind}-idx{array.dim()}-ubyte.gz", "wb") as f:
+                f.write(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def test_a_second_test_set_from_a_folder_or_a_name(tmp_path, cache):
+    root = pets(tmp_path / "pets")
+    name, x, y = data.load_test_dataset(f"folder:{root}", ["cat", "dog", "fish"], None, 16, 1)
+    assert name == "pets" and x.shape == (17, 1, 16, 16) and x.dtype == torch.uint8  # both splits
+    assert y.tolist() == [0] * 3 + [1] * 4 + [2] * 4 + [0, 0, 1, 1, 2, 2]
+    assert x[0].unique().tolist() == [76] and x[3].unique().tolist() == [150]  # luma of red, green
+    _, rgb, _ = data.load_test_dataset(f"folder:{root}", ["cat", "dog", "fish"], None, None, 3)
+    assert rgb.shape == (17, 3, 32, 32)
+
+    fake_mnist(tmp_path / "mnist")
+    digits = [str(i) for i in range(10)]
+    name, x, y = data.load_test_dataset("mnist", digits, tmp_path, 32, 3)
+    assert name == "mnist" and x.shape == (20, 3, 32, 32) and y.tolist() == [i % 10 for i in range(20)]
+    assert torch.equal(x[:, 0], x[:, 2]) and x[0, 0, 16, 16] == 200  # gray repeated into R, G and B
+
+
+def test_image_size_resizes_named_datasets_once(tmp_path):
+    fake_mnist(tmp_path, value=None)
+    plain = data.load_dataset("mnist", tmp_path, limit_train=20)
+    assert plain.shape == (1, 32, 32)
+    big = data.load_dataset("mnist", tmp_path, limit_train=20, image_size=64)
+    small = data.load_dataset("mnist", tmp_path, limit_train=20, image_size=8)
+    assert big.shape == (1, 64, 64) and small.shape == (1, 8, 8) and big.train_x.dtype == torch.uint8
+    assert torch.equal(big.train_y, plain.train_y) and small.test_x.shape == (20, 1, 8, 8)
+    means = [d.train_x.float().mean() for d in (plain, big, small)]
+    assert all(abs(m - means[0]) < 5 for m in means)  # the same picture, smaller or larger
+    assert torch.equal(big.train_x, data.resize(plain.train_x, 64))
+    solid = torch.full((2, 1, 32, 32), 77, dtype=torch.uint8)
+    assert (data.resize(solid, 12) == 77).all() and data.resize(solid, 32) is solid
+
+
+def test_a_second_test_set_with_other_classes_lists_both(tmp_path, cache):
+    root = pets(tmp_path / "pets")
+    with pytest.raises(UsageError, match=r"classes \[cat, dog, fish\] but the model was trained on \[cat, dog\]"):
+        data.load_test_dataset(f"folder:{root}", ["cat", "dog"], None, 32, 3)
+    assert not cache.exists()
+    with pytest.raises(UsageError, match=r"synthetic has the classes \[class 0, .*trained on \[cat, dog, fish\]"):
+        data.load_test_dataset("synthetic", ["cat", "dog", "fish"], None, 32, 3)
+    with pytest.raises(UsageError, match="unknown dataset 'cifar100'"):
+        data.load_test_dataset("cifar100", ["cat"], None, 32, 3)
+    with pytest.raises(UsageError, match="1 or 3 channels, not 4"):
+        data.load_test_dataset(f"folder:{root}", ["cat", "dog", "fish"], None, 32, 4)
