@@ -450,3 +450,83 @@ def strip_activations(model: nn.Module) -> dict[str, int]:
                 setattr(parent, name, nn.Identity())
                 replaced[type(child).__name__] = replaced.get(type(child).__name__, 0) + 1
     return replaced
+
+
+# ---------------------------------------------------------------- autoencoders (report 001)
+
+
+def _encoder(in_channels: int, image_size: int, latent_dim: int, depth: int, width: int) -> tuple[nn.Sequential, int]:
+    """3x3 convs of stride 2 (each halves the side, doubles the width) and a linear bottleneck."""
+    _check("latent_dim", latent_dim, 1)
+    _check("width", width, 1)
+    if depth not in (1, 2, 3):
+        raise UsageError(f"depth must be 1, 2 or 3 conv layers, got {depth}")
+    if image_size % 2 ** depth:
+        raise UsageError(f"image size {image_size} must be divisible by {2 ** depth} for depth {depth}")
+    channels = [in_channels] + [width * 2 ** i for i in range(depth)]
+    layers: list[tuple[str, nn.Module]] = []
+    for i in range(depth):
+        layers += [(f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1)),
+                   (f"act{i + 1}", nn.ReLU())]
+    side = image_size // 2 ** depth
+    layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(channels[-1] * side * side, latent_dim))]
+    return nn.Sequential(OrderedDict(layers)), side
+
+
+class AutoEncoder(nn.Module):
+    """Conv encoder, linear bottleneck of `latent_dim`, mirrored decoder, sigmoid output."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 32, latent_dim: int = 10, depth: int = 2,
+                 width: int = 16):
+        super().__init__()
+        self.encoder, side = _encoder(in_channels, image_size, latent_dim, depth, width)
+        channels = [in_channels] + [width * 2 ** i for i in range(depth)]
+        layers: list[tuple[str, nn.Module]] = [
+            ("fc", nn.Linear(latent_dim, channels[-1] * side * side)), ("act0", nn.ReLU()),
+            ("unflatten", nn.Unflatten(1, (channels[-1], side, side)))]
+        for i in reversed(range(depth)):  # the encoder's convs, mirrored
+            layers.append((f"deconv{i + 1}", nn.ConvTranspose2d(channels[i + 1], channels[i], 3, stride=2,
+                                                                padding=1, output_padding=1)))
+            layers.append((f"act{i + 1}", nn.ReLU() if i else nn.Sigmoid()))
+        self.decoder = nn.Sequential(OrderedDict(layers))
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+@register_model("autoencoder", (1, 32, 32), "report 001's conv autoencoder: 3x3 convs, linear bottleneck, sigmoid")
+def autoencoder(in_channels: int = 1, image_size: int = 32, latent_dim: int = 10, depth: int = 2,
+                width: int = 16) -> nn.Module:
+    """latent_dim: the bottleneck's size; depth: conv layers in the encoder (1 to 3), mirrored in
+    the decoder; width: channels of the first conv, doubled by each next one."""
+    return AutoEncoder(in_channels, image_size, latent_dim, depth, width)
+
+
+class LatentClassifier(nn.Module):
+    """The autoencoder's encoder, then an MLP latent -> 20 -> 30 -> classes (report 001, Q4)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 32, latent_dim: int = 10,
+                 depth: int = 2, width: int = 16):
+        super().__init__()
+        self.encoder, _ = _encoder(in_channels, image_size, latent_dim, depth, width)
+        self.head = nn.Sequential(OrderedDict([
+            ("fc1", nn.Linear(latent_dim, 20)), ("act1", nn.ReLU()), ("fc2", nn.Linear(20, 30)),
+            ("act2", nn.ReLU()), ("fc3", nn.Linear(30, num_classes))]))
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+@register_model("latent-mlp", (1, 32, 32), "the autoencoder's encoder and an MLP 20, 30 on its code: transfer")
+def latent_mlp(in_channels: int = 1, num_classes: int = 10, image_size: int = 32, latent_dim: int = 10,
+               depth: int = 2, width: int = 16) -> nn.Module:
+    return LatentClassifier(in_channels, num_classes, image_size, latent_dim, depth, width)

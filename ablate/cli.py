@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+import time
 import typing
 from enum import Enum
 from pathlib import Path
@@ -16,7 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from ablate import arch, compare, count, data, plot, report, results, runner, studies, train, transforms
+import torch
+
+from ablate import arch, cluster, compare, count, data, plot, report, results, runner, studies, train, transforms
 from ablate.errors import EnvironmentFailure, UsageError
 
 stdout = Console()
@@ -239,13 +242,28 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "force": (bool, False, typer.Option("--force", help="Overwrite an existing --out.")),
     "plot": (Optional[Path], None, typer.Option(
         help="Also draw the study's natural figure to FILE (.png, .svg or .pdf).")),
+    "save_models": (bool, False, typer.Option(
+        "--save-models", help="Keep each run's final weights in _models/STUDY/RUN_ID.safetensors beside --out.")),
+    "workers": (Optional[int], None, typer.Option(
+        min=1, help="Train on a Dask LocalCluster of N worker processes on 127.0.0.1 (with --slurm: N jobs).")),
+    "threads": (Optional[int], None, typer.Option(
+        min=1, help="torch threads per run (default: all cores in this process; cores / --workers on a "
+                    "LocalCluster; 1 on --scheduler). A run's numbers depend on it: it is a column.")),
+    "scheduler": (Optional[str], None, typer.Option(
+        help="Train on an existing Dask cluster, e.g. tcp://HOST:8786 (started with `dask scheduler` and "
+             "`dask worker`); its workers must run the same ablate, torch and torchvision.")),
+    "slurm": (bool, False, typer.Option(
+        "--slurm", help="Train on --workers SLURM jobs (dask-jobqueue); with --dry-run, print the job script.")),
+    "slurm_opts": (Optional[str], None, typer.Option(
+        help='SLURM settings, e.g. "partition=gpu time=02:00:00 mem=16GB gpus=1" (also account, qos).')),
     "dry_run": (bool, False, typer.Option(
         "--dry-run", help="Print the run matrix, what --out already holds and an estimate of the time; "
                           "train and write nothing.")),
 }
 # The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
 TRAINING_OPTIONS = ("model", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
-                    "limit_train", "limit_test", "deterministic")
+                    "limit_train", "limit_test", "deterministic", "threads")
+CLUSTER_OPTIONS = ("workers", "scheduler", "slurm")
 
 
 def _progress() -> Progress:
@@ -262,15 +280,23 @@ def run_study(study: studies.Study, options: dict) -> None:
     if options["plot"] is not None:
         results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
+    cluster.check_options(options["workers"], options["threads"], options["scheduler"], options["slurm"])
+    on_cluster = any(options[k] for k in CLUSTER_OPTIONS)
+    if options["threads"] is None:
+        options["threads"] = (1 if options["scheduler"] else cluster.default_threads(options["workers"] or 1)
+                              if on_cluster else torch.get_num_threads())
     prepared = runner.prepare(study, {k: options[k] for k in TRAINING_OPTIONS}, options["seeds"], device,
-                              options["data_dir"], out, options["resume"], options["force"])
+                              options["data_dir"], out, options["resume"], options["force"], options["save_models"])
     for note in prepared.notes:
         stderr.print(note, highlight=False)
     if options["dry_run"]:
         report.print_wide(stdout, report.dry_run_table(runner.dry_run(prepared), study.name, out))
+        if options["slurm"]:
+            stdout.print(f"each of the {options['workers'] or 1} SLURM jobs would run:", highlight=False)
+            sys.stdout.write(cluster.slurm_job_script(options["threads"], options["slurm_opts"]))
         return
     metadata = {**results.provenance(ARGV), "device": device.type, "study": study.metadata()}
-    frame, per_class = _train(prepared, metadata)
+    frame, per_class = _train(prepared, metadata, options if on_cluster else None)
     report.print_wide(stdout, report.study_summary(frame, study.factors))
     if study.per_class:
         report.print_wide(stdout, report.class_table(per_class))
@@ -280,8 +306,9 @@ def run_study(study: studies.Study, options: dict) -> None:
         stderr.print(f"figure: {options['plot']}", highlight=False)
 
 
-def _train(prepared: runner.Prepared, metadata: dict):
-    """Run the study under a progress display on stderr; Ctrl-C says what is saved."""
+def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | None):
+    """Run the study under a progress display on stderr, in this process or on a Dask
+    cluster; Ctrl-C says what is saved."""
     name, images = prepared.study.name, len(prepared.data.train_y)
     finished: list[runner.Run] = []
     with _progress() as progress:
@@ -301,9 +328,19 @@ def _train(prepared: runner.Prepared, metadata: dict):
             if status == "diverged":
                 progress.console.print(f"{run.label}: the loss became NaN or infinite; "
                                        "recorded as diverged, going on", highlight=False)
+            if status == "failed":
+                progress.console.print(f"{run.label} failed; recorded with its error, going on", highlight=False)
 
         try:
-            return runner.run_study(prepared, metadata, runner.InProcess(on_batch), on_run, on_start)
+            if cluster_options is None:
+                return runner.run_study(prepared, metadata, runner.InProcess(on_batch), on_run, on_start)
+            labels = {r.run_id: r.label for r in prepared.runs}
+            on_event = _cluster_progress(progress, task, name, labels, finished)
+            spec = runner.data_spec(prepared, cluster_options["data_dir"])
+            with cluster.dask_executor(cluster_options["workers"], cluster_options["threads"],
+                                       cluster_options["scheduler"], cluster_options["slurm"],
+                                       cluster_options["slurm_opts"], spec, on_event) as executor:
+                return runner.run_study(prepared, metadata, executor, on_run, on_start)
         except runner.Interrupted as interrupted:
             progress.stop()
             saved = ", ".join(f"{r.variant}/{r.seed}" for r in interrupted.saved) or "none"
@@ -311,6 +348,30 @@ def _train(prepared: runner.Prepared, metadata: dict):
                          f"{prepared.out} ({saved}); run the same command with --resume to finish",
                          highlight=False)
             raise typer.Exit(130)
+
+
+def _cluster_progress(progress, task, name, labels, finished):
+    """Progress events from the workers: runs queued, running (where) and done, and the images
+    per second of the whole cluster."""
+    running: dict[str, str] = {}
+    images: dict[str, int] = {}
+    start = time.perf_counter()
+
+    def on_event(kind, run_id, worker, done):
+        if kind == "start":
+            running[run_id] = worker
+        else:
+            images[run_id] = done
+        for run in finished:
+            running.pop(run.run_id, None)
+        total = sum(images.values())
+        where = ", ".join(f"{labels[r]} on {w.rsplit(':', 1)[-1]}" for r, w in running.items())
+        queued = len(labels) - len(finished) - len(running)
+        progress.update(task, description=f"{name}: {queued} queued, {len(running)} running ({where}), "
+                                          f"{len(finished)} done",
+                        status=f"{total / max(time.perf_counter() - start, 1e-9):,.0f} img/s on the cluster")
+
+    return on_event
 
 
 def _command(name: str, help: str, build, own: dict) -> None:
@@ -364,6 +425,8 @@ class PlotKind(str, Enum):
     sweep = "sweep"
     classes = "classes"
     variants = "variants"
+    reconstructions = "reconstructions"
+    interpolation = "interpolation"
 
 
 @app.command("report")
@@ -397,14 +460,26 @@ def report_command(
 def plot_command(
     path: Path = typer.Argument(..., help="A study file (.parquet) written by ablate."),
     out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
-    kind: Optional[PlotKind] = typer.Option(None, "--kind", help="curves (per epoch), sweep (final loss "
-                                            "against a numeric factor), classes (per-class accuracy); "
+    kind: Optional[PlotKind] = typer.Option(None, "--kind", help="curves (per epoch), sweep (a final metric "
+                                            "against a numeric factor), classes (per-class accuracy), variants "
+                                            "(final test accuracy per variant, with intervals), reconstructions "
+                                            "and interpolation (autoencoders trained with --save-models); "
                                             "default: the study's natural one."),
     factor: Optional[str] = typer.Option(None, "--factor", help="The numeric column of --kind sweep."),
+    metric: str = typer.Option("loss", "--metric", help="What --kind sweep plots: loss, accuracy or latent_corr."),
+    pair: str = typer.Option("8,4", "--pair", help="--kind interpolation: the classes (indices) of the two "
+                                                   "test images."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset is, for the figures "
+                                                                      "of saved models."),
 ):
-    """Draw a study's figure: learning curves, a sweep (the U-curve of conv1) or per-class bars."""
+    """Draw a study's figure: learning curves, a sweep (the U-curve of conv1), per-class bars,
+    steps with intervals, or an autoencoder's reconstructions and latent interpolation."""
     results.check_writable(out, plot.FORMATS)
-    for note in plot.draw(path, out, kind and kind.value, factor):
+    classes = studies.parse_numbers(pair, "--pair", int, 0)
+    if len(classes) != 2:
+        raise UsageError(f"--pair takes two class indices, like 8,4; got {pair!r}")
+    for note in plot.draw(path, out, kind and kind.value, factor, metric=metric, pair=tuple(classes),
+                          data_dir=data_dir):
         stderr.print(f"note: {note}", highlight=False)
     stderr.print(f"figure: {out}", highlight=False)
 

@@ -15,8 +15,10 @@ def pick_epochs(frame: pd.DataFrame, epoch: int | None = None, best: bool = Fals
     """The test rows of one epoch per run: the last one, `epoch`, or the one with the best
     test accuracy (`best`)."""
     test = frame[frame["split"] == "test"]
-    if best:
-        return test.loc[test.groupby("run_id")["accuracy"].idxmax()]
+    if best:  # a classifier's best accuracy; an autoencoder's lowest loss
+        if test["accuracy"].notna().any():
+            return test.loc[test.groupby("run_id")["accuracy"].idxmax()]
+        return test.loc[test.groupby("run_id")["loss"].idxmin()]
     if epoch is None:
         return test[test["epoch"] == test.groupby("run_id")["epoch"].transform("max")]
     chosen = test[test["epoch"] == epoch]
@@ -47,9 +49,10 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
         variants = list(dict.fromkeys(rows["variant"]))
         base = baseline if baseline in variants else variants[0]
         # one value per (seed, variant): the caller separated configurations (results.separate_configurations)
-        by_seed = {m: rows.pivot(index="seed", columns="variant", values=m) for m in METRICS}
+        metrics = [m for m in METRICS if rows[m].notna().any()]  # no accuracy for an autoencoder
+        by_seed = {m: rows.pivot(index="seed", columns="variant", values=m) for m in metrics}
         for variant in variants:
-            for metric in METRICS:
+            for metric in metrics:
                 values = by_seed[metric][variant].dropna()
                 paired = (by_seed[metric][variant] - by_seed[metric][base]).dropna()
                 low, high = interval(values)

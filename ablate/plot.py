@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
 from ablate.results import read_metadata, read_per_class, read_results, separate_configurations  # noqa: E402
 
-KINDS = ("curves", "sweep", "classes", "variants")
+KINDS = ("curves", "sweep", "classes", "variants", "reconstructions", "interpolation")
 FORMATS = (".png", ".svg", ".pdf")
 
 
@@ -34,10 +34,16 @@ def curves(frame: pd.DataFrame, path: Path) -> None:
     """Loss and accuracy per epoch; train dashed, test solid; mean over seeds, band = ± std."""
     variants = list(dict.fromkeys(frame["variant"]))
     colors = _colors(variants)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    panels = [("loss", 1, "cross-entropy loss")]
+    if frame["accuracy"].notna().any():
+        panels.append(("accuracy", 100, "accuracy (%)"))
+    else:  # an autoencoder
+        panels = [("loss", 1, "reconstruction loss (MSE)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), constrained_layout=True,
+                             squeeze=False)
+    axes = axes[0]
     stats = frame.groupby(["variant", "split", "epoch"])[["loss", "accuracy"]].agg(["mean", "std"])
-    for ax, metric, scale, label in ((axes[0], "loss", 1, "cross-entropy loss"),
-                                     (axes[1], "accuracy", 100, "accuracy (%)")):
+    for ax, (metric, scale, label) in zip(axes, panels):
         for variant in variants:
             for split, style in (("train", "--"), ("test", "-")):
                 if (variant, split) not in stats.index.droplevel(2):
@@ -53,7 +59,7 @@ def curves(frame: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colors[v], lw=2, label=v) for v in variants]
     handles += [Line2D([], [], color="0.3", ls="--", label="train"), Line2D([], [], color="0.3", label="test")]
-    axes[1].legend(handles=handles, loc="lower right", fontsize=8)
+    axes[-1].legend(handles=handles, loc="lower right" if len(axes) > 1 else "upper right", fontsize=8)
     fig.suptitle(_title(frame) + ": mean over seeds, band ± 1 std")
     fig.savefig(path)
     plt.close(fig)
@@ -68,19 +74,26 @@ def numeric_factor(frame: pd.DataFrame, factors: tuple[str, ...]) -> str:
                      "or name one with --factor")
 
 
-def sweep(frame: pd.DataFrame, factor: str, path: Path) -> None:
-    """Final train and test loss against a numeric factor, error bars = ± std over seeds."""
+def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") -> None:
+    """A final metric (train and test) against a numeric factor, error bars = ± std over seeds."""
     if factor not in frame:
         raise UsageError(f"no column {factor!r} in this file to sweep over")
     if not pd.api.types.is_numeric_dtype(frame[factor]) or pd.api.types.is_bool_dtype(frame[factor]):
         raise UsageError(f"--factor {factor}: a sweep needs a numeric column; use --kind curves for the others")
+    if metric not in frame or frame[metric].isna().all():
+        raise UsageError(f"--metric {metric}: this file has no values of it; it has loss"
+                         + (", accuracy" if frame["accuracy"].notna().any() else "")
+                         + (", latent_corr" if "latent_corr" in frame and frame["latent_corr"].notna().any() else ""))
     final = frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
+    splits = (("train", "o--", "tab:blue"), ("test", "s-", "tab:orange"))
+    if metric == "latent_corr":  # measured once per run, on train images
+        splits = (("test", "s-", "tab:purple"),)
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for split, style, color in (("train", "o--", "tab:blue"), ("test", "s-", "tab:orange")):
-        s = final[final.split == split].groupby(factor)["loss"].agg(["mean", "std"]).sort_index()
+    for split, style, color in splits:
+        s = final[final.split == split].groupby(factor)[metric].agg(["mean", "std"]).sort_index()
         ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), fmt=style, color=color, capsize=3,
-                    label=f"{split} loss")
-        if split == "test":
+                    label=metric.replace("_", " ") if metric == "latent_corr" else f"{split} {metric}")
+        if split == "test" and metric == "loss":
             best = s["mean"].idxmin()
             ax.plot([best], [s["mean"][best]], "o", ms=12, mfc="none", mec="tab:red")
             ax.annotate(f"lowest test loss: {best}", (best, s["mean"][best]), textcoords="offset points",
@@ -89,7 +102,8 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path) -> None:
     values = final[factor].dropna()
     if len(values) and values.min() > 0 and values.max() / values.min() >= 100:
         ax.set_xscale("log")  # learning rates, batch sizes: decades apart
-    ax.set_ylabel("final cross-entropy loss")
+    ax.set_ylabel({"loss": "final loss", "accuracy": "final accuracy",
+                   "latent_corr": "mean |Pearson r| between latent coordinates"}.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(_title(frame) + ": mean ± 1 std")
@@ -150,7 +164,96 @@ def classes(per_class: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = None, run_ids=None) -> list[str]:
+def _images(batch) -> list:
+    """Images (C x H x W tensors) as arrays matplotlib shows: gray or RGB, values in [0, 1]."""
+    shown = []
+    for image in batch:
+        image = image.detach().float()
+        if image.min() < 0 or image.max() > 1:  # a normalised space: stretched for the eye
+            image = (image - image.min()) / (image.max() - image.min() + 1e-12)
+        shown.append(image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy())
+    return shown
+
+
+def _grid(rows: list[tuple[str, list]], title: str, path: Path, columns: list[str] | None = None) -> None:
+    """Rows of images, each row labelled on its left."""
+    width = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), width, figsize=(1.2 * width + 1.2, 1.25 * len(rows) + 0.6),
+                             squeeze=False, constrained_layout=True)
+    for r, (label, images) in enumerate(rows):
+        for c in range(width):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c], cmap="gray" if images[c].ndim == 2 else None, vmin=0, vmax=1)
+            else:
+                ax.axis("off")
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+            if r == 0 and columns:
+                ax.set_title(columns[c], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _saved_models(path: Path, frame: pd.DataFrame, data_dir):
+    """The test images (normalised as the runs saw them) and, per variant, the saved model of
+    its lowest seed."""
+    import torch
+
+    from ablate import runner, transforms
+    from ablate.data import load_dataset
+
+    first = frame.sort_values("seed").drop_duplicates("variant")
+    row = first.iloc[0]
+    config = runner.config_from_row(row)
+    data = load_dataset(config.dataset, data_dir, config.limit_train, config.limit_test, config.image_size,
+                        config.test_fraction or 0.2)
+    normalize = transforms.normalizer(config.normalization, data.train_x)
+    models = [(r["variant"], runner.load_run_model(path, r, data)) for _, r in first.iterrows()]
+    return data, lambda x: normalize(x.float() / 255), models, torch
+
+
+def reconstructions(path: Path, frame: pd.DataFrame, out: Path, data_dir=None) -> None:
+    """A test image of each class and, under it, its reconstruction by each variant."""
+    data, prepare, models, torch = _saved_models(path, frame, data_dir)
+    picks = [int((data.test_y == c).nonzero()[0]) for c in range(len(data.classes)) if (data.test_y == c).any()]
+    x = prepare(data.test_x[picks])
+    rows = [("test images", _images(x))]
+    with torch.no_grad():
+        for variant, model in models:
+            rows.append((variant, _images(model(x))))
+    _grid(rows, _title(frame) + ": reconstructions of test images (lowest seed)", out,
+          [data.classes[data.test_y[i]] for i in picks])
+
+
+def interpolation(path: Path, frame: pd.DataFrame, out: Path, pair: tuple[int, int] = (8, 4), data_dir=None) -> None:
+    """Decode (1 - a) z1 + a z2 between the codes of two test images of classes `pair`, for
+    a = 0, 0.2, ..., 1: one row per variant (report 001's figure)."""
+    data, prepare, models, torch = _saved_models(path, frame, data_dir)
+    for c in pair:
+        if not 0 <= c < len(data.classes) or not (data.test_y == c).any():
+            raise UsageError(f"--pair {pair[0]},{pair[1]}: class {c} has no test image; classes are 0 to "
+                             f"{len(data.classes) - 1} ({', '.join(data.classes)})")
+    x = prepare(data.test_x[[int((data.test_y == c).nonzero()[0]) for c in pair]])
+    steps = [i / 5 for i in range(6)]
+    rows = []
+    with torch.no_grad():
+        for variant, model in models:
+            if not (hasattr(model, "encode") and hasattr(model, "decode")):
+                raise UsageError(f"--kind interpolation needs a model with encode() and decode(); "
+                                 f"{variant!r} has not")
+            z = model.encode(x)
+            rows.append((variant, _images(model.decode(torch.stack([(1 - a) * z[0] + a * z[1] for a in steps])))))
+    names = [data.classes[c] for c in pair]
+    _grid(rows, _title(frame) + f": from a {names[0]} to a {names[1]} in the latent space (lowest seed)", out,
+          [f"a = {a:.1f}" for a in steps])
+
+
+def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = None, run_ids=None,
+         metric: str = "loss", pair: tuple[int, int] = (8, 4), data_dir=None) -> list[str]:
     """Draw the figure `kind` (default: the study's natural one, from the file's metadata) of
     the study file `path`, limited to `run_ids` when given. Returns notes for the user."""
     frame = read_results(path)
@@ -163,9 +266,13 @@ def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = No
     if kind == "curves":
         curves(frame, out)
     elif kind == "sweep":
-        sweep(frame, factor or numeric_factor(frame, tuple(study.get("factors", frame.columns))), out)
+        sweep(frame, factor or numeric_factor(frame, tuple(study.get("factors", frame.columns))), out, metric)
     elif kind == "variants":
         variants(frame, out)
+    elif kind == "reconstructions":
+        reconstructions(Path(path), frame, out, data_dir)
+    elif kind == "interpolation":
+        interpolation(Path(path), frame, out, pair, data_dir)
     else:
         rows = read_per_class(path)
         if rows.empty:

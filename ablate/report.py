@@ -139,15 +139,20 @@ def final_epochs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
-    """Per variant: final train loss, test loss and accuracy (mean ± std over seeds), and the
-    difference of the means to the first variant."""
+    """Per variant: final train loss, test loss and, for classifiers, accuracy (mean ± std over
+    seeds), an autoencoder's latent correlation, and the difference of the means to the first
+    variant."""
     final = final_epochs(frame)
     seeds = final["seed"].nunique()
     study = ", ".join(final["study"].unique())
+    accuracy = final["accuracy"].notna().any()
+    latent = "latent_corr" in final and final["latent_corr"].notna().any()
     table = Table(title=f"{study}: after {final['epoch'].max()} epochs, "
                         f"{seeds} seed{'s' if seeds > 1 else ''}" + (" (mean ± std)" if seeds > 1 else ""),
                   box=box.SIMPLE_HEAD)
-    for column in ("variant", *factors, "train loss", "test loss", "test accuracy", "Δ test loss", "Δ test acc"):
+    columns = ["variant", *factors, "train loss", "test loss", *(["test accuracy"] if accuracy else []),
+               *(["latent corr"] if latent else []), "Δ test loss", *(["Δ test acc"] if accuracy else [])]
+    for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     baseline = None
     best = final[final.split == "test"].groupby("variant")["loss"].mean().min()
@@ -157,12 +162,16 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
         baseline = baseline or means
         name = variant + (" (diverged)" if (rows["status"] == "diverged").any() else "")
         name += "  ← best test loss" if means[0] == best else ""
-        table.add_row(
-            name, *(_cell(rows[f].iloc[0]) for f in factors),
-            _mean_std(train_rows["loss"]), _mean_std(test_rows["loss"]), _mean_std(test_rows["accuracy"], True),
-            *(("—", "—") if means is baseline else
-              (f"{means[0] - baseline[0]:+.4f}", f"{100 * (means[1] - baseline[1]):+.2f} pt")),
-        )
+        cells = [_mean_std(train_rows["loss"]), _mean_std(test_rows["loss"])]
+        if accuracy:
+            cells.append(_mean_std(test_rows["accuracy"], True))
+        if latent:
+            cells.append(_mean_std(test_rows["latent_corr"].dropna()) if test_rows["latent_corr"].notna().any() else "—")
+        if means is baseline:
+            deltas = ["—"] * (1 + accuracy)
+        else:
+            deltas = [f"{means[0] - baseline[0]:+.4f}"] + ([f"{100 * (means[1] - baseline[1]):+.2f} pt"] if accuracy else [])
+        table.add_row(name, *(_cell(rows[f].iloc[0]) for f in factors), *cells, *deltas)
     return table
 
 
@@ -184,26 +193,27 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
         caption = "one seed: no interval can be given (train with --seeds 2 or more)"
     table = Table(title=f"{study}: test metrics at {epoch_label}, baseline {base!r}", caption=caption,
                   box=box.SIMPLE_HEAD)
-    for column in ("variant", "seeds", "test loss", "test accuracy (%)", "Δ loss", "Δ accuracy (pt)"):
+    accuracy = (rows.metric == "test_accuracy").any()  # not for an autoencoder
+    columns = ("variant", "seeds", "test loss", "test accuracy (%)", "Δ loss", "Δ accuracy (pt)")
+    for column in columns if accuracy else columns[:3] + columns[4:5]:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     for variant, group in rows.groupby("variant", sort=False):
-        loss = group[group.metric == "test_loss"].iloc[0]
-        acc = group[group.metric == "test_accuracy"].iloc[0]
+        metrics = [(group[group.metric == "test_loss"].iloc[0], 1.0, 4)]
+        if accuracy:
+            metrics.append((group[group.metric == "test_accuracy"].iloc[0], 100.0, 2))
         deltas = []
-        for row, scale in ((loss, 1.0), (acc, 100.0)):
+        for row, scale, digits in metrics:
             if row["diff"] != row["diff"]:
                 deltas.append("—")
                 continue
-            text = f"{scale * row['diff']:+.4f}" if scale == 1 else f"{scale * row['diff']:+.2f}"
+            text = f"{scale * row['diff']:+.{digits}f}"
             if row["diff_ci_low"] == row["diff_ci_low"]:
-                digits = 4 if scale == 1 else 2
                 text += f" [{scale * row['diff_ci_low']:+.{digits}f}, {scale * row['diff_ci_high']:+.{digits}f}]"
                 text += " *" if row["significant"] else "  "
             deltas.append(text)
-        table.add_row(variant, str(loss["seeds"]),
-                      _interval_cell(loss["mean"], loss["std"], loss["ci_low"], loss["ci_high"]),
-                      _interval_cell(acc["mean"], acc["std"], acc["ci_low"], acc["ci_high"], 100, 2),
-                      *deltas)
+        cells = [_interval_cell(r["mean"], r["std"], r["ci_low"], r["ci_high"], scale, digits)
+                 for r, scale, digits in metrics]
+        table.add_row(variant, str(metrics[0][0]["seeds"]), *cells, *deltas)
     return table
 
 

@@ -21,6 +21,7 @@ from ablate.errors import EnvironmentFailure, UsageError
 SUFFIXES = (".parquet", ".csv")
 ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 PER_CLASS_FOLDER = "_per_class"  # readers of a folder skip names starting with _ or .
+MODELS_FOLDER = "_models"
 
 
 def arrow_schema(columns: dict[str, type]) -> pa.Schema:
@@ -142,6 +143,12 @@ def per_class_path(path: Path) -> Path:
     return path.parent / PER_CLASS_FOLDER / path.name
 
 
+def models_path(path: Path) -> Path:
+    """results/latent.parquet -> results/_models/latent/: one RUN_ID.safetensors per run."""
+    path = Path(path)
+    return path.parent / MODELS_FOLDER / path.name.removesuffix(".parquet")
+
+
 def read_results(path: Path) -> pd.DataFrame:
     """A study file written by ablate; anything else is a usage error."""
     if not Path(path).is_file():
@@ -194,10 +201,13 @@ class StudyFile:
     everything else first.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, resume: bool = False, force: bool = False):
+    def __init__(self, path: Path, schema: pa.Schema, resume: bool = False, force: bool = False,
+                 save_models: bool = False, order: dict[str, int] | None = None):
         self.path = Path(path)
+        self.order = order or {}  # run_id -> its place in the table
         self.schema = schema
         self.per_class = per_class_path(self.path)
+        self.models = models_path(self.path) if save_models else None
         existing_runs(self.path, resume, force)  # refuses before anything is created
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
@@ -213,9 +223,43 @@ class StudyFile:
                     stale.unlink()
             self.runs = existing_runs(self.path, resume, force)
             self.class_rows = read_per_class(self.path) if len(self.runs) else pd.DataFrame()
+            if self.models is not None:
+                self._match_models()
         except BaseException:
             self.close()
             raise
+
+    def _match_models(self) -> None:
+        """Keep the weights and the table consistent: weights of a run the table does not
+        hold are removed (a run killed between saving both), and a run the table holds
+        without weights is dropped from it, to be trained again."""
+        self.models.mkdir(parents=True, exist_ok=True)
+        for stale in self.models.glob(".*.tmp"):
+            stale.unlink()
+        saved = {p.stem for p in self.models.glob("*.safetensors")}
+        for run_id in saved - self.done():
+            (self.models / f"{run_id}.safetensors").unlink()
+        missing = self.done() - saved
+        if missing:
+            self.runs = self.runs[~self.runs["run_id"].isin(missing)]
+            if len(self.class_rows):
+                self.class_rows = self.class_rows[~self.class_rows["run_id"].isin(missing)]
+
+    def save_model(self, run_id: str, state: dict, label: str) -> None:
+        """A run's final weights, written atomically before its rows."""
+        from safetensors.torch import save_file
+
+        path = self.models / f"{run_id}.safetensors"
+        fd, tmp = tempfile.mkstemp(dir=self.models, prefix=f".{run_id}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(state, tmp)
+            os.replace(tmp, path)
+        except OSError as error:
+            self._failed(error, label)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def close(self) -> None:
         self.lock.release()
@@ -230,23 +274,37 @@ class StudyFile:
         return set(self.runs["run_id"]) if len(self.runs) else set()
 
     def add(self, runs: pd.DataFrame, class_rows: pd.DataFrame, metadata: dict, label: str) -> None:
-        """Append one run's rows (`label` names it in errors). Both files are written, then
-        both replaced: a failure (a full disk) leaves them, and this object, as they were."""
+        """Add one run's rows, in place of any it had (`label` names it in errors). Both files
+        are written, then both replaced: a failure (a full disk) leaves them, and this
+        object, as they were."""
         run_ids = set(runs["run_id"])
         kept = self.class_rows[~self.class_rows["run_id"].isin(run_ids)] if len(self.class_rows) else None
         new_class_rows = pd.concat([kept, class_rows], ignore_index=True) if kept is not None else class_rows
-        new_runs = pd.concat([self.runs, runs], ignore_index=True) if len(self.runs) else runs
+        held = self.runs[~self.runs["run_id"].isin(run_ids)] if len(self.runs) else None
+        new_runs = pd.concat([held, runs], ignore_index=True) if held is not None and len(held) else runs
+        new_runs, new_class_rows = self._ordered(new_runs), self._ordered(new_class_rows)
         try:
             write_frames([(new_class_rows, self.per_class, PER_CLASS_SCHEMA),
                           (new_runs, self.path, self.schema)], metadata)
         except OSError as error:
-            reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-            saved = len(self.done())
-            raise EnvironmentFailure(
-                f"{reason} while saving {label}: {saved} run{'s' if saved != 1 else ''} "
-                f"{'are' if saved != 1 else 'is'} saved in {self.path}; free space and run the "
-                "same command with --resume") from None
+            self._failed(error, label)
         self.runs, self.class_rows = new_runs, new_class_rows
+
+    def _ordered(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Rows by the runs' places (runs of the file it was not told about first), each run's
+        rows in their own order: the same table whatever order the runs finished in."""
+        if frame.empty:
+            return frame
+        place = frame["run_id"].map(self.order).fillna(-1)
+        return frame.iloc[place.argsort(kind="stable")].reset_index(drop=True)
+
+    def _failed(self, error: OSError, label: str):
+        reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        saved = len(self.done())
+        raise EnvironmentFailure(
+            f"{reason} while saving {label}: {saved} run{'s' if saved != 1 else ''} "
+            f"{'are' if saved != 1 else 'is'} saved in {self.path}; free space and run the "
+            "same command with --resume") from None
 
 
 OUTCOME_COLUMNS = {"seed", "epoch", "split", "loss", "accuracy", "lr", "seconds", "status", "run_id", "config_id",

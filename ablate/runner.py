@@ -3,6 +3,7 @@ through an executor, save each run as it returns."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -24,8 +25,8 @@ from ablate.train import TASKS, RunConfig, RunResult, build_model, column_types,
 
 RUN_COLUMNS = {
     "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float,
-    "accuracy": float, "lr": float, "seconds": float, "status": str, "run_id": str, "config_id": str,
-    **column_types(), "params": int, "flops": int, "device": str,
+    "accuracy": float, "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
+    **column_types(), "latent_corr": float, "params": int, "flops": int, "device": str,
 }
 RUN_SCHEMA = results.arrow_schema(RUN_COLUMNS)
 
@@ -119,7 +120,13 @@ def check_resumable(existing: pd.DataFrame, runs: list[Run], path) -> None:
 @functools.cache  # every seed of a variant has the same model
 def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count.Counts:
     """The run's model counted on the meta device: nothing is allocated."""
-    return count.count_meta(lambda: build_model(config, shape[0], classes, shape[1]), shape)
+    try:
+        return count.count_meta(lambda: build_model(config, shape[0], classes, shape[1]), shape)
+    except UsageError:
+        raise
+    except Exception as error:  # a user's model that fails to build or to run once
+        raise UsageError(f"model {config.model!r} failed before training: {type(error).__name__}: "
+                         f"{(str(error).strip().splitlines() or [''])[0]}") from None
 
 
 def available_memory(device: torch.device) -> int:
@@ -175,12 +182,13 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
     head = {"study": run.study, "variant": run.variant, "seed": run.seed}
     ids = {"run_id": run.run_id, "config_id": run.config_id}
     size = model_size(run.config, data.shape, len(data.classes))
+    common = {**head, "status": result.status, "error": result.error, **ids, **run.config.columns(),
+              "params": size.params, "flops": size.flops, "device": device}
     rows = pd.DataFrame([
-        {**head, "epoch": r.epoch, "split": r.split, "loss": r.loss, "accuracy": r.accuracy,
-         "lr": r.lr, "seconds": r.seconds, "status": result.status, **ids,
-         **run.config.columns(), "params": size.params, "flops": size.flops, "device": device}
+        {**common, "epoch": r.epoch, "split": r.split, "loss": r.loss, "accuracy": r.accuracy, "lr": r.lr,
+         "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.epochs[-1].epoch else None}
         for r in result.epochs
-    ], columns=list(columns))
+    ] or [common], columns=list(columns))  # a failed run: one row that says why
     images = torch.bincount(data.test_y, minlength=len(data.classes)).tolist()
     per_class = pd.DataFrame([
         {**head, **ids, "class_index": i, "class_name": name, "images": n, "accuracy": accuracy}
@@ -213,8 +221,19 @@ class InProcess:
             yield run, work(run, data, on_batch=report)
 
 
-def train_one(run: Run, data: Dataset, device: torch.device, on_batch=None, other_test=None) -> RunResult:
-    return train_run(run.config, data, run.seed, device, on_batch, other_test)
+def train_one(run: Run, data: Dataset, device: torch.device, on_batch=None, other_test=None,
+              keep_model: bool = False) -> RunResult:
+    """One run with its own thread count; an exception of its own (a user's model that
+    raises) is its result, status `failed`, and the study goes on."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(run.config.threads or threads)
+    try:
+        return train_run(run.config, data, run.seed, device, on_batch, other_test, keep_model)
+    except Exception as error:  # noqa: BLE001 - any error of the run is recorded, not raised
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return RunResult([], [], "failed", error=f"{type(error).__name__}: {message}".rstrip(": "))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def execute(
@@ -227,12 +246,15 @@ def execute(
     on_run: Callable[[Run, str], None] | None = None,
     other_test=None,
 ) -> None:
-    """Train the runs not yet in `store`, saving each one as soon as it finishes."""
+    """Train the runs not yet in `store`, saving each one as soon as it finishes (its weights
+    first, when the store keeps models)."""
     done = store.done()
     todo = [r for r in runs if r.run_id not in done]
-    work = functools.partial(train_one, device=device, other_test=other_test)
+    work = functools.partial(train_one, device=device, other_test=other_test, keep_model=store.models is not None)
     columns = run_columns(runs)
     for run, result in (executor or InProcess()).map(work, todo, data):
+        if result.state is not None:
+            store.save_model(run.run_id, result.state, run.label)
         store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
         if on_run is not None:
             on_run(run, result.status)
@@ -252,6 +274,7 @@ class Prepared:
     out: Path
     resume: bool
     force: bool
+    save_models: bool = False
     other_test: tuple | None = None  # (name, images, labels) of --test-dataset
     notes: list[str] = field(default_factory=list)  # what the user should know before training
 
@@ -268,7 +291,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_dir: Path | None,
-            out: Path, resume: bool = False, force: bool = False) -> Prepared:
+            out: Path, resume: bool = False, force: bool = False, save_models: bool = False) -> Prepared:
     """Check everything a study needs, the cheap checks first; raise UsageError on the first
     problem. Creates no file or folder."""
     existing = results.existing_runs(out, resume, force)
@@ -282,7 +305,7 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
     notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
     check_memory(runs, data, device)
-    return Prepared(study, runs, data, device, Path(out), resume, force, other_test, notes)
+    return Prepared(study, runs, data, device, Path(out), resume, force, save_models, other_test, notes)
 
 
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,
@@ -292,7 +315,8 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
     rows and per-class rows. `on_start(runs to train)` is called once the file is open."""
     p = prepared
     schema = results.arrow_schema(run_columns(p.runs))
-    with StudyFile(p.out, schema, resume=p.resume, force=p.force) as store:
+    order = {r.run_id: i for i, r in enumerate(p.runs)}  # the table's order, whatever order runs end in
+    with StudyFile(p.out, schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
         check_resumable(store.runs, p.runs, p.out)  # a writer may have finished since we looked
         if on_start is not None:
             on_start(p.todo(store.done()))
@@ -353,3 +377,50 @@ def dry_run(prepared: Prepared) -> list[dict]:
             "seconds": left * per_image * (config.epochs * train_images + evaluated / 3),
         })
     return rows
+
+
+# ---------------------------------------------------------------- saved models
+
+
+def config_from_row(row: pd.Series) -> RunConfig:
+    """The configuration a results row records: its fields and the model's arguments."""
+    types = column_types()
+    values = {}
+    for field_name in RunConfig.__dataclass_fields__:
+        column = "base_lr" if field_name == "lr" else field_name
+        if field_name == "model_args" or column not in row:
+            continue
+        value = row[column]
+        values[field_name] = None if pd.isna(value) else types[column](value)
+    config = RunConfig(**values)
+    knobs = arch.model_source(config.model).knobs
+    args = {}
+    for name, default in knobs.items():
+        if name in row and not pd.isna(row[name]):
+            value = row[name]
+            args[name] = ast.literal_eval(value) if isinstance(value, str) and not isinstance(default, str) \
+                else type(default)(value) if isinstance(default, (bool, int, float)) else value
+    return config.with_fields(**args)
+
+
+def load_run_model(path: Path, row: pd.Series, data: Dataset) -> torch.nn.Module:
+    """The final weights of the run of `row`, saved beside the results `path` (--save-models)."""
+    from safetensors.torch import load_file
+
+    weights = results.models_path(path) / f"{row['run_id']}.safetensors"
+    if not weights.exists():
+        raise UsageError(f"no saved weights for {row['variant']} seed {row['seed']} ({weights}): train the study "
+                         "with --save-models")
+    model = build_model(config_from_row(row), data.shape[0], len(data.classes), data.shape[1])
+    model.load_state_dict(load_file(weights))
+    return model.eval()
+
+
+def data_spec(prepared: Prepared, data_dir: Path | None):
+    """How a worker loads the study's dataset itself (a cluster sends it only to workers that
+    cannot)."""
+    from ablate.cluster import DataSpec
+
+    config = prepared.runs[0].config
+    return DataSpec(config.dataset, str(data_dir) if data_dir else None, config.limit_train, config.limit_test,
+                    config.image_size, config.test_fraction or 0.2)

@@ -467,3 +467,50 @@ def _line(text: str, key: str) -> str:
         if line.strip().startswith((key, f"[{key}", f"[variants.{key}")):
             return f"line {number}"
     return "somewhere"
+
+
+# ---------------------------------------------------------------- autoencoders (report 001)
+
+
+AUTOENCODER_BASE = {  # report 001's setting: AdamW, lr 0.001, batch 32, 20 epochs, pixels in [0, 1], MNIST
+    "task": "reconstruct", "model": "autoencoder", "dataset": "mnist", "epochs": 20, "batch_size": 32,
+    "optimizer": "adamw", **optimizer_defaults("adamw"), "normalization": "none",
+}
+
+
+@register_study("latent", dims="Latent sizes, comma-separated.")
+def latent(dims: str = "4,10,40") -> Study:
+    sizes = parse_numbers(dims, "--dims", int, 1)
+    return Study("latent", "The conv autoencoder's latent size: reconstruction loss per epoch, and the mean "
+                 "|correlation| of the latent coordinates (latent_corr).",
+                 variants={str(d): {"latent_dim": d} for d in sizes}, factors=("latent_dim",),
+                 base=AUTOENCODER_BASE, plot="curves")
+
+
+@register_study("ae-depth", depths="Conv layers in the encoder (mirrored in the decoder), 1 to 3, comma-separated.")
+def ae_depth(depths: str = "1,2,3") -> Study:
+    values = parse_numbers(depths, "--depths", int, 1)
+    if any(d > 3 for d in values):
+        raise UsageError(f"--depths: each depth is 1, 2 or 3, got {depths!r}")
+    return Study("ae-depth", "The conv autoencoder's depth at latent size 10: reconstruction loss per epoch.",
+                 variants={str(d): {"depth": d} for d in values}, factors=("depth", "params"),
+                 base=AUTOENCODER_BASE, plot="curves")
+
+
+@register_study("transfer", labels="Labelled train images (class-balanced) the classifier learns from.",
+                pretrain_epochs="Epochs of the autoencoder's training on the whole train split, unlabelled.")
+def transfer(labels: int = 80, pretrain_epochs: int = 20) -> Study:
+    if labels < 1 or pretrain_epochs < 1:
+        raise UsageError(f"--labels and --pretrain-epochs must be >= 1, got {labels} and {pretrain_epochs}")
+    return Study(
+        "transfer",
+        "Report 001, Q4: an MLP (latent -> 20 -> 30 -> 10) on the code of an autoencoder pretrained per seed without "
+        "labels, trained on a few labelled images: encoder frozen, fine-tuned, or trained from scratch (random init).",
+        variants={"frozen": {"pretrain_epochs": pretrain_epochs, "freeze_encoder": True},
+                  "finetune": {"pretrain_epochs": pretrain_epochs, "freeze_encoder": False},
+                  "scratch": {}},
+        factors=("pretrain_epochs", "freeze_encoder"),
+        base={"model": "latent-mlp", "dataset": "mnist", "labels": labels, "epochs": 10, "batch_size": 20,
+              "optimizer": "adamw", **optimizer_defaults("adamw"), "normalization": "none"},
+        per_class=True,
+    )

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate import arch, transforms
-from ablate.data import Dataset
+from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
@@ -33,6 +33,9 @@ class RunConfig:
     model: str = "tutorial"
     model_args: tuple = ()  # (name, value) pairs, sorted: the model's constructor arguments
     strip_activations: bool = False  # every activation module replaced by identity
+    labels: int | None = None  # train on this many class-balanced labelled images (the rest: pretraining only)
+    pretrain_epochs: int | None = None  # first train an autoencoder on the train split, unlabelled; take its encoder
+    freeze_encoder: bool | None = None  # with pretraining: the encoder's weights stay as pretrained
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.02
@@ -49,6 +52,7 @@ class RunConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     deterministic: bool = False  # torch's deterministic algorithms (matters on GPUs)
+    threads: int | None = None  # torch's CPU threads (sums add up in another order with another count)
 
     def columns(self) -> dict:
         """The fields and the model's arguments as result columns; `lr` is `base_lr` there,
@@ -97,6 +101,9 @@ class RunResult:
     epochs: list[EpochRecord]
     class_accuracy: list[float | None]  # test split, per class, after the last epoch; None: no image
     status: str  # "ok", or "diverged" when the loss became NaN or infinite
+    latent_corr: float | None = None  # a model with encode(): mean |Pearson r| of its code's coordinates
+    state: dict | None = None  # the final weights, when asked for (keep_model)
+    error: str | None = None  # status "failed": the first line of the exception the run raised
 
 
 # ---------------------------------------------------------------- tasks
@@ -113,6 +120,26 @@ class Task:
 
 TASKS: Registry[Task] = Registry("task")
 TASKS.register("classify", Task("classify", lambda out, x, y: F.cross_entropy(out, y), True))
+# the output against the input, in the normalised space the run states (normalization none: [0, 1])
+TASKS.register("reconstruct", Task("reconstruct", lambda out, x, y: F.mse_loss(out, x), False))
+
+LATENT_CORR_IMAGES = 4000  # report 001, Q3
+
+
+@torch.no_grad()
+def latent_correlation(model: nn.Module, x: torch.Tensor, prepare) -> float | None:
+    """Mean absolute Pearson correlation between pairs of the model's latent coordinates
+    (`model.encode`) over `x`; None for a model without `encode` or a code of one coordinate."""
+    if not callable(getattr(model, "encode", None)):
+        return None
+    model.eval()
+    codes = torch.cat([model.encode(prepare(x[i:i + 1000]).contiguous(memory_format=torch.channels_last))
+                       for i in range(0, len(x), 1000)]).double()
+    if codes.shape[1] < 2:
+        return None
+    r = torch.corrcoef(codes.T)
+    pairs = r[~torch.eye(len(r), dtype=torch.bool, device=r.device)]
+    return pairs.abs().nanmean().item()  # a constant coordinate has no correlation: left out
 
 
 # ---------------------------------------------------------------- models
@@ -143,8 +170,10 @@ def build_model(config: RunConfig, in_channels: int, num_classes: int, image_siz
     """A fresh model of `config` (resolved), for data of `in_channels` x `image_size`^2."""
     model = arch.model_source(config.model).build(in_channels, num_classes, image_size, **dict(config.model_args))
     if any(isinstance(m, nn.modules.lazy.LazyModuleMixin) for m in model.modules()):
-        with torch.no_grad():  # a layer spec's Lazy layers take their sizes from a first batch
+        model.eval()  # a layer spec's Lazy layers take their sizes from a first batch
+        with torch.no_grad():
             model(torch.zeros(1, in_channels, image_size, image_size))
+        model.train()
     if config.strip_activations:
         arch.strip_activations(model)
     return model
@@ -253,6 +282,7 @@ def train_run(
     device: torch.device,
     on_batch: Callable[[int, int, float, float], None] | None = None,
     other_test: tuple[str, torch.Tensor, torch.Tensor] | None = None,
+    keep_model: bool = False,
 ) -> RunResult:
     """Train one model, evaluating it before training (epoch 0) and after every epoch.
     `on_batch(epoch, images done this epoch, running loss, seconds since the epoch began)`
@@ -265,19 +295,24 @@ def train_run(
     torch.use_deterministic_algorithms(config.deterministic)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return _train(config, data, seed, device, on_batch, other_test)
+            return _train(config, data, seed, device, on_batch, other_test, keep_model)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _train(config, data, seed, device, on_batch, other_test) -> RunResult:
+def _train(config, data, seed, device, on_batch, other_test, keep_model) -> RunResult:
     task = TASKS.get(config.task)
     torch.manual_seed(seed * 1_000_003 + INIT)
     model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
+    if config.pretrain_epochs:
+        model.encoder.load_state_dict(pretrained_encoder(config, data, seed, device))
+        if config.freeze_encoder:
+            model.encoder.requires_grad_(False)
     torch.manual_seed(seed * 1_000_003 + DROPOUT)
     # channels_last: 1.12-1.18x on this CPU for these nets (measured in benchmarks/speed.py)
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = OPTIMIZERS.get(config.optimizer).make(model.parameters(), config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS.get(config.optimizer).make(trainable, config)
     schedule = SCHEDULERS.get(config.scheduler)
     scheduler = schedule.make(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
     order_gen, augment_gen = seeded(seed, ORDER), seeded(seed, AUGMENT)
@@ -288,7 +323,11 @@ def _train(config, data, seed, device, on_batch, other_test) -> RunResult:
     eval_permute = (transforms.permutation(config.permutation, pixels, seeded(seed, EVAL_PERMUTE))
                     if config.permutation == "fresh" else permute)
     augment = transforms.augmentation(config.augment)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    train_x, train_y = data.train_x, data.train_y
+    if config.labels is not None:  # the labelled few; pretraining saw them all, without labels
+        keep = balanced_subset(train_y, config.labels)
+        train_x, train_y = train_x[keep], train_y[keep]
+    train_x, train_y = train_x.to(device), train_y.to(device)
     tests = {"test": (data.test_x.to(device), data.test_y.to(device))}
     if other_test is not None:
         tests[f"test:{other_test[0]}"] = (other_test[1].to(device), other_test[2].to(device))
@@ -357,4 +396,28 @@ def _train(config, data, seed, device, on_batch, other_test) -> RunResult:
         if not all(math.isfinite(r.loss) for r in records[-len(tests) - 1:]):
             status = "diverged"
             break
-    return RunResult(records, class_accuracy, status)
+    latent_corr = latent_correlation(model, train_x[:LATENT_CORR_IMAGES], test_prepare) \
+        if task.name == "reconstruct" and status == "ok" else None
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()} if keep_model else None
+    return RunResult(records, class_accuracy, status, latent_corr, state)
+
+
+_PRETRAINED: dict = {}  # (autoencoder config, seed, data) -> encoder weights: frozen and finetune share one
+
+
+def pretrained_encoder(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> dict:
+    """The encoder of an autoencoder trained for `config.pretrain_epochs` on the whole train
+    split without labels, from the run's seed, with report 001's setting (AdamW, lr 0.001,
+    batch 32, pixels in [0, 1]); the same weights for every run that asks with this seed."""
+    knobs = {k: v for k, v in config.model_args if k in ("latent_dim", "depth", "width")}
+    autoencoder = resolve(RunConfig(task="reconstruct", dataset=config.dataset, model="autoencoder",
+                                    epochs=config.pretrain_epochs, batch_size=32, lr=0.001, optimizer="adamw",
+                                    momentum=None, weight_decay=OPTIMIZERS.get("adamw").weight_decay,
+                                    normalization="none", image_size=config.image_size,
+                                    limit_train=config.limit_train, limit_test=config.limit_test,
+                                    deterministic=config.deterministic).with_fields(**knobs))
+    key = (autoencoder, seed, data.name, len(data.train_y), str(device))
+    if key not in _PRETRAINED:
+        state = train_run(autoencoder, data, seed, device, keep_model=True).state
+        _PRETRAINED[key] = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    return _PRETRAINED[key]

@@ -3,6 +3,7 @@
 import gzip
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -197,3 +198,20 @@ def test_a_second_test_set_with_other_classes_lists_both(tmp_path, cache):
         data.load_test_dataset("cifar100", ["cat"], None, 32, 3)
     with pytest.raises(UsageError, match="1 or 3 channels, not 4"):
         data.load_test_dataset(f"folder:{root}", ["cat", "dog", "fish"], None, 32, 4)
+
+
+def test_train_on_one_folder_and_test_on_another(tmp_path, ablate, tiny):
+    """Report 004's domain shift in one command: rows of split test:NAME beside test."""
+    train, other = pets(tmp_path / "pets"), pets(tmp_path / "street")
+    out = tmp_path / "shift.parquet"
+    result = ablate(["sweep", "--vary", "lr=0.01", "--dataset", f"folder:{train}", "--test-dataset",
+                     f"folder:{other}", "--image-size", "16", "--model", "mlp", "--epochs", "2",
+                     "--batch-size", "4", "--device", "cpu", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable image" in result.stderr
+    frame = pd.read_parquet(out)
+    assert frame.groupby("split").size().to_dict() == {"train": 3, "test": 3, "test:street": 3}
+    assert set(frame["image_size"]) == {16} and set(frame["test_dataset"]) == {f"folder:{other}"}
+    assert frame["params"].iloc[0] == 3 * 16 * 16 * 512 + 512 + 512 * 3 + 3  # three classes
+    per_class = pd.read_parquet(tmp_path / "_per_class" / "shift.parquet")
+    assert per_class["class_name"].tolist() == ["cat", "dog", "fish"] and per_class["images"].tolist() == [2, 2, 2]

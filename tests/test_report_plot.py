@@ -147,3 +147,15 @@ def test_training_command_draws_its_natural_figure(tmp_path, ablate, tiny, svg_t
     texts = _svg_texts(figure)
     assert "test accuracy (%)" in texts and "class 9" in texts  # per-class bars
     assert {"original", "fixed", "fresh"} <= set(texts)
+
+
+def test_plot_variants_shows_each_step_in_order(tmp_path, ablate, fake_study, svg_text):
+    path = fake_study(tmp_path / "r.parquet", variants=("baseline", "+standardize", "+crop-flip"), study="ladder",
+                      plot="variants")
+    out = tmp_path / "fig.svg"
+    assert ablate(["plot", path, "-o", out]).exit_code == 0  # variants: the ladder's natural figure
+    texts = _svg_texts(out)
+    assert "final test accuracy (%)" in texts
+    labels = [t for t in texts if t in ("baseline", "+standardize", "+crop-flip")]
+    assert labels == ["baseline", "+standardize", "+crop-flip"]
+    assert {"51.0", "61.0", "71.0"} <= set(texts)  # the means over seeds 0, 1, 2 (50, 60, 70 + 1)

@@ -21,10 +21,12 @@ TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100",
 FACTOR = {"linearity": "activation", "conv1": "conv1_channels", "permutation": "permutation",
           "augment": "augment", "scheduler": "scheduler", "optimizer": "optimizer",
           "normalization": "normalization", "regularization": "batchnorm", "lr": "base_lr",
-          "batch-size": "batch_size", "dropout": "dropout", "ladder": "normalization", "sweep": "base_lr"}
+          "batch-size": "batch_size", "dropout": "dropout", "ladder": "normalization", "sweep": "base_lr",
+          "latent": "latent_dim", "ae-depth": "depth", "transfer": "freeze_encoder"}
 OPTIONS = {"conv1": ["--channels", "2,6"], "sweep": ["--vary", "lr=0.01,0.05"], "lr": ["--values", "0.01,0.05"],
            "batch-size": ["--values", "50,100"], "dropout": ["--values", "0,0.5"],
-           "ladder": ["--steps", "standardize,dropout"]}
+           "ladder": ["--steps", "standardize,dropout"], "latent": ["--dims", "2,4"], "ae-depth": ["--depths", "1,2"],
+           "transfer": ["--labels", "20", "--pretrain-epochs", "1"]}
 
 
 def test_every_study_is_tested():
@@ -51,13 +53,14 @@ def test_every_study_command_runs(tmp_path, ablate, name):
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
     expected = {"conv1": ["2", "6"], "sweep": ["base", "lr=0.05"], "lr": ["0.01", "0.05"], "batch-size": ["50", "100"],
-                "dropout": ["0", "0.5"], "ladder": ["baseline", "+standardize", "+dropout"]}
+                "dropout": ["0", "0.5"], "ladder": ["baseline", "+standardize", "+dropout"], "latent": ["2", "4"],
+                "ae-depth": ["1", "2"]}
     variants = expected[name] if name in expected else list(studies.get_study(name).variants)
     assert list(frame["variant"].unique()) == variants
-    assert frame.groupby("variant")[FACTOR[name]].nunique().eq(1).all()
-    assert frame[FACTOR[name]].nunique() > 1 or name == "linearity"
+    assert frame.groupby("variant")[FACTOR[name]].nunique(dropna=False).eq(1).all()
+    assert frame[FACTOR[name]].nunique(dropna=False) > 1 or name == "linearity"
     assert (frame["status"] == "ok").all()
-    assert "test accuracy" in result.stdout
+    assert ("test loss" if name in ("latent", "ae-depth") else "test accuracy") in result.stdout
 
 
 def test_conv1_records_size_from_count(tmp_path, ablate):

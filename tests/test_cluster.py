@@ -1,0 +1,133 @@
+"""Studies on a Dask cluster: a LocalCluster, an existing scheduler with its workers, a worker
+killed mid-study, a run that fails on its own, and the SLURM job script. Loopback only."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import NUMBERS
+
+STUDY = ["linearity", "--dataset", "synthetic", "--limit-train", "400", "--limit-test", "100", "--epochs", "2",
+         "--batch-size", "50", "--device", "cpu", "--threads", "1", "--seeds", "2"]
+BIN = Path(sys.executable).parent
+FAILING_MODEL = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels=3, num_classes=10, explode=False):
+        super().__init__()
+        self.explode = explode
+        self.fc = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    def forward(self, x):
+        if self.explode and self.training:  # counting (eval mode) works; training does not
+            raise ValueError("this model refuses to train\\nsecond line")
+        return self.fc(x)
+'''
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """The study trained in this process at one thread: the table every cluster must give."""
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    out = tmp_path_factory.mktemp("in-process") / "study.parquet"
+    result = CliRunner().invoke(app, [*STUDY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return pd.read_parquet(out)
+
+
+def test_a_local_cluster_gives_the_in_process_table(tmp_path, ablate, in_process):
+    out = tmp_path / "cluster.parquet"
+    result = ablate([*STUDY, "--workers", "2", "--out", out])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    pd.testing.assert_frame_equal(frame[NUMBERS], in_process[NUMBERS], check_exact=True)
+    assert set(frame["threads"]) == {1}
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """`dask scheduler` and two `dask worker` processes on 127.0.0.1, as a user starts them."""
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    processes = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                   "--no-dashboard", "--scheduler-file", scheduler_file],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    address = json.loads(scheduler_file.read_text())["address"]
+    assert address.startswith("tcp://127.0.0.1:")
+    for name in ("w1", "w2"):
+        processes.append(subprocess.Popen(
+            [BIN / "dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
+             "--no-dashboard", "--name", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+    yield address, processes
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_an_existing_scheduler_and_a_worker_killed_mid_study(tmp_path, in_process, dask_cluster):
+    address, processes = dask_cluster
+    out = tmp_path / "remote.parquet"
+    driver = subprocess.Popen([sys.executable, "-m", "ablate", *STUDY, "--scheduler", address, "--out", out],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)  # a worker dies in the middle of the study
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr
+    frame = pd.read_parquet(out)
+    pd.testing.assert_frame_equal(frame[NUMBERS], in_process[NUMBERS], check_exact=True)
+    assert "linear-wide" in stdout
+
+
+def test_a_scheduler_that_is_not_there_is_a_usage_error(ablate):
+    result = ablate([*STUDY, "--scheduler", "tcp://127.0.0.1:9", "--out", "x.parquet"])
+    assert result.exit_code == 2 and "--scheduler tcp://127.0.0.1:9: cannot connect" in result.stderr
+
+
+def test_a_run_that_raises_is_recorded_as_failed_and_the_study_goes_on(tmp_path, ablate, monkeypatch):
+    (tmp_path / "explodingnets.py").write_text(FAILING_MODEL)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "f.parquet"
+    result = ablate(["sweep", *STUDY[1:-2], "--model", "explodingnets:Net", "--vary", "explode=False,True",
+                     "--out", out])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    failed = frame[frame.variant == "explode=True"]
+    assert (failed["status"] == "failed").all() and len(failed) == 1
+    assert failed["error"].iloc[0] == "ValueError: this model refuses to train"
+    assert (frame[frame.variant == "base"]["status"] == "ok").all()
+    assert "explode=True seed 0 failed" in result.stderr
+
+
+def test_the_slurm_job_script(ablate, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    result = ablate([*STUDY, "--slurm", "--workers", "4", "--threads", "2", "--dry-run",
+                     "--slurm-opts", "partition=gpu time=02:00:00 mem=16GB gpus=1"])
+    assert result.exit_code == 0, result.output
+    for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=2", "#SBATCH -t 02:00:00", "#SBATCH --gpus=1",
+                 "#SBATCH --mem=15G", "--nthreads 1"):
+        assert line in result.stdout, line
+    assert "each of the 4 SLURM jobs would run" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+    bad = ablate([*STUDY, "--slurm", "--dry-run", "--slurm-opts", "nodes=2"])
+    assert bad.exit_code == 2 and "KEY one of partition, time, mem, account, gpus, qos" in bad.stderr
