@@ -145,8 +145,11 @@ def local_cluster(workers: int, threads: int):
     from distributed import Client, LocalCluster
 
     _quiet()
+    environ = dict(os.environ)
     cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, worker_dashboard_address=None)
+    os.environ.clear()  # Dask leaves OMP_NUM_THREADS=1 (and more) set in this process: undone
+    os.environ.update(environ)
     return Client(cluster), cluster
 
 

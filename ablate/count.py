@@ -934,7 +934,7 @@ def _unused_rows(records: list[tuple[_Param, nn.Module]], entered: set[int], tra
     return list(rows.values())
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes of memory available: Linux's MemAvailable, else the free pages; None if unknown."""
     try:
         with open("/proc/meminfo") as meminfo:
@@ -953,7 +953,7 @@ def _count_real(model: nn.Module, input_shape: Shape, batch: int, training: bool
     """The fallback: a real forward pass, when it can fit."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     needed = batch * math.prod(input_shape) * _dtype(model).itemsize
-    available = _available_memory()
+    available = available_memory()
     if available is not None and needed > available:
         raise UsageError(f"{reason}; a real forward pass does not fit: its input alone needs "
                          f"{needed / 1e9:.3g} GB ({available / 1e9:.3g} GB of memory free)")
@@ -1048,7 +1048,7 @@ def count_meta(build: Callable[[], nn.Module], input_shape: Shape, batch: int = 
             return count_model(model, input_shape, batch, training)
         except NeedsRealTensors as error:
             weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-            available = _available_memory()
+            available = available_memory()
             if available is not None and weights > available:
                 raise UsageError(f"{error}; a real forward pass does not fit: its weights need "
                                  f"{weights / 1e9:.3g} GB ({available / 1e9:.3g} GB of memory free)") from None

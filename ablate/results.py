@@ -271,7 +271,10 @@ class StudyFile:
         self.close()
 
     def done(self) -> set[str]:
-        return set(self.runs["run_id"]) if len(self.runs) else set()
+        """The runs that need no training: a failed run (its model raised) is tried again."""
+        if not len(self.runs):
+            return set()
+        return set(self.runs["run_id"][self.runs["status"] != "failed"])
 
     def add(self, runs: pd.DataFrame, class_rows: pd.DataFrame, metadata: dict, label: str) -> None:
         """Add one run's rows, in place of any it had (`label` names it in errors). Both files

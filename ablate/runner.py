@@ -7,7 +7,6 @@ import ast
 import functools
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +113,7 @@ def check_resumable(existing: pd.DataFrame, runs: list[Run], path) -> None:
         said = "; ".join(f"{c}: {', '.join(map(str, before))} in the file, {now} now"
                          for c, (before, now) in differences.items())
         raise UsageError(f"--resume: {str(path)!r} holds runs made with other settings ({said}); "
-                         "give the same options, another --out, or --force to replace it")
+                         "give the same options (--threads too), another --out, or --force to replace it")
 
 
 @functools.cache  # every seed of a variant has the same model
@@ -129,18 +128,11 @@ def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count
                          f"{(str(error).strip().splitlines() or [''])[0]}") from None
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes free for training on `device`."""
+def available_memory(device: torch.device) -> float:
+    """Bytes free for training on `device` (infinite when the system does not say)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return count.available_memory() or float("inf")
 
 
 def check_model(run: Run, data: Dataset) -> list[str]:
@@ -359,7 +351,7 @@ def dry_run(prepared: Prepared) -> list[dict]:
     the time left (training, and evaluation at a third of the training cost per image)."""
     p = prepared
     existing = results.existing_runs(p.out, p.resume, p.force)
-    done = set(existing["run_id"]) if len(existing) else set()
+    done = set(existing.loc[existing["status"] != "failed", "run_id"]) if len(existing) else set()
     train_images, test_images = len(p.data.train_y), len(p.data.test_y)
     rows = []
     for variant in dict.fromkeys(r.variant for r in p.runs):

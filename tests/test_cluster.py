@@ -117,6 +117,10 @@ def test_a_run_that_raises_is_recorded_as_failed_and_the_study_goes_on(tmp_path,
     assert failed["error"].iloc[0] == "ValueError: this model refuses to train"
     assert (frame[frame.variant == "base"]["status"] == "ok").all()
     assert "explode=True seed 0 failed" in result.stderr
+    again = ablate(["sweep", *STUDY[1:-2], "--model", "explodingnets:Net", "--vary", "explode=False,True",
+                    "--out", out, "--resume"])  # a failed run is tried again; the others are kept
+    assert again.exit_code == 0 and "explode=True seed 0 failed" in again.stderr
+    assert "base seed 0" not in again.stderr and len(pd.read_parquet(out)) == len(frame)
 
 
 def test_the_slurm_job_script(ablate, monkeypatch, tmp_path):
@@ -131,3 +135,22 @@ def test_the_slurm_job_script(ablate, monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
     bad = ablate([*STUDY, "--slurm", "--dry-run", "--slurm-opts", "nodes=2"])
     assert bad.exit_code == 2 and "KEY one of partition, time, mem, account, gpus, qos" in bad.stderr
+
+
+def test_data_a_worker_cannot_see_is_sent_once_per_worker(tmp_path, tiny_data):
+    from distributed import Future
+
+    from ablate import cluster
+
+    client, local = cluster.local_cluster(2, 1)
+    try:
+        unseen = cluster.DataSpec("mnist", str(tmp_path), None, None, None, 0.2)  # an empty data folder
+        shipped = cluster.DaskExecutor(client, unseen).data_on_workers(tiny_data)
+        assert isinstance(shipped, Future)
+        holders = client.who_has(shipped)[shipped.key]
+        assert len(holders) == 2  # broadcast: on every worker, sent once
+        seen = cluster.DataSpec("synthetic", None, 300, 100, None, 0.2)
+        assert cluster.DaskExecutor(client, seen).data_on_workers(tiny_data) == seen  # loaded there instead
+    finally:
+        client.close()
+        local.close()
