@@ -17,8 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-import torch
-
 from ablate import arch, cluster, compare, count, data, plot, report, results, runner, studies, train, transforms
 from ablate.errors import EnvironmentFailure, UsageError
 
@@ -282,9 +280,8 @@ def run_study(study: studies.Study, options: dict) -> None:
     device = train.resolve_device(options["device"].value)
     cluster.check_options(options["workers"], options["threads"], options["scheduler"], options["slurm"])
     on_cluster = any(options[k] for k in CLUSTER_OPTIONS)
-    if options["threads"] is None:
-        options["threads"] = (1 if options["scheduler"] else cluster.default_threads(options["workers"] or 1)
-                              if on_cluster else torch.get_num_threads())
+    options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["scheduler"],
+                                             options["slurm"])
     prepared = runner.prepare(study, {k: options[k] for k in TRAINING_OPTIONS}, options["seeds"], device,
                               options["data_dir"], out, options["resume"], options["force"], options["save_models"])
     for note in prepared.notes:

@@ -214,8 +214,18 @@ def slurm_cluster(workers: int, threads: int, options: str | None):
     return Client(cluster), cluster
 
 
-def default_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+def run_threads(threads: int | None, workers: int | None, scheduler: str | None, slurm: bool) -> int:
+    """torch threads per run: as given; else 1 on an existing cluster (its machines are not
+    known here), the cores shared out on a LocalCluster or SLURM, all of them in-process."""
+    if threads:
+        return threads
+    if scheduler:
+        return 1
+    if workers or slurm:
+        return max(1, (os.cpu_count() or 1) // (workers or 1))
+    import torch
+
+    return torch.get_num_threads()
 
 
 @contextmanager
