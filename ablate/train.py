@@ -6,7 +6,7 @@ import math
 import os
 import time
 import typing
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -14,62 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate import arch, transforms
+from ablate.config import AMP, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig  # noqa: F401 - the config's names, here too
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides a run's numbers, except the seed. Every field is a column, and
-    so is every constructor argument of the model (`model_args`, filled in by `resolve`)."""
-
-    task: str = "classify"
-    dataset: str = "cifar10"
-    image_size: int | None = None  # None: the dataset's own
-    test_fraction: float | None = None  # a folder without train/ and test/: the part held out
-    test_dataset: str | None = None  # evaluated too, as split "test:NAME"
-    model: str = "tutorial"
-    model_args: tuple = ()  # (name, value) pairs, sorted: the model's constructor arguments
-    strip_activations: bool = False  # every activation module replaced by identity
-    labels: int | None = None  # train on this many class-balanced labelled images (the rest: pretraining only)
-    pretrain_epochs: int | None = None  # first train an autoencoder on the train split, unlabelled; take its encoder
-    freeze_encoder: bool | None = None  # with pretraining: the encoder's weights stay as pretrained
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.02
-    optimizer: str = "momentum"
-    momentum: float | None = 0.9  # SGD's momentum; None for the optimisers without one
-    weight_decay: float = 0.0
-    scheduler: str = "none"
-    lr_step_size: int | None = None  # step: epochs between decays
-    lr_gamma: float | None = None  # step, exponential: factor per decay
-    lr_max: float | None = None  # onecycle: the peak learning rate
-    normalization: str = "half"
-    augment: str = "none"
-    permutation: str = "none"
-    limit_train: int | None = None
-    limit_test: int | None = None
-    deterministic: bool = False  # torch's deterministic algorithms (matters on GPUs)
-    threads: int | None = None  # torch's CPU threads (sums add up in another order with another count)
-
-    def columns(self) -> dict:
-        """The fields and the model's arguments as result columns; `lr` is `base_lr` there,
-        `lr` being each epoch's."""
-        fields = {("base_lr" if k == "lr" else k): v for k, v in asdict(self).items() if k != "model_args"}
-        return {**fields, **{k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in self.model_args}}
-
-    def with_fields(self, **values) -> RunConfig:
-        """A copy with `values` set: RunConfig fields by name, anything else as a model argument."""
-        fields = {k: v for k, v in values.items() if k in FIELDS}
-        args = {**dict(self.model_args), **{k: v for k, v in values.items() if k not in FIELDS}}
-        return replace(self, **fields, model_args=tuple(sorted(args.items())))
-
-    def arg(self, name: str, default=None):
-        return dict(self.model_args).get(name, default)
-
-
-FIELDS = set(RunConfig.__dataclass_fields__) - {"model_args"}
 
 
 def column_types() -> dict[str, type]:
@@ -153,6 +103,8 @@ def resolve(config: RunConfig) -> RunConfig:
                            (transforms.PERMUTATIONS, config.permutation)):
         registry.get(name)
     transforms.augmentation(config.augment)
+    if config.amp not in AMP:
+        raise unknown_name("amp", config.amp, AMP)
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {config.lr}")
     if config.epochs < 1 or config.batch_size < 1:
@@ -181,49 +133,17 @@ def build_model(config: RunConfig, in_channels: int, num_classes: int, image_siz
 # ---------------------------------------------------------------- optimisers and schedulers
 
 
-@dataclass(frozen=True)
-class Optimizer:
-    make: Callable  # (parameters, config) -> torch.optim.Optimizer
-    lr: float  # defaults, sensible for these small nets; the optimizer study uses them
-    momentum: float | None
-    weight_decay: float
+def make_optimizer(parameters, config: RunConfig) -> torch.optim.Optimizer:
+    entry = OPTIMIZERS.get(config.optimizer)
+    return getattr(torch.optim, entry.torch_class)(parameters, **entry.options(config))
 
 
-OPTIMIZERS: Registry[Optimizer] = Registry("optimizer")
-for _name, _optimizer in {
-    "sgd": Optimizer(lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay), 0.1, None, 0.0),
-    "momentum": Optimizer(lambda p, c: torch.optim.SGD(
-        p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay), 0.02, 0.9, 0.0),
-    "nesterov": Optimizer(lambda p, c: torch.optim.SGD(
-        p, lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay), 0.02, 0.9, 0.0),
-    "rmsprop": Optimizer(lambda p, c: torch.optim.RMSprop(
-        p, lr=c.lr, momentum=c.momentum or 0, weight_decay=c.weight_decay), 0.001, None, 0.0),
-    "adam": Optimizer(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.0),
-    "adamw": Optimizer(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.01),
-}.items():
-    OPTIMIZERS.register(_name, _optimizer)
-
-
-@dataclass(frozen=True)
-class Scheduler:
-    make: Callable  # (optimizer, config, steps per epoch) -> scheduler or None
-    per_step: bool  # stepped after every batch, not every epoch
-    description: str
-
-
-SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
-for _name, _scheduler in {
-    "none": Scheduler(lambda opt, c, steps: None, False, "a constant learning rate"),
-    "step": Scheduler(lambda opt, c, steps: torch.optim.lr_scheduler.StepLR(opt, c.lr_step_size, c.lr_gamma),
-                      False, "x lr_gamma every lr_step_size epochs"),
-    "exponential": Scheduler(lambda opt, c, steps: torch.optim.lr_scheduler.ExponentialLR(opt, c.lr_gamma),
-                             False, "x lr_gamma per epoch"),
-    "cosine": Scheduler(lambda opt, c, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, c.epochs),
-                        False, "to 0 over the epochs"),
-    "onecycle": Scheduler(lambda opt, c, steps: torch.optim.lr_scheduler.OneCycleLR(
-        opt, c.lr_max, total_steps=c.epochs * steps), True, "up to lr_max and down, per batch"),
-}.items():
-    SCHEDULERS.register(_name, _scheduler)
+def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int):
+    """The run's learning-rate scheduler, or None for a constant rate."""
+    entry = SCHEDULERS.get(config.scheduler)
+    if entry.torch_class is None:
+        return None
+    return getattr(torch.optim.lr_scheduler, entry.torch_class)(optimizer, **entry.options(config, steps_per_epoch))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -311,9 +231,9 @@ def _train(config, data, seed, device, on_batch, other_test, keep_model) -> RunR
     # channels_last: 1.12-1.18x on this CPU for these nets (measured in benchmarks/speed.py)
     model = model.to(device, memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS.get(config.optimizer).make(trainable, config)
+    optimizer = make_optimizer(trainable, config)
     schedule = SCHEDULERS.get(config.scheduler)
-    scheduler = schedule.make(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
+    scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
     order_gen, augment_gen = seeded(seed, ORDER), seeded(seed, AUGMENT)
     pixels = data.shape[1] * data.shape[2]
     permute = transforms.permutation(config.permutation, pixels, seeded(seed, PERMUTE))
