@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ablate.errors import UsageError, unknown_name
@@ -345,14 +346,15 @@ MODEL_INPUTS = ("in_channels", "num_classes", "image_size")  # set by the data, 
 
 
 class GrayToRGB(nn.Module):
-    """Feeds a 1-channel image to a 3-channel model by repeating the channel."""
+    """Feeds a 1-channel image to a 3-channel model by repeating the channel (each channel three
+    times: packed copies of the model, one channel each, stay apart)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x):
-        return self.model(x.expand(-1, 3, -1, -1))
+        return self.model(x.repeat_interleave(3, 1).contiguous(memory_format=torch.channels_last))
 
 
 @dataclass(frozen=True)

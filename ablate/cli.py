@@ -1,4 +1,9 @@
-"""The `ablate` command line: options in, library calls, errors out as one line and exit 2."""
+"""The `ablate` command line: options in, library calls, errors out as one line and exit 2.
+
+torch, pandas and matplotlib take seconds to import: each command imports the modules it
+calls, so that `ablate --help`, `ablate COMMAND --help` and `ablate list` need none of them
+(tests/test_startup.py checks).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,20 @@ import time
 import typing
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from ablate import arch, cluster, compare, count, data, plot, report, results, runner, studies, train, transforms
+from ablate import report, studies
+from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig
+from ablate.convention import CONVENTION
 from ablate.errors import EnvironmentFailure, UsageError
+
+if TYPE_CHECKING:
+    from ablate import runner
 
 stdout = Console()
 stderr = Console(stderr=True, soft_wrap=True)  # one message, one line, however narrow the terminal
@@ -86,7 +95,7 @@ whose forward needs real values falls back to a real forward pass (exit 2 if it 
 --training adds the backward pass; --compare adds fvcore's and torch's FlopCounterMode's FLOPs.
 
 \b
-{count.CONVENTION}
+{CONVENTION}
 """
 
 
@@ -103,6 +112,8 @@ def params(
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the rows on stdout."),
     list_models: bool = typer.Option(False, "--list", help="List the model names and exit."),
 ):
+    from ablate import arch, count, results
+
     if list_models:
         return list_command(Topic.models, json_output=format == OutputFormat.json)
     if model is None:
@@ -159,34 +170,42 @@ def _study_row(name: str, entry: studies.StudyEntry) -> dict:
 
 
 def _listing(topic: Topic) -> list[dict]:
+    """The rows of `ablate list TOPIC`; studies, schedulers and optimisers without torch."""
+    if topic == Topic.studies:
+        return [_study_row(name, entry) for name, entry in studies.STUDIES.items()]
+    if topic == Topic.schedulers:
+        return [{"name": n, "description": s.description} for n, s in SCHEDULERS.items()]
+    if topic == Topic.optimizers:
+        return [{"name": n, **studies.optimizer_defaults(n)} for n in OPTIMIZERS]
     if topic == Topic.models:
+        from ablate import arch
+
         return [{"name": e.name, "source": "ablate", "input": "x".join(map(str, e.input_shape)),
                  "description": e.description} for e in arch.registered_models()] + [
             {"name": n, "source": "torchvision", "input": "", "description": ""}
             for n in arch.torchvision_models()]
-    if topic == Topic.studies:
-        return [_study_row(name, entry) for name, entry in studies.STUDIES.items()]
     if topic == Topic.datasets:
+        from ablate import data
+
         return [{"name": n, "classes": ", ".join(d.classes), "description": d.description}
                 for n, d in data.DATASETS.items()]
+    from ablate import transforms
+
     if topic == Topic.augmentations:
         return [{"name": "none", "description": "no augmentation"}] + [
             {"name": n, "description": _first_line(f)} for n, f in transforms.AUGMENTATIONS.items()]
-    if topic in (Topic.normalizations, Topic.permutations):
-        registry = transforms.NORMALIZATIONS if topic == Topic.normalizations else transforms.PERMUTATIONS
-        return [{"name": n, "description": _first_line(f)} for n, f in registry.items()]
-    if topic == Topic.schedulers:
-        return [{"name": n, "description": s.description} for n, s in train.SCHEDULERS.items()]
-    return [{"name": n, **studies.optimizer_defaults(n)} for n in train.OPTIMIZERS]
+    registry = transforms.NORMALIZATIONS if topic == Topic.normalizations else transforms.PERMUTATIONS
+    return [{"name": n, "description": _first_line(f)} for n, f in registry.items()]
 
 
 @app.command("list")
 def list_command(
-    topic: Topic = typer.Argument(Topic.models, help="What to list."),
+    topic: Topic = typer.Argument(Topic.studies, help="What to list. models loads torch and torchvision "
+                                  "(seconds) to list torchvision's classifiers too."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """List the models, studies, datasets, augmentations, normalisations, permutations,
-    schedulers or optimisers."""
+    """List the studies (the default), models, datasets, augmentations, normalisations,
+    permutations, schedulers or optimisers."""
     rows = _listing(topic)
     if json_output:
         typer.echo(json.dumps(rows, indent=1))
@@ -204,7 +223,12 @@ class Device(str, Enum):
     mps = "mps"
 
 
-DEFAULTS = train.RunConfig()
+class Amp(str, Enum):
+    none = "none"
+    bf16 = "bf16"
+
+
+DEFAULTS = RunConfig()
 SHARED_OPTIONS = {  # name: (type, default, option); every study command takes these
     "model": (Optional[str], None, typer.Option(
         help="The model, in any form `ablate params` takes: a registry name (tutorial, threeconv, mlp, ...), "
@@ -212,9 +236,10 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
              "repeated to 3 channels), package.module:Class, or a layer-stack spec. Default: the study's own "
              "(tutorial for most).")),
     "dataset": (Optional[str], None, typer.Option(
-        help=f"{', '.join(data.DATASETS)}, or folder:PATH (an image folder with train/ and test/, or class "
-             "folders split by --test-fraction). cifar10 and mnist download once; fashion-mnist also comes from "
-             f"Debian's dataset-fashion-mnist; synthetic is generated. Default: {DEFAULTS.dataset}.")),
+        help="cifar10, mnist, fashion-mnist, synthetic, or folder:PATH (an image folder with train/ and test/, "
+             "or class folders split by --test-fraction). cifar10 and mnist download once; fashion-mnist also "
+             "comes from Debian's dataset-fashion-mnist; synthetic is generated. Default: "
+             f"{DEFAULTS.dataset}.")),  # data.DATASETS, named without importing it (torch); a test checks
     "data_dir": (Optional[Path], None, typer.Option(
         help="Where the dataset is (default: $ABLATE_DATA, then ~/.cache/ablate).")),
     "image_size": (Optional[int], None, typer.Option(
@@ -234,6 +259,14 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "limit_test": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N test images.")),
     "deterministic": (Optional[bool], None, typer.Option(
         "--deterministic", help="Use torch's deterministic algorithms (bit-identical reruns on GPUs too).")),
+    "pack": (Optional[bool], None, typer.Option(
+        "--pack/--no-pack", help="Train the seeds of a variant together as one packed model (grouped convs, "
+                                 "batched matmuls) when its layers allow; recorded as the column packed. Default: "
+                                 "on a GPU yes, on a CPU no (slower there for these nets, see the README).")),
+    "amp": (Amp, Amp.none, typer.Option(help="bf16: the forward pass and loss in bfloat16 (torch.autocast); "
+                                             "a column.")),
+    "compile": (bool, False, typer.Option(
+        "--compile", help="torch.compile the model (opt-in: a cold compile costs seconds); a column.")),
     "out": (Optional[Path], None, typer.Option(help="Results file (default: results/STUDY.parquet).")),
     "resume": (bool, False, typer.Option(
         "--resume", help="Keep the runs already in --out and train the rest (same options only).")),
@@ -260,7 +293,7 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
 }
 # The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
 TRAINING_OPTIONS = ("model", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
-                    "limit_train", "limit_test", "deterministic", "threads")
+                    "limit_train", "limit_test", "deterministic", "threads", "amp", "compile")
 CLUSTER_OPTIONS = ("workers", "scheduler", "slurm")
 
 
@@ -274,16 +307,22 @@ def _progress() -> Progress:
 def run_study(study: studies.Study, options: dict) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
+    from ablate import cluster, results, runner, train
+
     out = options["out"] or Path("results") / f"{study.name}.parquet"
     if options["plot"] is not None:
+        from ablate import plot
+
         results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
     cluster.check_options(options["workers"], options["threads"], options["scheduler"], options["slurm"])
     on_cluster = any(options[k] for k in CLUSTER_OPTIONS)
     options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["scheduler"],
                                              options["slurm"])
-    prepared = runner.prepare(study, {k: options[k] for k in TRAINING_OPTIONS}, options["seeds"], device,
-                              options["data_dir"], out, options["resume"], options["force"], options["save_models"])
+    training = {k: options[k] for k in TRAINING_OPTIONS}
+    training.update(amp=None if options["amp"] == Amp.none else options["amp"].value, compile=options["compile"] or None)
+    prepared = runner.prepare(study, training, options["seeds"], device, options["data_dir"], out, options["resume"],
+                              options["force"], options["save_models"], options["pack"])
     for note in prepared.notes:
         stderr.print(note, highlight=False)
     if options["dry_run"]:
@@ -306,6 +345,8 @@ def run_study(study: studies.Study, options: dict) -> None:
 def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | None):
     """Run the study under a progress display on stderr, in this process or on a Dask
     cluster; Ctrl-C says what is saved."""
+    from ablate import cluster, runner
+
     name, images = prepared.study.name, len(prepared.data.train_y)
     finished: list[runner.Run] = []
     with _progress() as progress:
@@ -314,11 +355,11 @@ def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | No
         def on_start(todo):
             progress.update(task, total=sum(r.config.epochs for r in todo) * images)
 
-        def on_batch(run, epoch, done, loss, seconds):
-            completed = sum(r.config.epochs for r in finished) * images + (epoch - 1) * images + done
+        def on_batch(pack, epoch, done, loss, seconds):  # done: images of each run in the pack
+            completed = sum(r.config.epochs for r in finished) * images + len(pack) * ((epoch - 1) * images + done)
             progress.update(task, completed=completed, description=(
-                f"{name} {run.variant} seed {run.seed} epoch {epoch}/{run.config.epochs}"),
-                status=f"loss {loss:.3f}  {done / max(seconds, 1e-9):,.0f} img/s")
+                f"{name} {runner.pack_label(pack)} epoch {epoch}/{pack[0].config.epochs}"),
+                status=f"loss {loss:.3f}  {len(pack) * done / max(seconds, 1e-9):,.0f} img/s")
 
         def on_run(run, status):
             finished.append(run)
@@ -436,6 +477,10 @@ def report_command(
 ):
     """Mean, std and 95 % t-interval over seeds of the test loss and accuracy per variant, and
     the paired difference to a baseline variant with its interval."""
+    import pandas as pd
+
+    from ablate import compare, results
+
     if epoch is not None and best:
         raise UsageError("give --epoch or --best, not both")
     frames = [results.read_results(p) for p in paths]
@@ -471,6 +516,8 @@ def plot_command(
 ):
     """Draw a study's figure: learning curves, a sweep (the U-curve of conv1), per-class bars,
     steps with intervals, or an autoencoder's reconstructions and latent interpolation."""
+    from ablate import plot, results
+
     results.check_writable(out, plot.FORMATS)
     classes = studies.parse_numbers(pair, "--pair", int, 0)
     if len(classes) != 2:

@@ -73,28 +73,30 @@ def can_load(spec: DataSpec) -> bool:
         return False
 
 
-def _on_worker(work: Callable, run, data):
-    """A run on a worker: the data loaded or received, progress sent to the driver."""
+def _on_worker(work: Callable, pack, data):
+    """A pack of runs on a worker: the data loaded or received, progress sent to the driver
+    (under the pack's first run)."""
     from distributed import Queue, get_worker
 
     if isinstance(data, DataSpec):
         data = data.load()
-    address = get_worker().address
+    address, key = get_worker().address, pack[0].run_id
     queue = Queue(PROGRESS_QUEUE)
-    queue.put(("start", run.run_id, address, 0))
+    queue.put(("start", key, address, 0))
 
-    seen: dict[int, int] = {}  # epoch -> images trained in it so far
+    seen: dict[int, int] = {}  # epoch -> images trained in it so far, all the pack's runs
 
     def on_batch(epoch, done, loss, seconds):
-        seen[epoch] = done
-        queue.put(("images", run.run_id, address, sum(seen.values())))
+        seen[epoch] = done * len(pack)
+        queue.put(("images", key, address, sum(seen.values())))
 
-    return work(run, data, on_batch=on_batch)
+    return work(pack, data, on_batch=on_batch)
 
 
 class DaskExecutor:
-    """Maps runs over a Dask cluster, yielding each result as it arrives. The dataset goes
-    to every worker once (loaded there when they see it, else scattered by broadcast)."""
+    """Maps packs of runs over a Dask cluster, yielding each pack's results as they arrive. The
+    dataset goes to every worker once (loaded there when they see it, else scattered by
+    broadcast)."""
 
     def __init__(self, client, data_spec: DataSpec | None = None,
                  on_event: Callable[[str, str, str, int], None] | None = None):
@@ -106,16 +108,16 @@ class DaskExecutor:
             return self.data_spec
         return self.client.scatter(data, broadcast=True, hash=False) if workers else data
 
-    def map(self, work, runs, data) -> Iterator:
+    def map(self, work, packs, data) -> Iterator:
         from distributed import Queue, as_completed
 
-        if not runs:
+        if not packs:
             return
         queue = Queue(PROGRESS_QUEUE, client=self.client)
         shipped = self.data_on_workers(data)
         task = functools.partial(_on_worker, work)
-        futures = {self.client.submit(task, run, shipped, key=f"ablate-{run.run_id}", retries=3, pure=False): run
-                   for run in runs}
+        futures = {self.client.submit(task, pack, shipped, key=f"ablate-{pack[0].run_id}", retries=3, pure=False): pack
+                   for pack in packs}
         pending = as_completed(futures)
         try:
             while not pending.is_empty():

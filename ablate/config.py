@@ -1,7 +1,8 @@
-"""What decides a run, as plain data: `RunConfig`, and the optimisers and schedulers by name.
+"""What decides a run, as plain data: `RunConfig`, the optimisers and schedulers by name, and
+the augmentations' names.
 
 Nothing here imports torch: the command line's help and listings read these without paying
-for it. `ablate.train` turns them into torch objects.
+for it. `ablate.train` and `ablate.transforms` turn them into torch objects.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
+from ablate.errors import unknown_name
 from ablate.registry import Registry
 
 
@@ -115,3 +117,23 @@ for _name, _scheduler in {
                           True, "up to lr_max and down, per batch"),
 }.items():
     SCHEDULERS.register(_name, _scheduler)
+
+
+# ---------------------------------------------------------------- augmentations
+
+# The augmentations `ablate.transforms` registers, in its order (a test checks that the two
+# agree): the augment study's help lists them, and checks its sets against them.
+AUGMENTATION_NAMES = ("flip", "vflip", "crop", "crop-flip", "color-jitter", "rotation", "affine", "perspective",
+                      "blur")
+
+
+def augmentation_parts(name: str, known=AUGMENTATION_NAMES) -> list[str]:
+    """The augmentations of a set: "crop-flip+perspective" -> ["crop-flip", "perspective"],
+    "none" -> []. A name not `known` is a usage error that lists the allowed ones."""
+    if name == "none":
+        return []
+    parts = name.split("+")
+    for part in parts:
+        if part not in known:
+            raise unknown_name("augmentation", part, ["none", *known])
+    return parts

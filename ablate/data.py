@@ -174,8 +174,10 @@ def synthetic(train: int = SYNTHETIC_SIZES[0], test: int = SYNTHETIC_SIZES[1], s
     for n in (train, test):
         labels = torch.arange(n) % 10
         labels = labels[torch.randperm(n, generator=gen)]
-        noise = torch.randn(n, 3, 32, 32, generator=gen) * 0.3
-        images = (templates[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
+        noise = torch.randn(n, 3, 32, 32, generator=gen)
+        # in place, without five 120 MB temporaries (0.33 s instead of 0.58 s): the same bytes
+        # as (templates[labels] + noise * 0.3).clamp(0, 1).mul(255).round(), a test checks
+        images = noise.mul_(0.3).add_(templates[labels]).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
         out += [images, labels]
     return out
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from ablate.count import Counts
+if TYPE_CHECKING:  # annotations only: `ablate list` prints its table without loading pandas or torch
+    import pandas as pd
+
+    from ablate.count import Counts
 
 NUMERIC = {"weights", "biases", "params", "shared", "trainable", "activations", "receptive_field", "macs",
            "flops", "backward_flops", "fvcore_flops", "torch_flops"}
@@ -125,9 +127,11 @@ def _mean_std(values, percent: bool = False) -> str:
 
 
 def _cell(value) -> str:
+    import pandas as pd  # cheap here: what made these rows (results, runner) has loaded it
+
     if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
         return "—"
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy's bool_ is not Integral
         return f"{value:,}"
     return str(value)
 

@@ -20,12 +20,12 @@ from ablate.data import Dataset, load_dataset, load_test_dataset
 from ablate.errors import UsageError
 from ablate.results import StudyFile
 from ablate.studies import Study
-from ablate.train import TASKS, RunConfig, RunResult, build_model, column_types, resolve, train_run
+from ablate.train import TASKS, RunConfig, RunResult, build_model, column_types, resolve, train_runs
 
 RUN_COLUMNS = {
     "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float,
     "accuracy": float, "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
-    **column_types(), "latent_corr": float, "params": int, "flops": int, "device": str,
+    **column_types(), "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int,
 }
 RUN_SCHEMA = results.arrow_schema(RUN_COLUMNS)
 
@@ -151,13 +151,19 @@ def check_model(run: Run, data: Dataset) -> list[str]:
     return [f"variant {run.variant!r}: {sum(replaced.values())} activation modules replaced by identity ({said})"]
 
 
+def training_bytes(config: RunConfig, data: Dataset) -> int:
+    """Memory to train one model of `config`: parameters, gradients and up to two optimiser
+    slots (4 x the parameters) and the activations of one batch."""
+    size = model_size(config, data.shape, len(data.classes))
+    return 4 * size.param_bytes + size.activation_bytes * config.batch_size
+
+
 def check_memory(runs: list[Run], data: Dataset, device: torch.device) -> None:
-    """Refuse a variant whose training would not fit: parameters, gradients and up to two
-    optimiser slots (4 x the parameters) and the activations of one batch."""
+    """Refuse a variant whose training would not fit."""
     free = available_memory(device)
     for run in {r.variant: r for r in runs}.values():
         size = model_size(run.config, data.shape, len(data.classes))
-        need = 4 * size.param_bytes + size.activation_bytes * run.config.batch_size
+        need = training_bytes(run.config, data)
         if need > free:
             raise UsageError(
                 f"variant {run.variant!r} needs about {need / 1e9:,.1f} GB to train ({size.params:,} "
@@ -175,7 +181,7 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
     ids = {"run_id": run.run_id, "config_id": run.config_id}
     size = model_size(run.config, data.shape, len(data.classes))
     common = {**head, "status": result.status, "error": result.error, **ids, **run.config.columns(),
-              "params": size.params, "flops": size.flops, "device": device}
+              "params": size.params, "flops": size.flops, "device": device, "packed": result.packed}
     rows = pd.DataFrame([
         {**common, "epoch": r.epoch, "split": r.split, "loss": r.loss, "accuracy": r.accuracy, "lr": r.lr,
          "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.epochs[-1].epoch else None}
@@ -192,38 +198,65 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
 # ---------------------------------------------------------------- executors
 
 
-Work = Callable[[Run, Dataset], RunResult]
+Pack = tuple[Run, ...]  # runs of one configuration, seeds apart, that train together
+Work = Callable[[Pack, Dataset], list[RunResult]]
+
+
+def pack_label(pack: Pack) -> str:
+    seeds = [r.seed for r in pack]
+    if len(seeds) == 1:
+        return pack[0].label
+    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+    return f"{pack[0].variant} seeds {span}"
+
+
+def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool = True) -> list[Pack]:
+    """The runs in the groups they train in: the seeds of one configuration together, as many
+    as fit in memory at once (ablate.pack trains them as one model when it can), or each run
+    alone without `pack`."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.config_id, []).append(run)
+    out = []
+    for group in groups.values():
+        size = 1
+        if pack:
+            size = max(1, int(0.8 * available_memory(device) // training_bytes(group[0].config, data)))
+        out += [tuple(group[i:i + size]) for i in range(0, len(group), size)]
+    return out
 
 
 class Executor(Protocol):
-    """Maps `work` over picklable runs, yielding (run, result) as each finishes."""
+    """Maps `work` over picklable packs of runs, yielding (pack, results) as each finishes."""
 
-    def map(self, work: Work, runs: list[Run], data: Dataset) -> Iterator[tuple[Run, RunResult]]: ...
+    def map(self, work: Work, packs: list[Pack], data: Dataset) -> Iterator[tuple[Pack, list[RunResult]]]: ...
 
 
 class InProcess:
-    """One run after another in this process, with progress per batch."""
+    """One pack after another in this process, with progress per batch."""
 
-    def __init__(self, on_batch: Callable[[Run, int, int, float, float], None] | None = None):
+    def __init__(self, on_batch: Callable[[Pack, int, int, float, float], None] | None = None):
         self.on_batch = on_batch
 
-    def map(self, work, runs, data):
-        for run in runs:
-            report = None if self.on_batch is None else functools.partial(self.on_batch, run)
-            yield run, work(run, data, on_batch=report)
+    def map(self, work, packs, data):
+        for pack in packs:
+            report = None if self.on_batch is None else functools.partial(self.on_batch, pack)
+            yield pack, work(pack, data, on_batch=report)
 
 
-def train_one(run: Run, data: Dataset, device: torch.device, on_batch=None, other_test=None,
-              keep_model: bool = False) -> RunResult:
-    """One run with its own thread count; an exception of its own (a user's model that
-    raises) is its result, status `failed`, and the study goes on."""
+def train_pack(pack: Pack, data: Dataset, device: torch.device, on_batch=None, other_test=None,
+               keep_model: bool = False) -> list[RunResult]:
+    """The runs of one pack with their thread count; an exception of their own (a user's model
+    that raises) is their result, status `failed`, and the study goes on."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(run.config.threads or threads)
+    config = pack[0].config
+    torch.set_num_threads(config.threads or threads)
     try:
-        return train_run(run.config, data, run.seed, device, on_batch, other_test, keep_model)
-    except Exception as error:  # noqa: BLE001 - any error of the run is recorded, not raised
+        return train_runs(config, data, [r.seed for r in pack], device, on_batch, other_test, keep_model)
+    except Exception as error:  # noqa: BLE001 - any error of the runs is recorded, not raised
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return RunResult([], [], "failed", error=f"{type(error).__name__}: {message}".rstrip(": "))
+        error = f"{type(error).__name__}: {message}".rstrip(": ")
+        return [RunResult([], [], "failed", error=error, packed=len(pack)) for _ in pack]
     finally:
         torch.set_num_threads(threads)
 
@@ -237,19 +270,21 @@ def execute(
     executor: Executor | None = None,
     on_run: Callable[[Run, str], None] | None = None,
     other_test=None,
+    pack: bool = True,
 ) -> None:
-    """Train the runs not yet in `store`, saving each one as soon as it finishes (its weights
-    first, when the store keeps models)."""
+    """Train the runs not yet in `store`, saving each one as soon as its pack finishes (its
+    weights first, when the store keeps models)."""
     done = store.done()
-    todo = [r for r in runs if r.run_id not in done]
-    work = functools.partial(train_one, device=device, other_test=other_test, keep_model=store.models is not None)
+    todo = packs([r for r in runs if r.run_id not in done], data, device, pack)
+    work = functools.partial(train_pack, device=device, other_test=other_test, keep_model=store.models is not None)
     columns = run_columns(runs)
-    for run, result in (executor or InProcess()).map(work, todo, data):
-        if result.state is not None:
-            store.save_model(run.run_id, result.state, run.label)
-        store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
-        if on_run is not None:
-            on_run(run, result.status)
+    for finished, results_ in (executor or InProcess()).map(work, todo, data):
+        for run, result in zip(finished, results_):
+            if result.state is not None:
+                store.save_model(run.run_id, result.state, run.label)
+            store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
+            if on_run is not None:
+                on_run(run, result.status)
 
 
 # ---------------------------------------------------------------- a whole study
@@ -267,6 +302,7 @@ class Prepared:
     resume: bool
     force: bool
     save_models: bool = False
+    pack: bool = False  # the seeds of a variant train together (ablate.pack)
     other_test: tuple | None = None  # (name, images, labels) of --test-dataset
     notes: list[str] = field(default_factory=list)  # what the user should know before training
 
@@ -283,7 +319,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_dir: Path | None,
-            out: Path, resume: bool = False, force: bool = False, save_models: bool = False) -> Prepared:
+            out: Path, resume: bool = False, force: bool = False, save_models: bool = False,
+            pack: bool | None = None) -> Prepared:
     """Check everything a study needs, the cheap checks first; raise UsageError on the first
     problem. Creates no file or folder."""
     existing = results.existing_runs(out, resume, force)
@@ -297,7 +334,9 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
     notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
     check_memory(runs, data, device)
-    return Prepared(study, runs, data, device, Path(out), resume, force, save_models, other_test, notes)
+    if pack is None:  # packing pays where per-step costs dominate: on GPUs, not on a CPU (benchmarks/speed.py)
+        pack = device.type == "cuda"
+    return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes)
 
 
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,
@@ -313,7 +352,7 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
         if on_start is not None:
             on_start(p.todo(store.done()))
         try:
-            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test)
+            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test, p.pack)
         except KeyboardInterrupt:
             raise Interrupted([r for r in p.runs if r.run_id in store.done()], len(p.runs)) from None
         planned = {r.run_id for r in p.runs}

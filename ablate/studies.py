@@ -2,6 +2,9 @@
 
 A study is looked up by name; studies with a sweep take its values (`get_study("conv1",
 channels=[6, 36])`), and bad values are usage errors that list what is allowed.
+
+Building a study with its defaults imports no torch: the command line's help is made from
+these. Only a model named by the user is looked at (`ablate.arch`, which imports torch).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ablate import arch, transforms, train
+from ablate.config import AUGMENTATION_NAMES, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig, augmentation_parts
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
@@ -77,9 +80,17 @@ def parse_list(text: str | list, kind: str, allowed=None) -> list[str]:
     return names
 
 
+TUTORIAL_FC1 = 120  # arch.tutorial's fc1_features, written here so that the help needs no torch (a test checks)
+
+
 @register_study("linearity")
 def linearity(model: str | None = None) -> Study:
-    knobs = arch.model_source(model or train.RunConfig.model).knobs
+    if model:
+        from ablate import arch  # imports torch: only for a model the user names
+
+        knobs = arch.model_source(model).knobs
+    else:  # RunConfig's model, the tutorial net
+        knobs = {"activation": "relu", "fc1_features": TUTORIAL_FC1}
     if {"activation", "fc1_features"} <= set(knobs):
         fc1 = knobs["fc1_features"]
         return Study(
@@ -138,15 +149,15 @@ AUGMENT_SETS = "none,flip,crop-flip,crop-flip+perspective"
 
 
 @register_study("augment", sets="Augmentation sets, comma-separated: "
-                + ", ".join(transforms.augmentation_names()) + ", or a+b combinations.")
+                + ", ".join(["none", *AUGMENTATION_NAMES]) + ", or a+b combinations.")
 def augment(sets: str = AUGMENT_SETS) -> Study:
     names = parse_list(sets, "augmentation set")
     for name in names:
-        transforms.augmentation(name)  # rejects unknown names, listing the allowed ones
+        augmentation_parts(name)  # rejects unknown names, listing the allowed ones
     return Study(
         "augment",
         "Augmentation sets on the train split (random per image): "
-        + ", ".join(transforms.augmentation_names()) + ", and combinations written a+b.",
+        + ", ".join(["none", *AUGMENTATION_NAMES]) + ", and combinations written a+b.",
         variants={name: {"augment": name} for name in names},
         factors=("augment",),
     )
@@ -168,10 +179,10 @@ SCHEDULER_HELP = ("none; step: x0.1 every epochs/3 epochs; exponential: x0.8 per
 
 
 @register_study("scheduler", schedulers=f"Schedulers, comma-separated ({SCHEDULER_HELP}).")
-def scheduler(schedulers: str = ",".join(train.SCHEDULERS), epochs: int = train.RunConfig.epochs,
+def scheduler(schedulers: str = ",".join(SCHEDULERS), epochs: int = RunConfig.epochs,
               lr: float | None = None) -> Study:
-    names = parse_list(schedulers, "scheduler", train.SCHEDULERS.names())
-    lr = lr or train.RunConfig.lr
+    names = parse_list(schedulers, "scheduler", SCHEDULERS.names())
+    lr = lr or RunConfig.lr
     return Study(
         "scheduler",
         f"Learning-rate schedulers ({SCHEDULER_HELP}).",
@@ -182,19 +193,19 @@ def scheduler(schedulers: str = ",".join(train.SCHEDULERS), epochs: int = train.
 
 def optimizer_defaults(name: str) -> dict:
     """An optimiser's own learning rate, momentum and weight decay, as RunConfig fields."""
-    entry = train.OPTIMIZERS.get(name)
+    entry = OPTIMIZERS.get(name)
     return {"lr": entry.lr, "momentum": entry.momentum, "weight_decay": entry.weight_decay}
 
 
 OPTIMIZER_HELP = "; ".join(
     f"{n}: lr {o.lr}" + (f", momentum {o.momentum}" if o.momentum else "")
     + (f", weight decay {o.weight_decay}" if o.weight_decay else "")
-    for n, o in train.OPTIMIZERS.items())
+    for n, o in OPTIMIZERS.items())
 
 
 @register_study("optimizer", optimizers=f"Optimisers, comma-separated ({OPTIMIZER_HELP}).")
-def optimizer(optimizers: str = ",".join(train.OPTIMIZERS), lr: float | None = None) -> Study:
-    names = parse_list(optimizers, "optimizer", train.OPTIMIZERS.names())
+def optimizer(optimizers: str = ",".join(OPTIMIZERS), lr: float | None = None) -> Study:
+    names = parse_list(optimizers, "optimizer", OPTIMIZERS.names())
     variants = {}
     for name in names:
         fields = {"optimizer": name, **optimizer_defaults(name)}
@@ -272,7 +283,7 @@ def lr(values: str = "0.001,0.01,0.1,1") -> Study:
 def batch_size(values: str = "32,128,512", scale_lr: bool = False, batch_size: int | None = None,
                lr: float | None = None) -> Study:
     sizes = parse_numbers(values, "--values", int, 1)
-    base_batch, base_lr = batch_size or train.RunConfig.batch_size, lr or train.RunConfig.lr
+    base_batch, base_lr = batch_size or RunConfig.batch_size, lr or RunConfig.lr
     variants = {str(b): {"batch_size": b, **({"lr": base_lr * b / base_batch} if scale_lr else {})} for b in sizes}
     rule = f", the learning rate scaled as {base_lr:g} x batch / {base_batch}" if scale_lr else ""
     return Study("batch-size", f"Batch sizes{rule}: final loss against the batch size.",
@@ -328,18 +339,20 @@ FIXED_PER_STUDY = {"dataset", "image_size", "test_fraction", "test_dataset", "li
 def parse_values(name: str, text: str, model: str | None) -> list:
     """The values of `--vary NAME=TEXT`: typed as the RunConfig field, or, for a constructor
     argument of the model, Python literals (strings may be bare)."""
+    from ablate import arch, train  # they import torch: only a sweep being made needs them
+
     field = "lr" if name == "base_lr" else name
     kinds = train.column_types()
-    if field in train.FIELDS - FIXED_PER_STUDY:
+    if field in FIELDS - FIXED_PER_STUDY:
         kind = kinds["base_lr" if field == "lr" else field]
         items = parse_list(text, f"value of {name}")
         return [_typed(name, item, kind) for item in items]
-    knobs = arch.model_source(model or train.RunConfig.model).knobs
+    knobs = arch.model_source(model or RunConfig.model).knobs
     if name not in knobs:
-        allowed = sorted(train.FIELDS - FIXED_PER_STUDY) + list(knobs)
+        allowed = sorted(FIELDS - FIXED_PER_STUDY) + list(knobs)
         raise unknown_name("setting to vary", name, allowed,
-                           hint="allowed: the training settings " + ", ".join(sorted(train.FIELDS - FIXED_PER_STUDY))
-                           + f"; the constructor arguments of {model or train.RunConfig.model!r}: "
+                           hint="allowed: the training settings " + ", ".join(sorted(FIELDS - FIXED_PER_STUDY))
+                           + f"; the constructor arguments of {model or RunConfig.model!r}: "
                            + (", ".join(knobs) or "none"))
     try:
         values = ast.literal_eval(f"[{text}]")
@@ -421,6 +434,8 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
 def from_toml(path: Path, model: str | None = None) -> Study:
     """A study kept in a file: name, description, [base], and [variants.NAME] tables or a
     [vary] / [grid] table of NAME = [values]."""
+    from ablate import arch  # imports torch: only a study file being read needs it
+
     text = _read(path)
     try:
         spec = tomllib.loads(text)
@@ -434,7 +449,7 @@ def from_toml(path: Path, model: str | None = None) -> Study:
         raise UsageError(f"{path}: give exactly one of [variants.NAME], [vary] or [grid]")
     base = spec.get("base", {})
     model = model or base.get("model")
-    settings = sorted(train.FIELDS - FIXED_PER_STUDY) + list(arch.model_source(model or train.RunConfig.model).knobs)
+    settings = sorted(FIELDS - FIXED_PER_STUDY) + list(arch.model_source(model or RunConfig.model).knobs)
     for table in (base, *spec.get("variants", {}).values(), spec.get("vary", {}), spec.get("grid", {})):
         for key in table:
             if key not in settings and key not in FIXED_PER_STUDY | {"model"}:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate import arch, transforms
+from ablate import pack as packing
 from ablate.config import AMP, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig  # noqa: F401 - the config's names, here too
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
@@ -53,6 +54,7 @@ class RunResult:
     latent_corr: float | None = None  # a model with encode(): mean |Pearson r| of its code's coordinates
     state: dict | None = None  # the final weights, when asked for (keep_model)
     error: str | None = None  # status "failed": the first line of the exception the run raised
+    packed: int = 1  # how many seeds trained together in one packed model (ablate.pack)
 
 
 # ---------------------------------------------------------------- tasks
@@ -168,25 +170,48 @@ def seeded(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
 
 
+def _forward(model: nn.Module, xs: list[torch.Tensor], amp: bool) -> list[torch.Tensor]:
+    """`model` on the K copies' inputs side by side (K = 1: a model that is not packed), and
+    each copy's output, in float32."""
+    x = xs[0] if len(xs) == 1 else torch.cat(xs, 1)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
+        out = model(x)
+    return [o.float() for o in out.chunk(len(xs), 1)]
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    # 1.12-1.18x on this CPU for these nets (measured in benchmarks/speed.py)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def evaluate(model, x_all, y_all, prepare, task: Task, num_classes: int, batch_size=1000) -> dict:
     """Mean loss over the split and, for a classifier, accuracy and per-class accuracy (None
     for a class with no image in the split)."""
+    return evaluate_copies(model, x_all, y_all, [prepare], task, num_classes, batch_size)[0]
+
+
+@torch.no_grad()
+def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes: int, batch_size=1000,
+                    amp: bool = False) -> list[dict]:
+    """`evaluate` for each of the K copies of a packed model, copy k's images made by `prepares[k]`."""
     model.eval()
-    loss_sum = torch.zeros((), device=x_all.device)
-    correct = torch.zeros(num_classes, device=x_all.device)
+    k = len(prepares)
+    loss_sum = torch.zeros(k, device=x_all.device)
+    correct = torch.zeros(k, num_classes, device=x_all.device)
     for i in range(0, len(y_all), batch_size):
-        x = prepare(x_all[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+        xs = [_channels_last(prepare(x_all[i:i + batch_size])) for prepare in prepares]
         y = y_all[i:i + batch_size]
-        out = model(x)
-        loss_sum += task.loss(out, x, y) * len(y)
-        if task.classifies:
-            correct += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
-    metrics = {"loss": (loss_sum / len(y_all)).item(), "accuracy": None, "class_accuracy": []}
+        for c, (out, x) in enumerate(zip(_forward(model, xs, amp), xs)):
+            loss_sum[c] += task.loss(out, x, y) * len(y)
+            if task.classifies:
+                correct[c] += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
+    metrics = [{"loss": loss, "accuracy": None, "class_accuracy": []} for loss in (loss_sum / len(y_all)).tolist()]
     if task.classifies:
-        images = torch.bincount(y_all, minlength=num_classes)
-        metrics["accuracy"] = (correct.sum() / len(y_all)).item()
-        metrics["class_accuracy"] = [None if n == 0 else c / n for c, n in zip(correct.tolist(), images.tolist())]
+        images = torch.bincount(y_all, minlength=num_classes).tolist()
+        for m, hits, accuracy in zip(metrics, correct.tolist(), (correct.sum(1) / len(y_all)).tolist()):
+            m["accuracy"] = accuracy
+            m["class_accuracy"] = [None if n == 0 else c / n for c, n in zip(hits, images)]
     return metrics
 
 
@@ -194,53 +219,84 @@ def _in_chunks(f, x, size=5000):
     return torch.cat([f(x[i:i + size]) for i in range(0, len(x), size)])
 
 
-def train_run(
+def train_run(config: RunConfig, data: Dataset, seed: int, device: torch.device,
+              on_batch: Callable[[int, int, float, float], None] | None = None,
+              other_test: tuple[str, torch.Tensor, torch.Tensor] | None = None,
+              keep_model: bool = False) -> RunResult:
+    """One run of `config` under `seed`: `train_runs` for one seed."""
+    return train_runs(config, data, [seed], device, on_batch, other_test, keep_model)[0]
+
+
+def train_runs(
     config: RunConfig,
     data: Dataset,
-    seed: int,
+    seeds: list[int],
     device: torch.device,
     on_batch: Callable[[int, int, float, float], None] | None = None,
     other_test: tuple[str, torch.Tensor, torch.Tensor] | None = None,
     keep_model: bool = False,
-) -> RunResult:
-    """Train one model, evaluating it before training (epoch 0) and after every epoch.
-    `on_batch(epoch, images done this epoch, running loss, seconds since the epoch began)`
-    reports progress; `other_test` (name, images, labels) is evaluated too, as split
-    `test:NAME`. Nothing outside the run's seed decides its numbers: the global random state
-    is forked for the run and given back as it was."""
+    pack: bool = True,
+) -> list[RunResult]:
+    """Train one model per seed, evaluating each before training (epoch 0) and after every
+    epoch; the seeds train together as one packed model (ablate.pack) when the model packs and
+    `pack` is set, else one after another. `on_batch(epoch, images done this epoch, running
+    loss, seconds since the epoch began)` reports progress (images per seed); `other_test`
+    (name, images, labels) is evaluated too, as split `test:NAME`. Nothing outside a run's seed
+    decides its numbers: the global random state is forked and given back as it was."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if config.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
     torch.use_deterministic_algorithms(config.deterministic)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return _train(config, data, seed, device, on_batch, other_test, keep_model)
+            copies = [_model(config, data, seed, device) for seed in seeds]
+            packed = None
+            if pack and len(seeds) > 1:
+                dropout = [torch.Generator(device).manual_seed(seed * 1_000_003 + DROPOUT) for seed in seeds]
+                packed = packing.pack(copies, dropout, _probe(data))
+            if packed is not None:
+                return _train(config, data, seeds, packed, copies, device, on_batch, other_test, keep_model)
+            results = []
+            for seed, model in zip(seeds, copies):
+                torch.manual_seed(seed * 1_000_003 + DROPOUT)
+                results += _train(config, data, [seed], model, [model], device, on_batch, other_test, keep_model)
+            return results
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _train(config, data, seed, device, on_batch, other_test, keep_model) -> RunResult:
-    task = TASKS.get(config.task)
+def _model(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> nn.Module:
+    """The run's initial model: its weights drawn from the seed's init stream (or pretrained)."""
     torch.manual_seed(seed * 1_000_003 + INIT)
     model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
     if config.pretrain_epochs:
         model.encoder.load_state_dict(pretrained_encoder(config, data, seed, device))
         if config.freeze_encoder:
             model.encoder.requires_grad_(False)
-    torch.manual_seed(seed * 1_000_003 + DROPOUT)
-    # channels_last: 1.12-1.18x on this CPU for these nets (measured in benchmarks/speed.py)
-    model = model.to(device, memory_format=torch.channels_last)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    return model
+
+
+def _probe(data: Dataset) -> torch.Tensor:
+    """A few images on which a packed model must agree with its copies."""
+    return data.test_x[:2].float() / 255
+
+
+def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_model) -> list[RunResult]:
+    """Train `net`: one model (one seed), or the seeds' `copies` packed into one."""
+    task, k, amp = TASKS.get(config.task), len(seeds), config.amp == "bf16"
+    net = net.to(device, memory_format=torch.channels_last)
+    trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, config)
     schedule = SCHEDULERS.get(config.scheduler)
     scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
-    order_gen, augment_gen = seeded(seed, ORDER), seeded(seed, AUGMENT)
+    step_net = torch.compile(net) if config.compile else net
+    order_gens, augment_gens = [seeded(s, ORDER) for s in seeds], [seeded(s, AUGMENT) for s in seeds]
     pixels = data.shape[1] * data.shape[2]
-    permute = transforms.permutation(config.permutation, pixels, seeded(seed, PERMUTE))
+    permutes = [transforms.permutation(config.permutation, pixels, seeded(s, PERMUTE)) for s in seeds]
     # evaluation draws fresh permutations from its own stream: the test split's size must
     # not change what training sees (a fixed permutation is the same for both)
-    eval_permute = (transforms.permutation(config.permutation, pixels, seeded(seed, EVAL_PERMUTE))
-                    if config.permutation == "fresh" else permute)
+    eval_permutes = [transforms.permutation(config.permutation, pixels, seeded(s, EVAL_PERMUTE)) for s in seeds] \
+        if config.permutation == "fresh" else permutes
     augment = transforms.augmentation(config.augment)
     train_x, train_y = data.train_x, data.train_y
     if config.labels is not None:  # the labelled few; pretraining saw them all, without labels
@@ -255,70 +311,85 @@ def _train(config, data, seed, device, on_batch, other_test, keep_model) -> RunR
     if augment is None:  # every image is the same each epoch: normalise once, up front
         train_x = _in_chunks(lambda x: normalize(unit(x)), train_x)
         tests = {split: (_in_chunks(lambda x: normalize(unit(x)), x), y) for split, (x, y) in tests.items()}
-        train_prepare, test_prepare = permute, eval_permute
+        train_prepares, test_prepares = permutes, eval_permutes
     else:
-        train_prepare = lambda x: permute(normalize(augment(unit(x), augment_gen)))  # noqa: E731
-        test_prepare = lambda x: eval_permute(normalize(unit(x)))  # noqa: E731
-    classes, class_accuracy = len(data.classes), []
+        train_prepares = [lambda x, p=p, g=g: p(normalize(augment(unit(x), g))) for p, g in zip(permutes, augment_gens)]
+        test_prepares = [lambda x, p=p: p(normalize(unit(x))) for p in eval_permutes]
+    classes = len(data.classes)
+    records: list[list[EpochRecord]] = [[] for _ in seeds]
+    class_accuracy: list[list] = [[] for _ in seeds]
+    status = ["ok"] * k
 
-    def evaluations(epoch: int, lr: float) -> list[EpochRecord]:
-        nonlocal class_accuracy
-        records = []
+    def evaluations(epoch: int, lr: float) -> None:
         for split, (x, y) in tests.items():
             start = time.perf_counter()
-            metrics = evaluate(model, x, y, test_prepare, task, classes)
-            records.append(EpochRecord(epoch, split, metrics["loss"], metrics["accuracy"], lr,
-                                       time.perf_counter() - start))
-            if split == "test":
-                class_accuracy = metrics["class_accuracy"]
-        return records
+            metrics = evaluate_copies(net, x, y, test_prepares, task, classes, amp=amp)
+            for c in live:
+                m = metrics[c]
+                records[c].append(EpochRecord(epoch, split, m["loss"], m["accuracy"], lr, time.perf_counter() - start))
+                if split == "test":
+                    class_accuracy[c] = m["class_accuracy"]
 
     # epoch 0: the untrained model on both splits (the train split as it is, unaugmented)
     lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
-    untrained = evaluate(model, train_x, train_y, test_prepare, task, classes)
-    records = [EpochRecord(0, "train", untrained["loss"], untrained["accuracy"], lr, time.perf_counter() - start),
-               *evaluations(0, lr)]
-    status, n = "ok", len(train_y)
+    for c, m in enumerate(evaluate_copies(net, train_x, train_y, test_prepares, task, classes, amp=amp)):
+        records[c].append(EpochRecord(0, "train", m["loss"], m["accuracy"], lr, time.perf_counter() - start))
+    live = list(range(k))  # the copies still training
+    evaluations(0, lr)
+    n = len(train_y)
     for epoch in range(1, config.epochs + 1):
-        model.train()
+        net.train()
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        order = torch.randperm(n, generator=order_gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
+        orders = [torch.randperm(n, generator=g).to(device) for g in order_gens]
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, device=device)
         for step, i in enumerate(range(0, n, config.batch_size)):
-            idx = order[i:i + config.batch_size]
-            x = train_prepare(train_x[idx]).contiguous(memory_format=torch.channels_last)
-            y = train_y[idx]
-            out = model(x)
-            loss = task.loss(out, x, y)
+            idxs = [order[i:i + config.batch_size] for order in orders]
+            xs = [_channels_last(prepare(train_x[idx])) for prepare, idx in zip(train_prepares, idxs)]
+            ys = [train_y[idx] for idx in idxs]
+            outs = _forward(step_net, xs, amp)
+            # each copy's own mean loss; their sum gives each copy its own gradient
+            losses = torch.stack([task.loss(out, x, y) for out, x, y in zip(outs, xs, ys)])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             optimizer.step()
             if scheduler is not None and schedule.per_step:
                 scheduler.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += losses.detach() * len(ys[0])
             if task.classifies:
-                correct += (out.argmax(1) == y).sum()
+                correct += torch.stack([(out.argmax(1) == y).sum() for out, y in zip(outs, ys)])
             if on_batch is not None and step % 10 == 9:  # .item() is a sync point on a GPU
-                on_batch(epoch, i + len(idx), loss_sum.item() / (i + len(idx)), time.perf_counter() - start)
-        train_loss = loss_sum.item() / n
-        train_seconds = time.perf_counter() - start
-        train_accuracy = correct.item() / n if task.classifies else None
-        records.append(EpochRecord(epoch, "train", train_loss, train_accuracy, lr, train_seconds))
+                done = i + len(ys[0])
+                on_batch(epoch, done, loss_sum[live].mean().item() / done, time.perf_counter() - start)
+        train_loss, train_seconds = [v / n for v in loss_sum.tolist()], time.perf_counter() - start
+        train_accuracy = [v / n for v in correct.tolist()] if task.classifies else [None] * k
+        for c in live:
+            records[c].append(EpochRecord(epoch, "train", train_loss[c], train_accuracy[c], lr, train_seconds))
         if scheduler is not None and not schedule.per_step:
             scheduler.step()
-        records += evaluations(epoch, lr)
+        evaluations(epoch, lr)
         if on_batch is not None:
-            on_batch(epoch, n, train_loss, train_seconds)
-        if not all(math.isfinite(r.loss) for r in records[-len(tests) - 1:]):
-            status = "diverged"
+            on_batch(epoch, n, sum(train_loss[c] for c in live) / len(live), train_seconds)
+        for c in list(live):  # a copy whose loss became NaN or infinite stops; the others go on
+            if not all(math.isfinite(r.loss) for r in records[c][-len(tests) - 1:]):
+                status[c] = "diverged"
+                live.remove(c)
+        if not live:
             break
-    latent_corr = latent_correlation(model, train_x[:LATENT_CORR_IMAGES], test_prepare) \
+    if k > 1:
+        packing.unpack(net, copies)
+    return [_result(config, task, model, records[c], class_accuracy[c], status[c], train_x, test_prepares[c],
+                    keep_model, k) for c, model in enumerate(copies)]
+
+
+def _result(config, task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed) -> RunResult:
+    model = model.to(train_x.device, memory_format=torch.channels_last)
+    latent_corr = latent_correlation(model, train_x[:LATENT_CORR_IMAGES], prepare) \
         if task.name == "reconstruct" and status == "ok" else None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()} if keep_model else None
-    return RunResult(records, class_accuracy, status, latent_corr, state)
+    return RunResult(records, class_accuracy, status, latent_corr, state, packed=packed)
 
 
 _PRETRAINED: dict = {}  # (autoencoder config, seed, data) -> encoder weights: frozen and finetune share one

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ablate.errors import unknown_name
+from ablate.config import augmentation_parts
 from ablate.registry import Registry
 
 Batch = torch.Tensor
@@ -256,13 +256,9 @@ def blur(x: Batch, gen: torch.Generator, kernel: int = 3, sigma=(0.1, 2.0)) -> B
 
 def augmentation(name: str) -> Augmentation | None:
     """The augmentation named `name`, or a chain written `a+b`; None for "none"."""
-    if name == "none":
+    functions = [AUGMENTATIONS.get(part) for part in augmentation_parts(name, AUGMENTATIONS)]
+    if not functions:
         return None
-    functions = []
-    for part in name.split("+"):
-        if part not in AUGMENTATIONS:
-            raise unknown_name("augmentation", part, augmentation_names())
-        functions.append(AUGMENTATIONS.get(part))
 
     def chain(x, gen):
         for f in functions:

@@ -1,6 +1,8 @@
 """Training speed of the tutorial net: the PyTorch tutorial's DataLoader pipeline, ablate's
 loop (with and without the fresh pixel permutation) and the compute floor, same model, batch
-size and threads, in interleaved rounds. Prints images/s (median over rounds) and ratios.
+size and threads, in interleaved rounds; K seeds packed into one model against the same K one
+after another; and a whole study as a process, ablate against the tutorial's way
+(benchmarks/tutorial_way.py). Prints images/s (median over rounds) and ratios.
 
     .venv/bin/python benchmarks/speed.py [--batch-size 128] [--images 20000] [--rounds 3]
 
@@ -11,7 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +25,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ablate.data import Dataset
-from ablate.train import RunConfig, build_model, train_run
+from ablate.train import RunConfig, build_model, resolve, train_run, train_runs
 
 
 def cifar_shaped(n: int) -> Dataset:
@@ -79,6 +85,46 @@ def compute_floor(data: Dataset, batch_size: int, channels_last: bool, steps: in
     return steps * batch_size / (time.perf_counter() - start)
 
 
+PACKED = {  # the tutorial net as its study trains it, and report 001's autoencoder at its batch of 32
+    "tutorial": RunConfig(epochs=1),
+    "autoencoder": RunConfig(task="reconstruct", model="autoencoder", epochs=1, batch_size=32, normalization="none",
+                             optimizer="adamw", lr=0.001, momentum=None),
+}
+
+
+def seeds(data: Dataset, config: RunConfig, k: int, pack: bool) -> float:
+    """Images/s of training K seeds for an epoch, packed into one model or one after another."""
+    config = resolve(config)
+    results = train_runs(config, data, list(range(k)), torch.device("cpu"), pack=pack)
+    assert all(r.packed == (k if pack else 1) for r in results)
+    seconds = results[0].epochs[-2].seconds if pack else sum(r.epochs[-2].seconds for r in results)
+    return k * len(data.train_y) / seconds
+
+
+STUDY = ["linearity", "--dataset", "synthetic", "--epochs", "2", "--limit-train", "10000", "--limit-test", "1000"]
+
+
+def whole_process(command: list[str]) -> float:
+    """Wall seconds of a command, from its process's start to its end."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def processes(rounds: int) -> None:
+    ablate = Path(sys.executable).with_name("ablate")
+    tutorial = Path(__file__).with_name("tutorial_way.py")
+    times = {"ablate": [], "tutorial": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(rounds):
+            times["ablate"].append(whole_process([str(ablate), *STUDY, "--out", f"{folder}/l.parquet", "--force"]))
+            times["tutorial"].append(whole_process([sys.executable, str(tutorial)]))
+    ratio = statistics.median(a / t for a, t in zip(times["ablate"], times["tutorial"]))
+    print(f"\nwhole process: `ablate {' '.join(STUDY)}`")
+    print(f"  ablate {statistics.median(times['ablate']):.1f} s, the tutorial's way {statistics.median(times['tutorial']):.1f} s"
+          f" (benchmarks/tutorial_way.py): {ratio:.2f} x its wall time, median of {rounds} rounds")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
@@ -86,6 +132,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial pipeline")
+    parser.add_argument("--packs", default="3,5", help="the K seeds packed into one model, compared")
+    parser.add_argument("--pack-images", type=int, default=5000, help="images per seed in the packing rounds")
+    parser.add_argument("--skip-processes", action="store_true", help="leave out the whole-process comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = cifar_shaped(args.images)
@@ -109,6 +158,24 @@ def main():
         print(f"{name:<36} {statistics.median(values):>10,.0f} {statistics.median(values) / floor:>8.2f}")
     fresh = [f / p for f, p in zip(speeds["ablate loop, fresh permutation"], speeds["ablate loop"])]
     print(f"fresh permutation costs {100 * (1 - statistics.median(fresh)):.1f} % of the loop's speed")
+
+    few = cifar_shaped(args.pack_images)
+    print(f"\nK seeds packed into one model vs one after another, {args.pack_images:,} images per seed, "
+          f"median of {args.rounds} rounds")
+    print(f"{'model':<12} {'batch':>5} {'K':>3} {'one by one img/s':>17} {'packed img/s':>13} {'ratio':>6}")
+    for model, config in PACKED.items():
+        data = few if model == "tutorial" else Dataset("bench", few.train_x[:, :1], few.train_y, few.test_x[:, :1],
+                                                        few.test_y, few.classes)  # one channel, like MNIST
+        for k in map(int, args.packs.split(",")):
+            alone, packed = [], []
+            for _ in range(args.rounds):
+                alone.append(seeds(data, config, k, pack=False))
+                packed.append(seeds(data, config, k, pack=True))
+            ratio = statistics.median(p / a for p, a in zip(packed, alone))
+            print(f"{model:<12} {config.batch_size:>5} {k:>3} {statistics.median(alone):>17,.0f} "
+                  f"{statistics.median(packed):>13,.0f} {ratio:>6.2f}")
+    if not args.skip_processes:
+        processes(args.rounds)
 
 
 if __name__ == "__main__":

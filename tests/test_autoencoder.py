@@ -113,14 +113,14 @@ def test_transfer_freezes_exactly_the_encoder(tiny_data):
 
 def test_transfer_trains_on_the_labelled_few(tmp_path, ablate, monkeypatch):
     seen = []
-    real = runner.train_run
+    real = runner.train_runs
 
     def spy(config, data, *args, **kwargs):
-        result = real(config, data, *args, **kwargs)
-        seen.append((config.labels, result.epochs[1].loss))
-        return result
+        results = real(config, data, *args, **kwargs)
+        seen.extend((config.labels, result.epochs[1].loss) for result in results)
+        return results
 
-    monkeypatch.setattr(runner, "train_run", spy)
+    monkeypatch.setattr(runner, "train_runs", spy)
     out = tmp_path / "t.parquet"
     result = ablate(["transfer", *TINY, "--labels", "30", "--pretrain-epochs", "1", "--out", out])
     assert result.exit_code == 0, result.output

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from ablate import studies
 from ablate.cli import app
 from ablate.count import COLUMNS
 from ablate.results import read_metadata
@@ -103,6 +104,11 @@ def test_list_models():
     assert {listed[m] for m in ("lenet5", "tutorial", "threeconv")} == {"ablate"}
     assert listed["resnet18"] == "torchvision"
     assert "lenet5" in invoke("params", "--list").stdout
+
+
+def test_list_without_a_topic_lists_the_studies():
+    rows = json.loads(invoke("list", "--json").stdout)
+    assert [row["name"] for row in rows] == list(studies.STUDIES)
 
 
 @pytest.mark.parametrize(

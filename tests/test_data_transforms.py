@@ -65,6 +65,20 @@ def test_synthetic_is_seeded_and_cifar_shaped():
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
 
 
+@pytest.mark.parametrize("sizes", [(), (300, 70, 3)])
+def test_synthetic_gives_the_bytes_of_its_plain_formula(sizes):
+    """synthetic() computes in place for speed; saved results depend on its exact bytes."""
+    train, test, seed = sizes or (*data.SYNTHETIC_SIZES, 0)
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.nn.functional.interpolate(torch.rand(10, 3, 4, 4, generator=gen), size=32, mode="bilinear")
+    expected = []
+    for n in (train, test):
+        labels = (torch.arange(n) % 10)[torch.randperm(n, generator=gen)]
+        noise = torch.randn(n, 3, 32, 32, generator=gen) * 0.3
+        expected += [(templates[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8), labels]
+    assert all(torch.equal(a, b) for a, b in zip(data.synthetic(*sizes), expected))
+
+
 def test_limits_are_class_balanced_and_checked():
     ds = data.load_dataset("synthetic", limit_train=105, limit_test=20)
     assert len(ds.train_y) == 105 and len(ds.test_y) == 20

@@ -1,0 +1,188 @@
+"""K copies of one network packed into one model: the seeds of a variant train together.
+
+Seed k's input channels, features and outputs are the k-th of K equal blocks along dimension 1:
+a conv becomes a grouped conv with K times the groups, a linear a batched matmul over K,
+batch norm a batch norm of K times the channels. Every parameter of the packed model is the K
+copies' parameters side by side, so an optimiser that acts per element (SGD, Adam, RMSprop, ...)
+takes each copy's own step, and summing the copies' losses gives each copy its own gradient.
+
+A model packs when every module that holds parameters or buffers has a rule below, and the
+packed model's output equals the copies' outputs on a probe batch; anything else is trained
+one copy at a time (`pack` returns None).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class PackedLinear(nn.Module):
+    """K linear layers on (B, K * in_features) inputs: one batched matmul."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.copies, self.in_features = len(linears), linears[0].in_features
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in linears]),
+                                   requires_grad=linears[0].weight.requires_grad)
+        self.bias = None if linears[0].bias is None else nn.Parameter(
+            torch.stack([m.bias.detach() for m in linears]), requires_grad=linears[0].bias.requires_grad)
+
+    def forward(self, x):
+        x = x.reshape(len(x), self.copies, self.in_features).transpose(0, 1)  # K x B x in
+        out = torch.bmm(x, self.weight.transpose(1, 2)) if self.bias is None else \
+            torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        return out.transpose(0, 1).flatten(1)  # B x (K * out)
+
+
+class PackedDropout(nn.Module):
+    """Dropout whose masks for copy k come from copy k's own generator."""
+
+    def __init__(self, p: float, generators: list[torch.Generator]):
+        super().__init__()
+        self.p, self.generators = p, generators
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.cat([torch.empty_like(part).bernoulli_(1 - self.p, generator=gen)
+                          for part, gen in zip(x.chunk(len(self.generators), 1), self.generators)], 1)
+        return x * keep / (1 - self.p)
+
+
+def _cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if tensors[0] is None else torch.cat([t.detach() for t in tensors])
+
+
+def _copy_into(packed: nn.Module, copies: list[nn.Module], split: Callable) -> None:
+    """Write each copy's block of `packed`'s parameters and buffers back into that copy."""
+    with torch.no_grad():
+        for name, tensor in [*packed.named_parameters(recurse=False), *packed.named_buffers(recurse=False)]:
+            for copy_, block in zip(copies, split(tensor, len(copies))):
+                getattr(copy_, name).copy_(block)
+
+
+def _pack_conv(convs: list[nn.Conv2d | nn.ConvTranspose2d]) -> nn.Module:
+    k, first = len(convs), convs[0]
+    packed = copy.deepcopy(first)  # the same kind of conv with K times the channels and groups
+    packed.in_channels, packed.out_channels, packed.groups = k * first.in_channels, k * first.out_channels, \
+        k * first.groups
+    packed.weight = nn.Parameter(_cat([m.weight for m in convs]), requires_grad=first.weight.requires_grad)
+    if first.bias is not None:
+        packed.bias = nn.Parameter(_cat([m.bias for m in convs]), requires_grad=first.bias.requires_grad)
+    return packed
+
+
+def _pack_norm(norms: list[nn.modules.batchnorm._BatchNorm]) -> nn.Module:
+    first = norms[0]
+    packed = copy.deepcopy(first)
+    packed.num_features = len(norms) * first.num_features
+    for name, tensor in first.named_parameters(recurse=False):
+        setattr(packed, name, nn.Parameter(_cat([getattr(m, name) for m in norms]),
+                                           requires_grad=tensor.requires_grad))
+    for name, tensor in first.named_buffers(recurse=False):
+        if tensor.dim():  # running mean and variance; num_batches_tracked is shared
+            setattr(packed, name, _cat([getattr(m, name) for m in norms]))
+    return packed
+
+
+def _unflatten(modules: list[nn.Unflatten]) -> nn.Module:
+    first = modules[0]
+    if first.dim != 1:
+        raise ValueError("only an Unflatten of dimension 1 packs")
+    return nn.Unflatten(1, (len(modules) * first.unflattened_size[0], *first.unflattened_size[1:]))
+
+
+def _blocks(tensor: torch.Tensor, k: int):
+    return tensor.chunk(k) if tensor.dim() else [tensor] * k
+
+
+@dataclass(frozen=True)
+class Rule:
+    pack: Callable[[list[nn.Module]], nn.Module]  # the K copies of a module -> its packed form
+    unpack: Callable[[torch.Tensor, int], list[torch.Tensor]]  # a packed tensor -> the copies' blocks
+
+
+RULES: dict[type, Rule] = {  # modules that hold parameters or buffers; the rest are shared as they are
+    nn.Conv1d: Rule(_pack_conv, _blocks),
+    nn.Conv2d: Rule(_pack_conv, _blocks),
+    nn.ConvTranspose2d: Rule(_pack_conv, _blocks),
+    nn.Linear: Rule(PackedLinear, lambda t, k: t.unbind(0)),
+    nn.BatchNorm1d: Rule(_pack_norm, _blocks),
+    nn.BatchNorm2d: Rule(_pack_norm, _blocks),
+    nn.Unflatten: Rule(_unflatten, _blocks),
+}
+STATELESS = (  # modules without parameters that act per element, per channel or on dimension >= 2
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardtanh,
+    nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+    nn.Sequential, nn.ModuleList, nn.ModuleDict,
+)
+
+
+def _own_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(
+        b is not None for b in module._buffers.values())
+
+
+def packs(model: nn.Module) -> bool:
+    """Whether every module of `model` has a packing rule or needs none."""
+    for module in model.modules():
+        kind = type(module)
+        if kind in RULES or kind is nn.Dropout or kind in STATELESS:
+            continue
+        if _own_state(module) or kind.__module__.startswith("torch."):
+            return False  # a torch module we have no rule for might mix dimension 1 (Softmax(1), ...)
+    return True
+
+
+def pack(copies: list[nn.Module], dropout: list[torch.Generator], probe: torch.Tensor) -> nn.Module | None:
+    """One model that computes the K `copies` side by side, or None when they do not pack.
+    `dropout`: one generator per copy for its dropout masks. `probe`: a few inputs of one copy,
+    on which the packed model must agree with every copy."""
+    if len(copies) < 2 or not packs(copies[0]):
+        return None
+    packed = copy.deepcopy(copies[0])
+    for name, module in copies[0].named_modules():
+        kind = type(module)
+        if kind in RULES or kind is nn.Dropout:
+            same = [c.get_submodule(name) for c in copies]
+            try:
+                new = PackedDropout(module.p, dropout) if kind is nn.Dropout else RULES[kind].pack(same)
+            except ValueError:
+                return None
+            parent, _, child = name.rpartition(".")
+            setattr(packed.get_submodule(parent), child, new)
+    return packed if _agrees(packed, copies, probe) else None
+
+
+@torch.no_grad()
+def _agrees(packed: nn.Module, copies: list[nn.Module], probe: torch.Tensor) -> bool:
+    """Whether the packed model's outputs are the copies' outputs on `probe` (in eval mode, so
+    nothing is updated or drawn)."""
+    modes = [m.training for m in (packed, *copies)]
+    try:
+        for m in (packed, *copies):
+            m.eval()
+        expected = [c(probe) for c in copies]
+        out = packed(probe.repeat(1, len(copies), *[1] * (probe.dim() - 2)))
+        if out.shape != (len(probe), sum(e.shape[1] for e in expected), *expected[0].shape[2:]):
+            return False
+        return all(torch.allclose(o, e, rtol=1e-3, atol=1e-4)
+                   for o, e in zip(out.chunk(len(copies), 1), expected))
+    except Exception:  # noqa: BLE001 - a forward that cannot take packed inputs: it does not pack
+        return False
+    finally:
+        for m, mode in zip((packed, *copies), modes):
+            m.train(mode)
+
+
+def unpack(packed: nn.Module, copies: list[nn.Module]) -> None:
+    """Write the packed model's parameters and buffers back into the K `copies`."""
+    for name, module in copies[0].named_modules():
+        rule = RULES.get(type(module))
+        if rule is not None:
+            _copy_into(packed.get_submodule(name), [c.get_submodule(name) for c in copies], rule.unpack)

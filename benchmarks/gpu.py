@@ -1,0 +1,82 @@
+"""The GPU path in one call: images/s of training the tutorial net, threeconv and resnet18 at
+batch 128 and 512 with K = 1, 8 and 32 seeds packed into one model, then the wall time of
+report A's protocol on Fashion-MNIST (conv1's 10 widths, linearity's 3 variants and
+permutation's 3, 3 seeds, 10 epochs) as three `ablate` commands.
+
+    .venv/bin/python benchmarks/gpu.py [--device cuda] [--images 20000] [--skip-protocol]
+
+Images/s counts every seed's images: K seeds of an epoch of N images are K x N images. The
+second of two epochs is timed (the first pays cuDNN's autotuning and the allocator's growth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ablate.data import Dataset
+from ablate.train import RunConfig, resolve, train_runs
+
+PROTOCOL = [["conv1"], ["linearity"], ["permutation"]]  # report A
+
+
+def cifar_shaped(n: int) -> Dataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return Dataset("bench", x, y, x[:1000], y[:1000], [str(i) for i in range(10)])
+
+
+def images_per_second(data: Dataset, model: str, batch_size: int, k: int, device: torch.device, amp: str) -> float:
+    config = resolve(RunConfig(model=model, epochs=2, batch_size=batch_size, amp=amp))
+    results = train_runs(config, data, list(range(k)), device)
+    if any(r.status == "failed" for r in results):
+        raise RuntimeError(results[0].error)
+    epoch = [e for e in results[0].epochs if e.split == "train" and e.epoch == 2][0]
+    seconds = epoch.seconds if results[0].packed > 1 else sum(
+        e.seconds for r in results for e in r.epochs if e.split == "train" and e.epoch == 2)
+    return k * len(data.train_y) / seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--models", default="tutorial,threeconv,resnet18")
+    parser.add_argument("--batches", default="128,512")
+    parser.add_argument("--packs", default="1,8,32")
+    parser.add_argument("--amp", default="none,bf16")
+    parser.add_argument("--skip-protocol", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    data = cifar_shaped(args.images)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{name}, CIFAR-shaped data, {args.images:,} images per seed, torch {torch.__version__}")
+    print(f"{'model':<10} {'batch':>5} {'amp':>5} {'K':>3} {'images/s':>10}")
+    for model in args.models.split(","):
+        for batch in map(int, args.batches.split(",")):
+            for amp in args.amp.split(","):
+                for k in map(int, args.packs.split(",")):
+                    speed = images_per_second(data, model, batch, k, device, amp)
+                    print(f"{model:<10} {batch:>5} {amp:>5} {k:>3} {speed:>10,.0f}", flush=True)
+    if args.skip_protocol:
+        return
+    ablate = Path(sys.executable).with_name("ablate")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for study in PROTOCOL:
+            command = [str(ablate), *study, "--dataset", "fashion-mnist", "--seeds", "3", "--epochs", "10",
+                       "--device", args.device, "--out", f"{folder}/{study[0]}.parquet"]
+            print("$", " ".join(command[1:]), flush=True)
+            subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+    print(f"report A's protocol: {time.perf_counter() - start:.0f} s wall")
+
+
+if __name__ == "__main__":
+    main()

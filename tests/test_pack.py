@@ -1,0 +1,172 @@
+"""Seeds packed into one model (ablate.pack): the same training as one seed at a time."""
+
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablate import arch, pack
+from ablate.train import RunConfig, build_model, resolve, train_runs
+
+CPU = torch.device("cpu")
+SEEDS = [0, 1, 2]
+# Measured after one epoch on 300 synthetic images, packed vs one seed at a time: the largest
+# difference of any loss is 1e-7 to 2e-5 (Adam with onecycle: 1e-4); below 1e-3 here.
+TOLERANCE = 1e-3
+CONFIGS = {
+    "tutorial": dict(),
+    "threeconv batchnorm": dict(model="threeconv", batchnorm=True),
+    "lenet5 tanh avg-pool": dict(model="lenet5"),
+    "mlp": dict(model="mlp"),
+    "dropout, crop, fixed permutation": dict(dropout=0.3, augment="crop+flip", permutation="fixed"),
+    "fresh permutation, adam, onecycle": dict(permutation="fresh", optimizer="adam", lr=0.001, momentum=None,
+                                              scheduler="onecycle", lr_max=0.01),
+    "autoencoder": dict(task="reconstruct", model="autoencoder", normalization="none", optimizer="adamw",
+                        lr=0.001, momentum=None, batch_size=32),
+}
+
+
+def _losses(results):
+    return [[(r.epoch, r.split, r.loss) for r in result.epochs] for result in results]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_packed_seeds_train_as_they_do_one_at_a_time(name, tiny_data):
+    config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50).with_fields(**CONFIGS[name]))
+    alone = train_runs(config, tiny_data, SEEDS, CPU, pack=False)
+    packed = train_runs(config, tiny_data, SEEDS, CPU)
+    assert [r.packed for r in packed] == [3, 3, 3] and [r.packed for r in alone] == [1, 1, 1]
+    for a, p in zip(_losses(alone), _losses(packed)):
+        assert [(e, s) for e, s, _ in a] == [(e, s) for e, s, _ in p]
+        assert max(abs(x - y) for (_, _, x), (_, _, y) in zip(a, p)) < TOLERANCE
+    assert len({round(r.epochs[-1].loss, 6) for r in packed}) == 3  # each seed its own model
+    if config.task == "reconstruct":
+        assert all(abs(a.latent_corr - p.latent_corr) < TOLERANCE for a, p in zip(alone, packed))
+
+
+def test_unpacking_gives_back_each_copys_weights():
+    copies = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        copies.append(build_model(resolve(RunConfig(model="threeconv").with_fields(batchnorm=True)), 3, 10))
+    packed = pack.pack(copies, [torch.Generator() for _ in SEEDS], torch.rand(2, 3, 32, 32))
+    assert packed is not None
+    fresh = []
+    for seed in SEEDS:
+        torch.manual_seed(seed + 10)
+        fresh.append(build_model(resolve(RunConfig(model="threeconv").with_fields(batchnorm=True)), 3, 10))
+    pack.unpack(packed, fresh)
+    for a, b in zip(copies, fresh):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), name
+
+
+def test_one_copys_nan_does_not_touch_the_others():
+    copies = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        copies.append(build_model(resolve(RunConfig()), 3, 10))
+    packed = pack.pack(copies, [torch.Generator() for _ in SEEDS], torch.rand(2, 3, 32, 32))
+    with torch.no_grad():
+        packed.get_submodule("conv1").weight[6:12] = float("nan")  # the second copy's conv1
+    x, y = torch.rand(8, 9, 32, 32), torch.randint(0, 10, (3, 8))
+    out = packed(x).chunk(3, 1)
+    sum(F.cross_entropy(o, t) for o, t in zip(out, y)).backward()
+    own = copies[0](x[:, :3])
+    F.cross_entropy(own, y[0]).backward()
+    assert torch.isnan(out[1]).all() and torch.allclose(out[0], own, atol=1e-5)
+    assert torch.allclose(packed.get_submodule("conv1").weight.grad[:6], copies[0].conv1.weight.grad, atol=1e-5)
+    assert torch.isfinite(packed.get_submodule("fc3").weight.grad[2]).all()
+
+
+USER_MODELS = '''
+import torch
+from torch import nn
+
+
+class Viewed(nn.Module):
+    """Reshapes with a fixed size: a packed input does not fit, so it trains seed by seed."""
+
+    def __init__(self, in_channels=3, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3)
+        self.fc = nn.Linear(4 * 30 * 30, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).reshape(-1, 4 * 30 * 30))
+
+
+class Unlucky(nn.Sequential):
+    """A linear net whose weights are huge for some seeds: they diverge, the others do not."""
+
+    def __init__(self, in_channels=3, num_classes=10, image_size=32):
+        super().__init__(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes))
+        if torch.rand(()) < 0.5:
+            self[1].weight.data.mul_(1e38)
+'''
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    (tmp_path / "packnets.py").write_text(USER_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("packnets", None)
+    yield "packnets"
+    arch.model_source.cache_clear()
+    sys.modules.pop("packnets", None)
+
+
+def test_a_model_that_does_not_pack_trains_one_seed_at_a_time(tiny_data, user_models):
+    config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50, model=f"{user_models}:Viewed"))
+    packed = train_runs(config, tiny_data, SEEDS, CPU)
+    alone = train_runs(config, tiny_data, SEEDS, CPU, pack=False)
+    assert [r.packed for r in packed] == [1, 1, 1]
+    assert _losses(packed) == _losses(alone)
+
+
+def test_a_diverging_seed_stops_alone(tiny_data, user_models):
+    config = resolve(RunConfig(dataset="synthetic", epochs=3, batch_size=50, model=f"{user_models}:Unlucky"))
+    seeds = list(range(6))
+    packed = train_runs(config, tiny_data, seeds, CPU)
+    alone = train_runs(config, tiny_data, seeds, CPU, pack=False)
+    assert packed[0].packed == 6
+    assert [r.status for r in packed] == [r.status for r in alone]
+    assert {r.status for r in packed} == {"ok", "diverged"}
+    for p, a in zip(packed, alone):
+        assert len(p.epochs) == len(a.epochs)
+        if p.status == "ok":
+            assert max(abs(x.loss - y.loss) for x, y in zip(p.epochs, a.epochs)) < TOLERANCE
+
+
+def test_a_study_records_how_its_seeds_were_packed(tmp_path, ablate, tiny):
+    packed, alone = tmp_path / "packed.parquet", tmp_path / "alone.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "3", "--out", packed, "--pack"]).exit_code == 0
+    assert ablate(["linearity", *tiny, "--seeds", "3", "--out", alone]).exit_code == 0  # on a CPU: not packed
+    p, a = pd.read_parquet(packed), pd.read_parquet(alone)
+    assert set(p["packed"]) == {3} and set(a["packed"]) == {1}
+    assert list(p["run_id"]) == list(a["run_id"])  # the same runs, trained another way
+    assert (p["loss"] - a["loss"]).abs().max() < TOLERANCE
+
+
+def test_resuming_with_more_seeds_packs_the_new_ones(tmp_path, ablate, tiny):
+    out = tmp_path / "r.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "2", "--out", out, "--pack"]).exit_code == 0
+    first = pd.read_parquet(out)
+    assert ablate(["linearity", *tiny, "--seeds", "5", "--out", out, "--resume", "--pack"]).exit_code == 0
+    frame = pd.read_parquet(out)
+    assert frame.groupby("seed")["packed"].first().tolist() == [2, 2, 3, 3, 3]
+    pd.testing.assert_frame_equal(frame[frame["seed"] < 2].reset_index(drop=True)[["loss", "run_id"]],
+                                  first[["loss", "run_id"]], check_exact=True)
+
+
+def test_amp_bf16_trains_and_is_a_column(tiny_data):
+    config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50))
+    full = train_runs(config, tiny_data, [0], CPU)[0]
+    half = train_runs(resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50, amp="bf16")), tiny_data,
+                      [0], CPU)[0]
+    assert half.status == "ok" and half.epochs[-1].loss != full.epochs[-1].loss
+    assert abs(half.epochs[-1].loss - full.epochs[-1].loss) < 0.05  # bf16 rounds; it trains the same net
+    assert RunConfig(amp="bf16").columns()["amp"] == "bf16"
