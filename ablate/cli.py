@@ -448,8 +448,8 @@ for _name, _entry in studies.STUDIES.items():
     _study_command(_name, _entry)
 
 _command(
-    "run", "Run the study kept in FILE.toml: name, description, [base], and [variants.NAME] tables or a [vary] "
-           "or [grid] table of NAME = [values]. Options given here override the file's [base].",
+    "run", r"Run the study kept in FILE.toml: name, description, \[base], and \[variants.NAME] tables or a \[vary] "
+           r"or \[grid] table of NAME = \[values]. Options given here override the file's \[base].",
     lambda own, shared: studies.from_toml(own["file"], shared["model"]),
     {"file": (Path, ..., typer.Argument(help="The study file (.toml)."))},
 )

@@ -66,7 +66,8 @@ def tutorial_pipeline(data: Dataset, batch_size: int, workers: int) -> float:
 def ablate_loop(data: Dataset, batch_size: int, permutation: str = "none") -> float:
     config = RunConfig(epochs=1, batch_size=batch_size, permutation=permutation)
     result = train_run(config, data, seed=0, device=torch.device("cpu"))
-    return len(data.train_y) / result.epochs[0].seconds
+    epoch = next(e for e in result.epochs if e.epoch == 1 and e.split == "train")  # epoch 0: the untrained model
+    return len(data.train_y) / epoch.seconds
 
 
 def compute_floor(data: Dataset, batch_size: int, channels_last: bool, steps: int) -> float:
@@ -97,7 +98,8 @@ def seeds(data: Dataset, config: RunConfig, k: int, pack: bool) -> float:
     config = resolve(config)
     results = train_runs(config, data, list(range(k)), torch.device("cpu"), pack=pack)
     assert all(r.packed == (k if pack else 1) for r in results)
-    seconds = results[0].epochs[-2].seconds if pack else sum(r.epochs[-2].seconds for r in results)
+    epoch = [next(e for e in r.epochs if e.epoch == 1 and e.split == "train") for r in results]
+    seconds = epoch[0].seconds if pack else sum(e.seconds for e in epoch)
     return k * len(data.train_y) / seconds
 
 

@@ -51,3 +51,8 @@ def test_what_the_help_names_by_hand_is_the_registries():
     assert dataset_help.split(", or folder:PATH")[0].split(", ") == list(data.DATASETS)
     assert list(config.AUGMENTATION_NAMES) == list(transforms.AUGMENTATIONS)
     assert studies.linearity() == studies.linearity(config.RunConfig.model)  # built through arch
+
+
+def test_the_run_help_shows_its_toml_tables(ablate):
+    said = " ".join(ablate(["run", "--help"]).stdout.split())
+    assert "[base], and [variants.NAME] tables or a [vary] or [grid] table" in said  # not eaten as markup
