@@ -355,11 +355,11 @@ def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | No
         def on_start(todo):
             progress.update(task, total=sum(r.config.epochs for r in todo) * images)
 
-        def on_batch(pack, epoch, done, loss, seconds):  # done: images of each run in the pack
-            completed = sum(r.config.epochs for r in finished) * images + len(pack) * ((epoch - 1) * images + done)
+        def on_batch(pack, epoch, trained, loss, speed):  # trained: images, all the pack's runs
+            completed = sum(r.config.epochs for r in finished) * images + trained
             progress.update(task, completed=completed, description=(
                 f"{name} {runner.pack_label(pack)} epoch {epoch}/{pack[0].config.epochs}"),
-                status=f"loss {loss:.3f}  {len(pack) * done / max(seconds, 1e-9):,.0f} img/s")
+                status=f"loss {loss:.3f}  {speed:,.0f} img/s")
 
         def on_run(run, status):
             finished.append(run)

@@ -84,11 +84,8 @@ def _on_worker(work: Callable, pack, data):
     queue = Queue(PROGRESS_QUEUE)
     queue.put(("start", key, address, 0))
 
-    seen: dict[int, int] = {}  # epoch -> images trained in it so far, all the pack's runs
-
-    def on_batch(epoch, done, loss, seconds):
-        seen[epoch] = done * len(pack)
-        queue.put(("images", key, address, sum(seen.values())))
+    def on_batch(epoch, images, loss, speed):
+        queue.put(("images", key, address, images))
 
     return work(pack, data, on_batch=on_batch)
 

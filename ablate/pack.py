@@ -6,9 +6,11 @@ batch norm a batch norm of K times the channels. Every parameter of the packed m
 copies' parameters side by side, so an optimiser that acts per element (SGD, Adam, RMSprop, ...)
 takes each copy's own step, and summing the copies' losses gives each copy its own gradient.
 
-A model packs when every module that holds parameters or buffers has a rule below, and the
-packed model's output equals the copies' outputs on a probe batch; anything else is trained
-one copy at a time (`pack` returns None).
+A model packs when every module that holds parameters or buffers has a rule below, no
+parameter is shared between modules, the packed model's output equals the copies' outputs on
+a probe batch, and a training-mode forward draws nothing from torch's global generator (its
+randomness would be one draw for all the copies); anything else is trained one copy at a
+time (`pack` returns None).
 """
 
 from __future__ import annotations
@@ -129,13 +131,16 @@ def _own_state(module: nn.Module) -> bool:
 
 
 def packs(model: nn.Module) -> bool:
-    """Whether every module of `model` has a packing rule or needs none."""
+    """Whether every module of `model` has a packing rule or needs none, and none is shared."""
+    if len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters())) or \
+            len(list(model.named_modules(remove_duplicate=False))) != len(list(model.modules())):
+        return False  # tied weights would be untied: each place gets its own packed copy
     for module in model.modules():
         kind = type(module)
         if kind in RULES or kind is nn.Dropout or kind in STATELESS:
             continue
-        if _own_state(module) or kind.__module__.startswith("torch."):
-            return False  # a torch module we have no rule for might mix dimension 1 (Softmax(1), ...)
+        if _own_state(module) or kind.__module__.split(".")[0] in ("torch", "torchvision"):
+            return False  # a library module we have no rule for might mix dimension 1 (Softmax(1), ...)
     return True
 
 
@@ -156,7 +161,11 @@ def pack(copies: list[nn.Module], dropout: list[torch.Generator], probe: torch.T
                 return None
             parent, _, child = name.rpartition(".")
             setattr(packed.get_submodule(parent), child, new)
-    return packed if _agrees(packed, copies, probe) else None
+    return packed if _agrees(packed, copies, probe) and not _draws(packed, probe, len(copies)) else None
+
+
+def _packed_input(probe: torch.Tensor, k: int) -> torch.Tensor:
+    return probe.repeat(1, k, *[1] * (probe.dim() - 2))  # every copy sees the probe
 
 
 @torch.no_grad()
@@ -168,7 +177,7 @@ def _agrees(packed: nn.Module, copies: list[nn.Module], probe: torch.Tensor) -> 
         for m in (packed, *copies):
             m.eval()
         expected = [c(probe) for c in copies]
-        out = packed(probe.repeat(1, len(copies), *[1] * (probe.dim() - 2)))
+        out = packed(_packed_input(probe, len(copies)))
         if out.shape != (len(probe), sum(e.shape[1] for e in expected), *expected[0].shape[2:]):
             return False
         return all(torch.allclose(o, e, rtol=1e-3, atol=1e-4)
@@ -178,6 +187,16 @@ def _agrees(packed: nn.Module, copies: list[nn.Module], probe: torch.Tensor) -> 
     finally:
         for m, mode in zip((packed, *copies), modes):
             m.train(mode)
+
+
+@torch.no_grad()
+def _draws(packed: nn.Module, probe: torch.Tensor, k: int) -> bool:
+    """Whether a training-mode forward of (a copy of) the packed model draws from torch's
+    global generator: stochastic depth, F.dropout or randn_like in a forward, ..."""
+    with torch.random.fork_rng(devices=[]):
+        before = torch.get_rng_state()
+        copy.deepcopy(packed).train()(_packed_input(probe, k))  # a copy: batch norm's statistics stay
+        return not torch.equal(before, torch.get_rng_state())
 
 
 def unpack(packed: nn.Module, copies: list[nn.Module]) -> None:

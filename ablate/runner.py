@@ -162,9 +162,9 @@ def check_memory(runs: list[Run], data: Dataset, device: torch.device) -> None:
     """Refuse a variant whose training would not fit."""
     free = available_memory(device)
     for run in {r.variant: r for r in runs}.values():
-        size = model_size(run.config, data.shape, len(data.classes))
         need = training_bytes(run.config, data)
         if need > free:
+            size = model_size(run.config, data.shape, len(data.classes))
             raise UsageError(
                 f"variant {run.variant!r} needs about {need / 1e9:,.1f} GB to train ({size.params:,} "
                 f"parameters, and the activations of a batch of {run.config.batch_size}); "
@@ -254,9 +254,11 @@ def train_pack(pack: Pack, data: Dataset, device: torch.device, on_batch=None, o
     try:
         return train_runs(config, data, [r.seed for r in pack], device, on_batch, other_test, keep_model)
     except Exception as error:  # noqa: BLE001 - any error of the runs is recorded, not raised
+        if len(pack) > 1:  # one run's error, or a pack too big for the device: each run on its own
+            return [result for run in pack for result in train_pack((run,), data, device, on_batch, other_test,
+                                                                    keep_model)]
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        error = f"{type(error).__name__}: {message}".rstrip(": ")
-        return [RunResult([], [], "failed", error=error, packed=len(pack)) for _ in pack]
+        return [RunResult([], [], "failed", error=f"{type(error).__name__}: {message}".rstrip(": "))]
     finally:
         torch.set_num_threads(threads)
 

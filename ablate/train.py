@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import os
 import time
@@ -15,12 +17,10 @@ from torch import nn
 
 from ablate import arch, transforms
 from ablate import pack as packing
-from ablate.config import AMP, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig  # noqa: F401 - the config's names, here too
+from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, RunConfig
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
-
-
 
 
 def column_types() -> dict[str, type]:
@@ -166,8 +166,12 @@ def resolve_device(name: str) -> torch.device:
 INIT, ORDER, AUGMENT, PERMUTE, EVAL_PERMUTE, DROPOUT = range(6)
 
 
-def seeded(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + stream)
+def stream_seed(seed: int, stream: int) -> int:
+    return seed * 1_000_003 + stream
+
+
+def seeded(seed: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device).manual_seed(stream_seed(seed, stream))
 
 
 def _forward(model: nn.Module, xs: list[torch.Tensor], amp: bool) -> list[torch.Tensor]:
@@ -192,11 +196,13 @@ def evaluate(model, x_all, y_all, prepare, task: Task, num_classes: int, batch_s
 
 
 @torch.no_grad()
-def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes: int, batch_size=1000,
+def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes: int, batch_size=None,
                     amp: bool = False) -> list[dict]:
-    """`evaluate` for each of the K copies of a packed model, copy k's images made by `prepares[k]`."""
+    """`evaluate` for each of the K copies of a packed model, copy k's images made by `prepares[k]`,
+    in batches of 1000 images in all."""
     model.eval()
     k = len(prepares)
+    batch_size = batch_size or max(1, 1000 // k)
     loss_sum = torch.zeros(k, device=x_all.device)
     correct = torch.zeros(k, num_classes, device=x_all.device)
     for i in range(0, len(y_all), batch_size):
@@ -239,8 +245,8 @@ def train_runs(
 ) -> list[RunResult]:
     """Train one model per seed, evaluating each before training (epoch 0) and after every
     epoch; the seeds train together as one packed model (ablate.pack) when the model packs and
-    `pack` is set, else one after another. `on_batch(epoch, images done this epoch, running
-    loss, seconds since the epoch began)` reports progress (images per seed); `other_test`
+    `pack` is set, else one after another. `on_batch(epoch, images trained so far by all the
+    seeds, running loss, images per second)` reports progress; `other_test`
     (name, images, labels) is evaluated too, as split `test:NAME`. Nothing outside a run's seed
     decides its numbers: the global random state is forked and given back as it was."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -252,22 +258,28 @@ def train_runs(
             copies = [_model(config, data, seed, device) for seed in seeds]
             packed = None
             if pack and len(seeds) > 1:
-                dropout = [torch.Generator(device).manual_seed(seed * 1_000_003 + DROPOUT) for seed in seeds]
+                dropout = [seeded(seed, DROPOUT, device) for seed in seeds]
                 packed = packing.pack(copies, dropout, _probe(data))
             if packed is not None:
                 return _train(config, data, seeds, packed, copies, device, on_batch, other_test, keep_model)
-            results = []
-            for seed, model in zip(seeds, copies):
-                torch.manual_seed(seed * 1_000_003 + DROPOUT)
-                results += _train(config, data, [seed], model, [model], device, on_batch, other_test, keep_model)
+            results, images = [], min(config.labels or len(data.train_y), len(data.train_y))
+            for i, (seed, model) in enumerate(zip(seeds, copies)):
+                torch.manual_seed(stream_seed(seed, DROPOUT))
+                report = on_batch and functools.partial(_after, on_batch, i * config.epochs * images)
+                results += _train(config, data, [seed], model, [model], device, report, other_test, keep_model)
             return results
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
+def _after(on_batch, images_before: int, epoch: int, images: int, loss: float, speed: float) -> None:
+    """`on_batch` of a seed trained after others of its pack: their images count too."""
+    on_batch(epoch, images_before + images, loss, speed)
+
+
 def _model(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> nn.Module:
     """The run's initial model: its weights drawn from the seed's init stream (or pretrained)."""
-    torch.manual_seed(seed * 1_000_003 + INIT)
+    torch.manual_seed(stream_seed(seed, INIT))
     model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
     if config.pretrain_epochs:
         model.encoder.load_state_dict(pretrained_encoder(config, data, seed, device))
@@ -318,7 +330,8 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
     classes = len(data.classes)
     records: list[list[EpochRecord]] = [[] for _ in seeds]
     class_accuracy: list[list] = [[] for _ in seeds]
-    status = ["ok"] * k
+    status, live = ["ok"] * k, list(range(k))  # live: the copies still training
+    stopped: dict[int, dict] = {}  # a copy that diverged: its weights when it stopped
 
     def evaluations(epoch: int, lr: float) -> None:
         for split, (x, y) in tests.items():
@@ -335,7 +348,6 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
     start = time.perf_counter()
     for c, m in enumerate(evaluate_copies(net, train_x, train_y, test_prepares, task, classes, amp=amp)):
         records[c].append(EpochRecord(0, "train", m["loss"], m["accuracy"], lr, time.perf_counter() - start))
-    live = list(range(k))  # the copies still training
     evaluations(0, lr)
     n = len(train_y)
     for epoch in range(1, config.epochs + 1):
@@ -362,7 +374,8 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
                 correct += torch.stack([(out.argmax(1) == y).sum() for out, y in zip(outs, ys)])
             if on_batch is not None and step % 10 == 9:  # .item() is a sync point on a GPU
                 done = i + len(ys[0])
-                on_batch(epoch, done, loss_sum[live].mean().item() / done, time.perf_counter() - start)
+                on_batch(epoch, k * ((epoch - 1) * n + done), loss_sum[live].mean().item() / done,
+                         k * done / (time.perf_counter() - start))
         train_loss, train_seconds = [v / n for v in loss_sum.tolist()], time.perf_counter() - start
         train_accuracy = [v / n for v in correct.tolist()] if task.classifies else [None] * k
         for c in live:
@@ -371,20 +384,25 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
             scheduler.step()
         evaluations(epoch, lr)
         if on_batch is not None:
-            on_batch(epoch, n, sum(train_loss[c] for c in live) / len(live), train_seconds)
+            on_batch(epoch, k * epoch * n, sum(train_loss[c] for c in live) / len(live), k * n / train_seconds)
         for c in list(live):  # a copy whose loss became NaN or infinite stops; the others go on
             if not all(math.isfinite(r.loss) for r in records[c][-len(tests) - 1:]):
                 status[c] = "diverged"
                 live.remove(c)
+                if k > 1:  # the others train on; its weights stay as the unpacked run's would
+                    packing.unpack(net, copies)
+                    stopped[c] = copy.deepcopy(copies[c].state_dict())
         if not live:
             break
     if k > 1:
         packing.unpack(net, copies)
-    return [_result(config, task, model, records[c], class_accuracy[c], status[c], train_x, test_prepares[c],
+        for c, state in stopped.items():
+            copies[c].load_state_dict(state)
+    return [_result(task, model, records[c], class_accuracy[c], status[c], train_x, test_prepares[c],
                     keep_model, k) for c, model in enumerate(copies)]
 
 
-def _result(config, task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed) -> RunResult:
+def _result(task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed) -> RunResult:
     model = model.to(train_x.device, memory_format=torch.channels_last)
     latent_corr = latent_correlation(model, train_x[:LATENT_CORR_IMAGES], prepare) \
         if task.name == "reconstruct" and status == "ok" else None

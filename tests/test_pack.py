@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate import arch, pack
+from ablate import arch, pack, runner
 from ablate.train import RunConfig, build_model, resolve, train_runs
 
 CPU = torch.device("cpu")
@@ -99,6 +99,38 @@ class Viewed(nn.Module):
         return self.fc(self.conv(x).reshape(-1, 4 * 30 * 30))
 
 
+class Tied(nn.Module):
+    """One linear layer used twice: packing would untie it."""
+
+    def __init__(self, in_channels=3, num_classes=10, image_size=32):
+        super().__init__()
+        self.flatten, self.fc = nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes)
+        self.square = nn.Linear(num_classes, num_classes)
+        self.again = self.square
+
+    def forward(self, x):
+        return self.again(self.square(self.fc(self.flatten(x))))
+
+
+class Noisy(nn.Sequential):
+    """Dropout called as a function: one draw would serve every packed copy."""
+
+    def __init__(self, in_channels=3, num_classes=10, image_size=32):
+        super().__init__(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes))
+
+    def forward(self, x):
+        return torch.nn.functional.dropout(super().forward(x), 0.5, self.training)
+
+
+class Fragile(nn.Sequential):
+    """Fails to build for some seeds."""
+
+    def __init__(self, in_channels=3, num_classes=10, image_size=32):
+        super().__init__(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes))
+        if torch.rand(()) < 0.5:
+            raise ValueError("an unlucky seed")
+
+
 class Unlucky(nn.Sequential):
     """A linear net whose weights are huge for some seeds: they diverge, the others do not."""
 
@@ -127,16 +159,35 @@ def test_a_model_that_does_not_pack_trains_one_seed_at_a_time(tiny_data, user_mo
     assert _losses(packed) == _losses(alone)
 
 
+@pytest.mark.parametrize("name", ["Tied", "Noisy"])
+def test_shared_weights_and_global_randomness_do_not_pack(tiny_data, user_models, name):
+    config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50, model=f"{user_models}:{name}"))
+    packed = train_runs(config, tiny_data, SEEDS, CPU)
+    assert [r.packed for r in packed] == [1, 1, 1]
+    assert _losses(packed) == _losses(train_runs(config, tiny_data, SEEDS, CPU, pack=False))
+
+
+def test_a_failing_seed_fails_alone(tiny_data, user_models):
+    config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50, model=f"{user_models}:Fragile"))
+    pack = tuple(runner.Run("study", "variant", seed, config) for seed in range(6))
+    results = runner.train_pack(pack, tiny_data, CPU)
+    assert {r.status for r in results} == {"ok", "failed"}
+    assert all(r.error == "ValueError: an unlucky seed" for r in results if r.status == "failed")
+    assert all(len(r.epochs) == 4 for r in results if r.status == "ok")
+
+
 def test_a_diverging_seed_stops_alone(tiny_data, user_models):
     config = resolve(RunConfig(dataset="synthetic", epochs=3, batch_size=50, model=f"{user_models}:Unlucky"))
     seeds = list(range(6))
-    packed = train_runs(config, tiny_data, seeds, CPU)
-    alone = train_runs(config, tiny_data, seeds, CPU, pack=False)
+    packed = train_runs(config, tiny_data, seeds, CPU, keep_model=True)
+    alone = train_runs(config, tiny_data, seeds, CPU, pack=False, keep_model=True)
     assert packed[0].packed == 6
     assert [r.status for r in packed] == [r.status for r in alone]
     assert {r.status for r in packed} == {"ok", "diverged"}
     for p, a in zip(packed, alone):
         assert len(p.epochs) == len(a.epochs)
+        for x, y in zip(p.state.values(), a.state.values()):  # a diverged seed's weights: when it stopped
+            assert torch.allclose(x.float(), y.float(), rtol=1e-3, atol=TOLERANCE, equal_nan=True)
         if p.status == "ok":
             assert max(abs(x.loss - y.loss) for x, y in zip(p.epochs, a.epochs)) < TOLERANCE
 
@@ -170,3 +221,12 @@ def test_amp_bf16_trains_and_is_a_column(tiny_data):
     assert half.status == "ok" and half.epochs[-1].loss != full.epochs[-1].loss
     assert abs(half.epochs[-1].loss - full.epochs[-1].loss) < 0.05  # bf16 rounds; it trains the same net
     assert RunConfig(amp="bf16").columns()["amp"] == "bf16"
+
+
+@pytest.mark.parametrize("model", ["tutorial", "packnets:Viewed"])
+def test_progress_counts_every_seeds_images_once(tiny_data, user_models, model):
+    seen = []
+    config = resolve(RunConfig(dataset="synthetic", epochs=2, batch_size=10, model=model))
+    results = train_runs(config, tiny_data, SEEDS, CPU, on_batch=lambda *report: seen.append(report[1]))
+    assert results[0].packed == (3 if model == "tutorial" else 1)
+    assert seen == sorted(seen) and seen[-1] == 3 * 2 * len(tiny_data.train_y)
