@@ -262,7 +262,7 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "pack": (Optional[bool], None, typer.Option(
         "--pack/--no-pack", help="Train the seeds of a variant together as one packed model (grouped convs, "
                                  "batched matmuls) when its layers allow; recorded as the column packed. Default: "
-                                 "on a GPU yes, on a CPU no (slower there for these nets, see the README).")),
+                                 "on a GPU yes; on a CPU no (there it pays only for small steps, see the README).")),
     "amp": (Amp, Amp.none, typer.Option(help="bf16: the forward pass and loss in bfloat16 (torch.autocast); "
                                              "a column.")),
     "compile": (bool, False, typer.Option(
