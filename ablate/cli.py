@@ -320,7 +320,8 @@ def run_study(study: studies.Study, options: dict) -> None:
     options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["scheduler"],
                                              options["slurm"])
     training = {k: options[k] for k in TRAINING_OPTIONS}
-    training.update(amp=None if options["amp"] == Amp.none else options["amp"].value, compile=options["compile"] or None)
+    training["amp"] = None if options["amp"] == Amp.none else options["amp"].value  # None: the study's own
+    training["compile"] = options["compile"] or None
     prepared = runner.prepare(study, training, options["seeds"], device, options["data_dir"], out, options["resume"],
                               options["force"], options["save_models"], options["pack"])
     for note in prepared.notes:
