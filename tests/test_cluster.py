@@ -56,6 +56,15 @@ def test_a_local_cluster_gives_the_in_process_table(tmp_path, ablate, in_process
     assert set(frame["threads"]) == {1}
 
 
+def test_packed_seeds_on_a_local_cluster_give_the_packed_table(tmp_path, ablate):
+    here, there = tmp_path / "here.parquet", tmp_path / "there.parquet"
+    assert ablate([*STUDY, "--pack", "--out", here]).exit_code == 0
+    assert ablate([*STUDY, "--pack", "--workers", "2", "--out", there]).exit_code == 0
+    frame = pd.read_parquet(there)
+    pd.testing.assert_frame_equal(frame[NUMBERS], pd.read_parquet(here)[NUMBERS], check_exact=True)
+    assert set(frame["packed"]) == {2}
+
+
 @pytest.fixture
 def dask_cluster(tmp_path):
     """`dask scheduler` and two `dask worker` processes on 127.0.0.1, as a user starts them."""
