@@ -22,15 +22,9 @@ import torch
 
 from ablate.data import Dataset
 from ablate.train import RunConfig, resolve, train_runs
+from speed import cifar_shaped  # benchmarks/speed.py, beside this file
 
 PROTOCOL = [["conv1"], ["linearity"], ["permutation"]]  # report A
-
-
-def cifar_shaped(n: int) -> Dataset:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    return Dataset("bench", x, y, x[:1000], y[:1000], [str(i) for i in range(10)])
 
 
 def images_per_second(data: Dataset, model: str, batch_size: int, k: int, device: torch.device, amp: str) -> float:
