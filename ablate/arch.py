@@ -226,6 +226,38 @@ def _torchvision_model(name: str) -> tuple[nn.Module, Shape]:
 # ---------------------------------------------------------------- user modules
 
 
+def _user_frame(error: BaseException) -> str:
+    """Where in the user's own code `error` was raised: " (at mymod.py, line 4)", or "" when no
+    frame of its traceback is theirs (torch's, ablate's, the standard library's)."""
+    import traceback
+
+    own = os.path.dirname(os.path.abspath(__file__))
+    skip = tuple({os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, own)})
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(skip)]
+    if not frames:
+        return ""
+    path = os.path.abspath(frames[-1].filename)
+    if path.startswith(os.getcwd() + os.sep):
+        path = os.path.relpath(path)
+    return f" (at {path}, line {frames[-1].lineno})"
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception in one line: its type, the first line of its message, and the line of the
+    user's code that raised it."""
+    lines = str(error).strip().splitlines()
+    message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return message + ("" if isinstance(error, SyntaxError) else _user_frame(error))  # its own says where
+
+
+def _not_found(error: BaseException, module_name: str) -> bool:
+    """The module itself (or a package above it) is missing, not something it imports."""
+    name = getattr(error, "name", None)
+    return isinstance(error, ModuleNotFoundError) and bool(name) and (
+        module_name == name or module_name.startswith(name + "."))
+
+
 def _import_object(text: str):
     """The object `package.module:attr` names, imported from the current directory."""
     module_name, _, attr = text.partition(":")
@@ -234,9 +266,12 @@ def _import_object(text: str):
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(f"cannot import {module_name!r} from the current directory: {error}") from None
+        with torch.device("cpu"):  # the module's own tensors are real, whoever imports it (count.build_meta)
+            module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever the user's module raises is bad input
+        if _not_found(error, module_name):
+            raise UsageError(f"cannot import {module_name!r} from the current directory: {error}") from None
+        raise UsageError(f"model {text!r}: importing {module_name!r} raised {describe_error(error)}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -258,6 +293,29 @@ def _import_model(text: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UsageError(f"{text!r} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def describe_output(output, depth: int = 0) -> str:
+    """What a model's forward gave, in words: "outputs of shape (2, 17)", "a tuple of 2 (...)",
+    "None"."""
+    if isinstance(output, torch.Tensor):
+        dtype = "" if output.is_floating_point() else f"{str(output.dtype).removeprefix('torch.')} "
+        if output.dim() == 0:
+            return f"a {dtype}scalar tensor"
+        return f"{dtype}outputs of shape {tuple(output.shape)}"
+    if output is None:
+        return "None"
+    kind = type(output).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    if isinstance(output, dict) and depth == 0:
+        keys = ", ".join(repr(k) for k in list(output)[:4]) + (", ..." if len(output) > 4 else "")
+        return f"{article} {kind} (keys {keys})" if output else f"an empty {kind}"
+    if isinstance(output, (tuple, list)) and depth == 0:
+        if not output:
+            return f"an empty {kind}"
+        items = "; ".join(describe_output(o, 1) for o in output[:3]) + ("; ..." if len(output) > 3 else "")
+        return f"{article} {kind} of {len(output)} ({items})"
+    return f"{article} {kind}"
 
 
 # ---------------------------------------------------------------- layer-stack specs

@@ -7,6 +7,7 @@ calls, so that `ablate --help`, `ablate COMMAND --help` and `ablate list` need n
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import sys
@@ -345,48 +346,58 @@ def run_study(study: studies.Study, options: dict) -> None:
 
 def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | None):
     """Run the study under a progress display on stderr, in this process or on a Dask
-    cluster; Ctrl-C says what is saved."""
-    from ablate import cluster, runner
+    cluster (started, or refused in one line, before the display starts); Ctrl-C says what is
+    saved, whenever it comes."""
+    from contextlib import ExitStack
+
+    from ablate import cluster, results, runner
 
     name, images = prepared.study.name, len(prepared.data.train_y)
     finished: list[runner.Run] = []
-    with _progress() as progress:
-        task = progress.add_task(name, total=0, status="")
+    progress = _progress()
+    task = progress.add_task(name, total=0, status="")
 
-        def on_start(todo):
-            progress.update(task, total=sum(r.config.epochs for r in todo) * images)
+    def on_start(todo):
+        progress.update(task, total=sum(r.config.epochs for r in todo) * images)
 
-        def on_batch(pack, epoch, trained, loss, speed):  # trained: images, all the pack's runs
-            completed = sum(r.config.epochs for r in finished) * images + trained
-            progress.update(task, completed=completed, description=(
-                f"{name} {runner.pack_label(pack)} epoch {epoch}/{pack[0].config.epochs}"),
-                status=f"loss {loss:.3f}  {speed:,.0f} img/s")
+    def on_batch(pack, epoch, trained, loss, speed):  # trained: images, all the pack's runs
+        completed = sum(r.config.epochs for r in finished) * images + trained
+        progress.update(task, completed=completed, description=(
+            f"{name} {runner.pack_label(pack)} epoch {epoch}/{pack[0].config.epochs}"),
+            status=f"loss {loss:.3f}  {speed:,.0f} img/s")
 
-        def on_run(run, status):
-            finished.append(run)
-            if status == "diverged":
-                progress.console.print(f"{run.label}: the loss became NaN or infinite; "
-                                       "recorded as diverged, going on", highlight=False)
-            if status == "failed":
-                progress.console.print(f"{run.label} failed; recorded with its error, going on", highlight=False)
+    def on_run(run, status):
+        finished.append(run)
+        if status == "diverged":
+            progress.console.print(f"{run.label}: the loss became NaN or infinite; "
+                                   "recorded as diverged, going on", highlight=False)
+        if status == "failed":
+            progress.console.print(f"{run.label} failed; recorded with its error, going on", highlight=False)
 
-        try:
-            if cluster_options is None:
-                return runner.run_study(prepared, metadata, runner.InProcess(on_batch), on_run, on_start)
-            labels = {r.run_id: r.label for r in prepared.runs}
-            on_event = _cluster_progress(progress, task, name, labels, finished)
-            spec = runner.data_spec(prepared, cluster_options["data_dir"])
-            with cluster.dask_executor(cluster_options["workers"], cluster_options["threads"],
-                                       cluster_options["scheduler"], cluster_options["slurm"],
-                                       cluster_options["slurm_opts"], spec, on_event) as executor:
+    try:
+        with ExitStack() as stack:
+            executor = runner.InProcess(on_batch)
+            if cluster_options is not None:
+                labels = {r.run_id: r.label for r in prepared.runs}
+                on_event = _cluster_progress(progress, task, name, labels, finished)
+                spec = runner.data_spec(prepared, cluster_options["data_dir"])
+                executor = stack.enter_context(cluster.dask_executor(
+                    cluster_options["workers"], cluster_options["threads"], cluster_options["scheduler"],
+                    cluster_options["slurm"], cluster_options["slurm_opts"], spec, on_event))
+            with progress:
                 return runner.run_study(prepared, metadata, executor, on_run, on_start)
-        except runner.Interrupted as interrupted:
-            progress.stop()
-            saved = ", ".join(f"{r.variant}/{r.seed}" for r in interrupted.saved) or "none"
-            stderr.print(f"interrupted: {len(interrupted.saved)} of {interrupted.planned} runs are saved in "
-                         f"{prepared.out} ({saved}); run the same command with --resume to finish",
-                         highlight=False)
-            raise typer.Exit(130)
+    except KeyboardInterrupt as interrupted:  # runner.Interrupted while training; else before or after it
+        progress.stop()
+        if isinstance(interrupted, runner.Interrupted):
+            saved, planned = interrupted.saved, interrupted.planned
+        else:  # while a cluster started or stopped: what the file holds
+            done = set(results.read_results(prepared.out)["run_id"]) if prepared.out.exists() else set()
+            saved, planned = [r for r in prepared.runs if r.run_id in done], len(prepared.runs)
+        listed = ", ".join(f"{r.variant}/{r.seed}" for r in saved) or "none"
+        stderr.print(f"interrupted: {len(saved)} of {planned} runs are saved in "
+                     f"{prepared.out} ({listed}); run the same command with --resume to finish",
+                     highlight=False)
+        raise typer.Exit(130)
 
 
 def _cluster_progress(progress, task, name, labels, finished):
@@ -413,36 +424,50 @@ def _cluster_progress(progress, task, name, labels, finished):
     return on_event
 
 
-def _command(name: str, help: str, build, own: dict) -> None:
+def _command(name: str, help: str, build, own: dict, shared_help: dict | None = None) -> None:
     """Register `ablate NAME`: the shared options and `own` ({name: (type, default, typer
-    option or argument)}); `build(own values, shared values)` makes the study to run."""
+    option or argument)}); `build(own values, shared values)` makes the study to run.
+    `shared_help` replaces the help of shared options where this study gives them a meaning
+    of its own."""
 
     def command(**values):
         shared = {k: values[k] for k in SHARED_OPTIONS}
         run_study(build({k: values[k] for k in own}, shared), shared)
 
+    shared_options = dict(SHARED_OPTIONS)
+    for option, text in (shared_help or {}).items():
+        kind, default, typer_option = shared_options[option]
+        typer_option = copy.copy(typer_option)
+        typer_option.help = text
+        shared_options[option] = (kind, default, typer_option)
     command.__signature__ = inspect.Signature([
         inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=Annotated[kind, typer_option])
-        for option, (kind, default, typer_option) in {**own, **SHARED_OPTIONS}.items()
+        for option, (kind, default, typer_option) in {**own, **shared_options}.items()
     ])
     app.command(name, help=help)(command)
 
 
 def _study_command(name: str, entry: studies.StudyEntry) -> None:
     """`ablate NAME` for a registered study: its own options (their types and defaults are its
-    builder's), and any shared option the builder names is passed to it too."""
+    builder's), and any shared option the builder names is passed to it too, when given (left
+    out, the builder's own default holds)."""
     signature = inspect.signature(entry.build).parameters
     hints = typing.get_type_hints(entry.build)
     own = {option: (hints[option], signature[option].default, typer.Option(help=help))
-           for option, help in entry.options.items()}
+           for option, help in entry.options.items() if option not in SHARED_OPTIONS}
+    shared_help = {option: help for option, help in entry.options.items() if option in SHARED_OPTIONS}
     passes = [p for p in signature if p in SHARED_OPTIONS]
+    base = {} if entry.build.__doc__ else studies.get_study(name).base  # a study made from options has none
+    for option in ("epochs", "batch_size", "model", "dataset"):
+        if option in base and option not in shared_help:
+            shared_help[option] = f"{SHARED_OPTIONS[option][2].help} This study's own: {base[option]}."
     help = entry.build.__doc__ or studies.get_study(name).description
 
     def build(own_values, shared):
-        return entry.build(**own_values, **{k: shared[k] for k in passes})
+        return entry.build(**own_values, **{k: shared[k] for k in passes if shared[k] is not None})
 
-    _command(name, help, build, own)
+    _command(name, help, build, own, shared_help)
 
 
 for _name, _entry in studies.STUDIES.items():

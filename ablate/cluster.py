@@ -9,6 +9,10 @@ from __future__ import annotations
 import functools
 import os
 import shlex
+import shutil
+import signal
+import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +24,22 @@ from ablate.errors import UsageError
 
 PROGRESS_QUEUE = "ablate-progress"
 PACKAGES = ("ablate", "torch", "torchvision")
+SLURM_MAX_JOBS = 1000  # --slurm --workers N: N jobs submitted at once (SLURM sites cap a user's jobs near this)
+PROTOCOLS = ("tcp", "tls", "ws", "wss", "ucx")  # Dask's, for a scheduler in another process
+CONNECT_SECONDS = 10  # to reach an existing scheduler: then a clean refusal, not a hang
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (what a container, taskset or
+    SLURM allots), else every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cores(n: int) -> str:
+    return f"{n} CPU core{'s' if n != 1 else ''}"
 
 
 def versions() -> dict[str, str]:
@@ -135,21 +155,141 @@ def _quiet() -> None:
     """Dask logs every worker it stops; one line per real problem is what a user reads."""
     import logging
 
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
+    for name in ("distributed", "distributed.client", "distributed.nanny", "distributed.scheduler",
+                 "distributed.worker"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Ctrl-C while Dask starts its threads and processes is acted on once they have started
+    (KeyboardInterrupt raised on the way out, so that the caller closes what started), and never
+    reaches them: SIGINT is blocked in the threads started meanwhile (Dask's event loops, which
+    spawn the worker processes), and processes inherit that. A Ctrl-C in a terminal signals the
+    whole process group; only this driver acts on it, and stops the workers itself."""
+    if not _main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # runs the handler of one held
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _ctrl_c_ignored():
+    """Closing a cluster takes seconds, bounded; a second Ctrl-C then would leave its processes
+    behind and print Dask's tracebacks, so it is ignored meanwhile."""
+    if not _main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def local_cluster(workers: int, threads: int):
-    """N worker processes of T threads on 127.0.0.1, no dashboard."""
+    """N worker processes of T threads on 127.0.0.1, no dashboard; the workers log errors only
+    (each worker process logs on its own: warnings of a busy event loop, of tasks cancelled by
+    Ctrl-C)."""
+    import dask
     from distributed import Client, LocalCluster
 
     _quiet()
     environ = dict(os.environ)
-    cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, worker_dashboard_address=None)
-    os.environ.clear()  # Dask leaves OMP_NUM_THREADS=1 (and more) set in this process: undone
-    os.environ.update(environ)
-    return Client(cluster), cluster
+    quiet_workers = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error"}
+    try:
+        with dask.config.set(quiet_workers):
+            cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, worker_dashboard_address=None)
+    finally:
+        os.environ.clear()  # Dask leaves OMP_NUM_THREADS=1 (and more) set in this process: undone
+        os.environ.update(environ)
+    try:
+        return Client(cluster), cluster
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def scheduler_address(address: str) -> tuple[str, str, int]:
+    """--scheduler's PROTOCOL://HOST:PORT as (protocol, host, port), checked without contacting
+    anything. HOST:PORT alone is tcp, as for Dask; an IPv6 host is written in brackets."""
+    def bad(why: str) -> UsageError:
+        return UsageError(f"--scheduler {address!r}: {why}; give the address the scheduler prints, "
+                          "like tcp://HOST:8786")
+
+    text = address.strip()
+    if not text:
+        raise bad("the address is empty")
+    protocol, sep, rest = text.partition("://")
+    if not sep:
+        if "/" in text:
+            raise bad("malformed address")
+        protocol, rest = "tcp", text
+    protocol = protocol.lower()
+    if protocol in ("http", "https"):
+        raise bad(f"{protocol}:// is a web address (a dashboard's, port 8787?), not a scheduler's")
+    if protocol == "inproc":
+        raise bad("inproc:// is a scheduler inside one process, out of reach of this command")
+    if protocol not in PROTOCOLS:
+        raise bad(f"unknown protocol {protocol + '://'!r} (Dask's are {', '.join(p + '://' for p in PROTOCOLS)})")
+    for mark in "/?#@":
+        if mark in rest:
+            raise bad(f"unexpected {rest[rest.index(mark):]!r} (an address is PROTOCOL://HOST:PORT, nothing more)")
+    if rest.startswith("["):
+        host, close, port = rest[1:].partition("]")
+        if not close or (port and not port.startswith(":")):
+            raise bad("malformed IPv6 host (write it in brackets, like tcp://[::1]:8786)")
+        port = port[1:]
+    else:
+        host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        if ":" in host:
+            raise bad("an IPv6 host goes in brackets, like tcp://[::1]:8786")
+    if not host and not port:
+        raise bad("no host and no port")
+    if not host:
+        raise bad("no host")
+    if not port:
+        raise bad("no port")
+    if not port.isdigit():
+        raise bad(f"the port {port!r} is not a number")
+    if not 1 <= int(port) <= 65535:
+        raise bad(f"the port {int(port)} is out of range (1 to 65535)")
+    return protocol, host, int(port)
+
+
+def _reachable(address: str) -> None:
+    """Refuse at once a scheduler address where nothing answers (a TCP connection, nothing sent),
+    rather than Dask's retries until its timeout."""
+    protocol, host, port = scheduler_address(address)
+    if protocol == "ucx":
+        return
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
+            pass
+    except socket.gaierror as error:
+        raise UsageError(f"--scheduler {address}: cannot connect: unknown host {host!r} ({error.strerror})") from None
+    except ConnectionRefusedError:
+        raise UsageError(f"--scheduler {address}: cannot connect: nothing listens on port {port} of {host} "
+                         "(is `dask scheduler` running there, on that port?)") from None
+    except TimeoutError:
+        raise UsageError(f"--scheduler {address}: cannot connect: no answer from {host} within "
+                         f"{CONNECT_SECONDS} s") from None
+    except OSError as error:
+        raise UsageError(f"--scheduler {address}: cannot connect: {error.strerror or error}") from None
 
 
 def connect(address: str):
@@ -157,10 +297,12 @@ def connect(address: str):
     from distributed import Client
 
     _quiet()
+    _reachable(address)
     try:
-        client = Client(address, timeout=10)
+        client = Client(address, timeout=CONNECT_SECONDS)
     except (OSError, TimeoutError) as error:
-        raise UsageError(f"--scheduler {address}: cannot connect ({error})") from None
+        raise UsageError(f"--scheduler {address}: cannot connect ({error}); is it a Dask scheduler's address?") \
+            from None
     mine = versions()
     for worker, theirs in client.run(versions).items():
         differ = [f"{p} {theirs.get(p)} there, {mine[p]} here" for p in PACKAGES if theirs.get(p) != mine[p]]
@@ -208,9 +350,20 @@ def slurm_cluster(workers: int, threads: int, options: str | None):
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
+    check_slurm()
     cluster = SLURMCluster(**slurm_settings(threads, options))
     cluster.scale(jobs=workers)
     return Client(cluster), cluster
+
+
+def check_slurm() -> None:
+    """SLURM's commands are here (a login node), before a scheduler starts waiting for jobs that
+    cannot be submitted."""
+    for command in ("sbatch", "squeue", "scancel"):
+        if shutil.which(command) is None:
+            raise UsageError(f"--slurm: {command} is not on PATH: run this on a machine that submits SLURM jobs "
+                             "(a login node), or use --workers N alone for a LocalCluster here; "
+                             "--slurm --dry-run prints the job script without SLURM")
 
 
 def run_threads(threads: int | None, workers: int | None, scheduler: str | None, slurm: bool) -> int:
@@ -221,7 +374,7 @@ def run_threads(threads: int | None, workers: int | None, scheduler: str | None,
     if scheduler:
         return 1
     if workers or slurm:
-        return max(1, (os.cpu_count() or 1) // (workers or 1))
+        return max(1, cpu_cores() // (workers or 1))
     import torch
 
     return torch.get_num_threads()
@@ -230,25 +383,48 @@ def run_threads(threads: int | None, workers: int | None, scheduler: str | None,
 @contextmanager
 def dask_executor(workers: int | None, threads: int, scheduler: str | None, slurm: bool, slurm_opts: str | None,
                   data_spec: DataSpec | None, on_event=None):
-    """The executor the options ask for, its cluster started here and stopped on the way out."""
-    if slurm:
-        client, cluster = slurm_cluster(workers or 1, threads, slurm_opts)
-    elif scheduler:
-        client, cluster = connect(scheduler), None
-    else:
-        client, cluster = local_cluster(workers, threads)
+    """The executor the options ask for, its cluster started here and stopped on the way out.
+    Ctrl-C while it starts stops it once started; Ctrl-C while it stops is ignored."""
+    client = cluster = None
     try:
+        with _ctrl_c_held():
+            if slurm:
+                client, cluster = slurm_cluster(workers or 1, threads, slurm_opts)
+            elif scheduler is not None:
+                client = connect(scheduler)
+            else:
+                client, cluster = local_cluster(workers, threads)
         yield DaskExecutor(client, data_spec, on_event)
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        with _ctrl_c_ignored():
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def check_options(workers: int | None, threads: int | None, scheduler: str | None, slurm: bool) -> None:
-    if scheduler and (workers or slurm):
+    """The cluster options, checked before anything is loaded or started: their combination, the
+    scheduler's address (its form), and what this machine can run."""
+    if scheduler is not None and (workers or slurm):
         raise UsageError("--scheduler runs on the workers that cluster has: give it without --workers or --slurm")
-    if scheduler and not scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://", "ucx://")):
-        raise UsageError(f"--scheduler {scheduler!r}: give an address like tcp://HOST:8786")
-    if threads is not None and not (workers or scheduler or slurm) and threads > (os.cpu_count() or 1):
-        raise UsageError(f"--threads {threads}: this machine has {os.cpu_count()} cores")
+    if scheduler is not None:
+        scheduler_address(scheduler)
+        return
+    cores = cpu_cores()
+    if slurm:
+        if workers is not None and workers > SLURM_MAX_JOBS:
+            raise UsageError(f"--slurm --workers {workers}: at most {SLURM_MAX_JOBS} SLURM jobs at once "
+                             "(one worker per job)")
+        return
+    if workers is not None:
+        if workers > cores:
+            raise UsageError(f"--workers {workers}: this machine has {_cores(cores)}; a LocalCluster takes at most "
+                             f"{cores} worker{'s' if cores != 1 else ''} (one run per core); use --scheduler or "
+                             "--slurm for more")
+        if threads is not None and workers * threads > cores:
+            raise UsageError(f"--workers {workers} --threads {threads}: {workers * threads} torch threads on "
+                             f"{_cores(cores)}; give --threads {max(1, cores // workers)} or fewer workers")
+        return
+    if threads is not None and threads > cores:
+        raise UsageError(f"--threads {threads}: this machine has {_cores(cores)}")

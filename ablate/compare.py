@@ -11,14 +11,47 @@ from ablate.errors import UsageError, unknown_name
 METRICS = ("loss", "accuracy")  # of the test split
 
 
+def finished_runs(frame: pd.DataFrame, where: str | None = None, doing: str = "report") -> pd.DataFrame:
+    """The rows of the runs that finished (status ok or diverged: a failed run is one row
+    with its error and no epoch); a usage error saying what `where` (a file, by default the
+    studies' names) holds instead when there is none."""
+    if "status" not in frame:
+        return frame
+    done = frame[frame["status"] != "failed"]
+    if len(done):
+        return done
+    if where is None:
+        studies = list(dict.fromkeys(frame["study"].dropna())) if "study" in frame else []
+        where = f"study {', '.join(studies)}" if studies else "the file"
+    if frame.empty:
+        raise UsageError(f"{where} holds no run (no rows): nothing to {doing}")
+    runs = frame.drop_duplicates("run_id")
+    errors = runs["error"].dropna() if "error" in runs else pd.Series(dtype=object)
+    first = ""
+    if len(errors):
+        row = runs.loc[errors.index[0]]
+        first = f" (the first, {row['variant']} seed {row['seed']}: {errors.iloc[0]})"
+    raise UsageError(f"{where} holds no finished run: {len(runs)} failed{first}; fix the cause and run the study "
+                     "again with --resume, which trains failed runs again")
+
+
 def pick_epochs(frame: pd.DataFrame, epoch: int | None = None, best: bool = False) -> pd.DataFrame:
     """The test rows of one epoch per run: the last one, `epoch`, or the one with the best
-    test accuracy (`best`)."""
-    test = frame[frame["split"] == "test"]
+    test accuracy (`best`); failed runs have none, and a usage error says when no run has."""
+    test = finished_runs(frame)
+    test = test[test["split"] == "test"]
+    if test.empty:
+        held = sorted(set(frame["split"].dropna())) if len(frame) else []
+        raise UsageError(f"no test rows to report: the runs have rows of split {', '.join(held) or 'none'}; "
+                         "ablate reports the split 'test'")
     if best:  # a classifier's best accuracy; an autoencoder's lowest loss
-        if test["accuracy"].notna().any():
-            return test.loc[test.groupby("run_id")["accuracy"].idxmax()]
-        return test.loc[test.groupby("run_id")["loss"].idxmin()]
+        metric = "accuracy" if test["accuracy"].notna().any() else "loss"
+        scored = test[test[metric].notna()]  # a run diverged from its first epoch has no best
+        if scored.empty:
+            raise UsageError("--best: no run has a test loss to choose its epoch by (every one diverged)")
+        pick = scored.groupby("run_id")[metric].idxmax() if metric == "accuracy" else \
+            scored.groupby("run_id")[metric].idxmin()
+        return test.loc[pick]
     if epoch is None:
         return test[test["epoch"] == test.groupby("run_id")["epoch"].transform("max")]
     chosen = test[test["epoch"] == epoch]
@@ -49,7 +82,14 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
         variants = list(dict.fromkeys(rows["variant"]))
         base = baseline if baseline in variants else variants[0]
         # one value per (seed, variant): the caller separated configurations (results.separate_configurations)
-        metrics = [m for m in METRICS if rows[m].notna().any()]  # no accuracy for an autoencoder
+        twice = rows[rows.duplicated(["variant", "seed"], keep=False)]
+        if len(twice):
+            first = twice.iloc[0]
+            runs = sorted(set(twice[(twice.variant == first["variant"]) & (twice.seed == first["seed"])]["run_id"]))
+            raise UsageError(f"{study}: variant {first['variant']!r} seed {first['seed']} has {len(runs)} runs of "
+                             f"one configuration ({', '.join(map(str, runs))}); a study holds one run per "
+                             "variant and seed")
+        metrics = [m for m in METRICS if rows[m].notna().any()] or ["loss"]  # no accuracy for an autoencoder
         by_seed = {m: rows.pivot(index="seed", columns="variant", values=m) for m in metrics}
         for variant in variants:
             for metric in metrics:

@@ -7,17 +7,22 @@ for it. `ablate.train` and `ablate.transforms` turn them into torch objects.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import math
+import typing
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
-from ablate.errors import unknown_name
+from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides a run's numbers, except the seed. Every field is a column, and
-    so is every constructor argument of the model (`model_args`, filled in by `resolve`)."""
+    so is every constructor argument of the model (`model_args`, filled in by `resolve`).
+
+    A field added later must default to the old behaviour, and does not join `ID_FIELDS`:
+    then every run_id written before it existed stays the same (see `identity`)."""
 
     task: str = "classify"
     dataset: str = "cifar10"
@@ -53,8 +58,14 @@ class RunConfig:
     def columns(self) -> dict:
         """The fields and the model's arguments as result columns; `lr` is `base_lr` there,
         `lr` being each epoch's."""
-        fields = {("base_lr" if k == "lr" else k): v for k, v in asdict(self).items() if k != "model_args"}
+        fields = {column(k): v for k, v in asdict(self).items() if k != "model_args"}
         return {**fields, **{k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in self.model_args}}
+
+    def identity(self) -> dict:
+        """What a run_id hashes: `columns()`, less the fields added after `ID_FIELDS` that are
+        at their default (a new field that keeps the old behaviour keeps the old run_ids)."""
+        return {k: v for k, v in self.columns().items()
+                if k not in NEW_COLUMNS or v != NEW_COLUMNS[k]}
 
     def with_fields(self, **values) -> RunConfig:
         """A copy with `values` set: RunConfig fields by name, anything else as a model argument."""
@@ -69,6 +80,102 @@ class RunConfig:
 AMP = ("none", "bf16")  # the autocast dtypes a run may train in
 
 FIELDS = set(RunConfig.__dataclass_fields__) - {"model_args"}
+# The fields every run_id hashes, whatever their value: those of ablate 0.1 (amp and compile
+# included). Never add to this: a field added later is hashed only where it is not at its default.
+ID_FIELDS = frozenset({
+    "task", "dataset", "image_size", "test_fraction", "test_dataset", "model", "strip_activations", "labels",
+    "pretrain_epochs", "freeze_encoder", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+    "scheduler", "lr_step_size", "lr_gamma", "lr_max", "normalization", "augment", "permutation", "limit_train",
+    "limit_test", "deterministic", "threads", "amp", "compile"})
+# The data settings: one dataset per study, loaded once for all its runs.
+DATA_FIELDS = ("dataset", "image_size", "test_fraction", "test_dataset", "limit_train", "limit_test")
+
+
+def column(field_name: str) -> str:
+    """A field's result column: `lr` is `base_lr` there (`lr` is each epoch's rate)."""
+    return "base_lr" if field_name == "lr" else field_name
+
+
+NEW_COLUMNS = {column(f.name): f.default for f in fields(RunConfig) if f.name in FIELDS - ID_FIELDS}
+
+
+# ---------------------------------------------------------------- the schema of the settings
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One RunConfig field's Python type and range: the CLI, `--vary`, study files and the
+    results' columns all check through it."""
+
+    name: str
+    kind: type  # int, float, str or bool
+    optional: bool  # None allowed: the dataset's or the model's own
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def check(self, value, where: str = ""):
+        """`value` as this setting takes it (an int for a float is made a float), or a usage
+        error that says what is allowed."""
+        if value is None and self.optional:
+            return None
+        kind = self.kind
+        fits = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))) or \
+            (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if fits and kind is float:
+            value = float(value)
+            fits = math.isfinite(value)
+        if fits and self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            fits = False
+        if fits and self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            fits = False
+        if not fits:
+            raise UsageError(f"{where}{self.name} must be {self.allowed()}, got {value!r}")
+        return value
+
+    def allowed(self) -> str:
+        words = {int: "a whole number", float: "a finite number", str: "a string", bool: "true or false"}
+        text = words[self.kind]
+        if self.low is not None and self.high is not None:
+            text += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text += f" {'>' if self.low_open else '>='} {self.low:g}"
+        return text + (" (or none)" if self.optional else "")
+
+
+RANGES = {  # name: (low, high, low_open, high_open)
+    "image_size": (8, 1024, False, False), "test_fraction": (0, 1, True, True), "labels": (1, None, False, False),
+    "pretrain_epochs": (1, None, False, False), "epochs": (1, None, False, False),
+    "batch_size": (1, None, False, False), "lr": (0, None, True, False), "momentum": (0, None, False, False),
+    "weight_decay": (0, None, False, False), "lr_step_size": (1, None, False, False),
+    "lr_gamma": (0, None, True, False), "lr_max": (0, None, True, False), "limit_train": (1, None, False, False),
+    "limit_test": (1, None, False, False), "threads": (1, None, False, False),
+}
+
+
+def _settings() -> dict[str, Setting]:
+    hints = typing.get_type_hints(RunConfig)
+    out = {}
+    for name in RunConfig.__dataclass_fields__:
+        if name == "model_args":
+            continue
+        args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
+        out[name] = Setting(name, args[0] if args else hints[name], bool(args), *RANGES.get(name, ()))
+    return out
+
+
+SETTINGS: dict[str, Setting] = _settings()
+
+
+def column_types() -> dict[str, type]:
+    """Each field's result column and its Python type; every one may be null."""
+    return {column(name): s.kind for name, s in SETTINGS.items()}
+
+
+def checked(config: RunConfig, where: str = "") -> RunConfig:
+    """`config` with every field checked against `SETTINGS` (ints for floats made floats)."""
+    return replace(config, **{name: s.check(getattr(config, name), where) for name, s in SETTINGS.items()})
 
 
 # ---------------------------------------------------------------- optimisers and schedulers
@@ -81,19 +188,20 @@ class Optimizer:
     lr: float  # defaults, sensible for these small nets; the optimizer study uses them
     momentum: float | None
     weight_decay: float
+    takes_momentum: bool = True  # False: a run's momentum is recorded as None (it is not used)
 
 
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer")
 for _name, _optimizer in {
-    "sgd": Optimizer("SGD", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.1, None, 0.0),
+    "sgd": Optimizer("SGD", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.1, None, 0.0, False),
     "momentum": Optimizer("SGD", lambda c: dict(lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
                           0.02, 0.9, 0.0),
     "nesterov": Optimizer("SGD", lambda c: dict(lr=c.lr, momentum=c.momentum, nesterov=True,
                                                 weight_decay=c.weight_decay), 0.02, 0.9, 0.0),
     "rmsprop": Optimizer("RMSprop", lambda c: dict(lr=c.lr, momentum=c.momentum or 0, weight_decay=c.weight_decay),
                          0.001, None, 0.0),
-    "adam": Optimizer("Adam", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.0),
-    "adamw": Optimizer("AdamW", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.01),
+    "adam": Optimizer("Adam", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.0, False),
+    "adamw": Optimizer("AdamW", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.01, False),
 }.items():
     OPTIMIZERS.register(_name, _optimizer)
 
@@ -104,19 +212,32 @@ class Scheduler:
     options: Callable[[RunConfig, int], dict]  # (config, steps per epoch) -> its keyword arguments
     per_step: bool  # stepped after every batch, not every epoch
     description: str
+    defaults: Callable[[RunConfig], dict] = lambda c: {}  # its hyper-parameters where a run gives none
 
 
 SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
 for _name, _scheduler in {
     "none": Scheduler(None, lambda c, steps: {}, False, "a constant learning rate"),
     "step": Scheduler("StepLR", lambda c, steps: dict(step_size=c.lr_step_size, gamma=c.lr_gamma),
-                      False, "x lr_gamma every lr_step_size epochs"),
-    "exponential": Scheduler("ExponentialLR", lambda c, steps: dict(gamma=c.lr_gamma), False, "x lr_gamma per epoch"),
+                      False, "x lr_gamma (0.1) every lr_step_size (epochs/3) epochs",
+                      lambda c: {"lr_step_size": max(1, c.epochs // 3), "lr_gamma": 0.1}),
+    "exponential": Scheduler("ExponentialLR", lambda c, steps: dict(gamma=c.lr_gamma), False,
+                             "x lr_gamma (0.8) per epoch", lambda c: {"lr_gamma": 0.8}),
     "cosine": Scheduler("CosineAnnealingLR", lambda c, steps: dict(T_max=c.epochs), False, "to 0 over the epochs"),
     "onecycle": Scheduler("OneCycleLR", lambda c, steps: dict(max_lr=c.lr_max, total_steps=c.epochs * steps),
-                          True, "up to lr_max and down, per batch"),
+                          True, "up to lr_max (4 x lr) and down, per batch", lambda c: {"lr_max": 4 * c.lr}),
 }.items():
     SCHEDULERS.register(_name, _scheduler)
+
+
+def with_defaults(config: RunConfig) -> RunConfig:
+    """`config` with its scheduler's missing hyper-parameters filled in, and no momentum for
+    an optimiser that takes none: the columns say what the run used."""
+    scheduler, optimizer = SCHEDULERS.get(config.scheduler), OPTIMIZERS.get(config.optimizer)
+    missing = {k: v for k, v in scheduler.defaults(config).items() if getattr(config, k) is None}
+    if not optimizer.takes_momentum:
+        missing["momentum"] = None
+    return replace(config, **missing)
 
 
 # ---------------------------------------------------------------- augmentations

@@ -12,8 +12,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ablate.compare import finished_runs  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
-from ablate.results import read_metadata, read_per_class, read_results, separate_configurations  # noqa: E402
+from ablate.results import (  # noqa: E402
+    OUTCOME_COLUMNS, per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
+)
 
 KINDS = ("curves", "sweep", "classes", "variants", "reconstructions", "interpolation")
 FORMATS = (".png", ".svg", ".pdf")
@@ -21,8 +24,9 @@ FORMATS = (".png", ".svg", ".pdf")
 
 def _title(frame: pd.DataFrame) -> str:
     seeds = frame["seed"].nunique()
-    dataset = ", ".join(frame["dataset"].unique()) if "dataset" in frame else ""
-    return f"{', '.join(frame['study'].unique())} on {dataset} ({seeds} seed{'s' if seeds > 1 else ''})"
+    dataset = ", ".join(map(str, frame["dataset"].dropna().unique())) if "dataset" in frame else ""
+    where = f" on {dataset}" if dataset else ""
+    return f"{', '.join(map(str, frame['study'].unique()))}{where} ({seeds} seed{'s' if seeds > 1 else ''})"
 
 
 def _colors(variants: list[str]) -> dict[str, str]:
@@ -80,10 +84,10 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") ->
         raise UsageError(f"no column {factor!r} in this file to sweep over")
     if not pd.api.types.is_numeric_dtype(frame[factor]) or pd.api.types.is_bool_dtype(frame[factor]):
         raise UsageError(f"--factor {factor}: a sweep needs a numeric column; use --kind curves for the others")
-    if metric not in frame or frame[metric].isna().all():
-        raise UsageError(f"--metric {metric}: this file has no values of it; it has loss"
-                         + (", accuracy" if frame["accuracy"].notna().any() else "")
-                         + (", latent_corr" if "latent_corr" in frame and frame["latent_corr"].notna().any() else ""))
+    if metric not in frame or not pd.api.types.is_numeric_dtype(frame[metric]) or frame[metric].isna().all():
+        held = [m for m in ("loss", "accuracy", "latent_corr") if m in frame and frame[m].notna().any()]
+        raise UsageError(f"--metric {metric}: this file has no values of it; it has "
+                         f"{', '.join(held) if held else 'no values of loss, accuracy or latent_corr'}")
     final = frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
     splits = (("train", "o--", "tab:blue"), ("test", "s-", "tab:orange"))
     if metric == "latent_corr":  # measured once per run, on train images
@@ -117,7 +121,10 @@ def variants(frame: pd.DataFrame, path: Path) -> None:
     from ablate.compare import interval
 
     final = frame[(frame.split == "test") & (frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max"))]
-    names = list(dict.fromkeys(frame["variant"]))
+    if final["accuracy"].isna().all():
+        raise UsageError("--kind variants draws the final test accuracy, and these runs have none (an "
+                         "autoencoder's, or no test rows): use --kind curves, or --kind sweep --metric loss")
+    names = list(dict.fromkeys(final["variant"]))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4.5), constrained_layout=True)
     for i, name in enumerate(names):
         values = 100 * final[final.variant == name]["accuracy"]
@@ -255,29 +262,63 @@ def interpolation(path: Path, frame: pd.DataFrame, out: Path, pair: tuple[int, i
 def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = None, run_ids=None,
          metric: str = "loss", pair: tuple[int, int] = (8, 4), data_dir=None) -> list[str]:
     """Draw the figure `kind` (default: the study's natural one, from the file's metadata) of
-    the study file `path`, limited to `run_ids` when given. Returns notes for the user."""
+    the study file `path`, limited to `run_ids` when given. Returns notes for the user. A
+    usage error leaves no file or folder behind."""
     frame = read_results(path)
     if run_ids is not None:
         frame = frame[frame["run_id"].isin(run_ids)]
-    frame, notes = separate_configurations(frame)
-    study = read_metadata(path).get("study", {})
-    kind = kind or study.get("plot", "curves")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    if kind == "curves":
-        curves(frame, out)
-    elif kind == "sweep":
-        sweep(frame, factor or numeric_factor(frame, tuple(study.get("factors", frame.columns))), out, metric)
-    elif kind == "variants":
-        variants(frame, out)
-    elif kind == "reconstructions":
-        reconstructions(Path(path), frame, out, data_dir)
-    elif kind == "interpolation":
-        interpolation(Path(path), frame, out, pair, data_dir)
-    else:
+    done = finished_runs(frame, repr(str(path)), "draw")
+    failed = frame.loc[frame["status"] == "failed", "run_id"].nunique()
+    frame, notes = separate_configurations(done)
+    if failed:
+        notes.insert(0, f"{failed} failed run{'s are' if failed > 1 else ' is'} left out (no epoch to draw); "
+                        "--resume trains failed runs again")
+    try:
+        study = read_metadata(path).get("study", {})
+    except ValueError:  # metadata that is not ablate's JSON: as if there were none
+        study = {}
+    study = study if isinstance(study, dict) else {}
+    if kind is None:
+        kind = study.get("plot", "curves")
+        if kind not in KINDS:
+            raise UsageError(f"{str(path)!r} names its figure {kind!r}, which ablate does not draw: give "
+                             f"--kind ({', '.join(KINDS)})")
+    factors = study.get("factors")
+    if not isinstance(factors, list):  # no metadata: any setting, never a seed, an epoch or a result
+        factors = [c for c in frame.columns if c not in OUTCOME_COLUMNS | {"study", "variant", "latent_corr", "packed"}]
+    factors = tuple(map(str, factors))
+    rows = None
+    if kind == "classes":  # read before anything is drawn or made
         rows = read_per_class(path)
         if rows.empty:
             raise UsageError(f"--kind classes needs the per-class rows written beside {str(path)!r}")
         labels = frame.drop_duplicates("run_id").set_index("run_id")["variant"]
         rows = rows[rows["run_id"].isin(labels.index)].assign(variant=lambda r: r["run_id"].map(labels))
-        classes(rows, out)
+        if rows.empty:
+            raise UsageError(f"--kind classes: the per-class rows beside {str(path)!r} are of none of its "
+                             f"finished runs ({str(per_class_path(path))!r} holds other run_ids)")
+    folder = Path(out).parent
+    made = [folder, *folder.parents]
+    made = made[:next(i for i, f in enumerate(made) if f.exists())]  # the folders this would create
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        if kind == "curves":
+            curves(frame, out)
+        elif kind == "sweep":
+            sweep(frame, factor or numeric_factor(frame, factors), out, metric)
+        elif kind == "variants":
+            variants(frame, out)
+        elif kind == "reconstructions":
+            reconstructions(Path(path), frame, out, data_dir)
+        elif kind == "interpolation":
+            interpolation(Path(path), frame, out, pair, data_dir)
+        else:
+            classes(rows, out)
+    except UsageError:
+        for created in made:  # innermost first; only if still empty
+            try:
+                created.rmdir()
+            except OSError:
+                break
+        raise
     return notes

@@ -145,26 +145,43 @@ def final_epochs(frame: pd.DataFrame) -> pd.DataFrame:
 def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
     """Per variant: final train loss, test loss and, for classifiers, accuracy (mean ± std over
     seeds), an autoencoder's latent correlation, and the difference of the means to the first
-    variant."""
-    final = final_epochs(frame)
+    variant. Failed runs (one row, no epoch) are counted, never averaged."""
+    failed = frame["status"] == "failed" if "status" in frame else frame["epoch"].isna()
+    final = final_epochs(frame[~failed & frame["epoch"].notna()])
+    study = ", ".join(map(str, frame["study"].unique()))
+    runs = frame.drop_duplicates("run_id")
+    failed_runs = runs[failed.loc[runs.index]]
     seeds = final["seed"].nunique()
-    study = ", ".join(final["study"].unique())
     accuracy = final["accuracy"].notna().any()
     latent = "latent_corr" in final and final["latent_corr"].notna().any()
-    table = Table(title=f"{study}: after {final['epoch'].max()} epochs, "
-                        f"{seeds} seed{'s' if seeds > 1 else ''}" + (" (mean ± std)" if seeds > 1 else ""),
-                  box=box.SIMPLE_HEAD)
+    title = (f"{study}: after {final['epoch'].max():g} epochs, {seeds} seed{'s' if seeds > 1 else ''}"
+             + (" (mean ± std)" if seeds > 1 else "")) if len(final) else f"{study}: no run finished"
+    caption = None
+    if len(failed_runs):
+        error = failed_runs["error"].dropna() if "error" in failed_runs else ()
+        caption = (f"{len(failed_runs)} of {len(runs)} runs failed and are left out"
+                   + (f"; the first: {error.iloc[0]}" if len(error) else "")
+                   + "; --resume trains them again")
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD)
     columns = ["variant", *factors, "train loss", "test loss", *(["test accuracy"] if accuracy else []),
                *(["latent corr"] if latent else []), "Δ test loss", *(["Δ test acc"] if accuracy else [])]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     baseline = None
     best = final[final.split == "test"].groupby("variant")["loss"].mean().min()
-    for variant, rows in final.groupby("variant", sort=False):
+    for variant, every in frame.groupby("variant", sort=False):
+        rows = final[final["variant"] == variant]
+        lost = failed_runs[failed_runs["variant"] == variant]
+        if rows.empty:  # every run of it failed
+            name = variant + (f" (failed: {len(lost)} run{'s' if len(lost) > 1 else ''})")
+            empty = len(columns) - 1 - len(factors)
+            table.add_row(name, *(_cell(every[f].iloc[0]) for f in factors), *["—"] * empty)
+            continue
         train_rows, test_rows = rows[rows.split == "train"], rows[rows.split == "test"]
         means = test_rows["loss"].mean(), test_rows["accuracy"].mean()
         baseline = baseline or means
         name = variant + (" (diverged)" if (rows["status"] == "diverged").any() else "")
+        name += f" ({len(lost)} failed)" if len(lost) else ""
         name += "  ← best test loss" if means[0] == best else ""
         cells = [_mean_std(train_rows["loss"]), _mean_std(test_rows["loss"])]
         if accuracy:

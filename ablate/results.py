@@ -130,6 +130,11 @@ def write_frame(frame: pd.DataFrame, path: Path, metadata: dict | None = None, s
     write_frames([(frame, Path(path), schema)], metadata)
 
 
+def read_schema(path: Path) -> pa.Schema:
+    """The columns of a Parquet file and their types, without its metadata."""
+    return pq.read_schema(path).remove_metadata()
+
+
 def read_metadata(path: Path) -> dict:
     """The ablate metadata stored in a Parquet file by `write_frame`."""
     meta = pq.read_schema(path).metadata or {}
@@ -149,30 +154,111 @@ def models_path(path: Path) -> Path:
     return path.parent / MODELS_FOLDER / path.name.removesuffix(".parquet")
 
 
-def read_results(path: Path) -> pd.DataFrame:
-    """A study file written by ablate; anything else is a usage error."""
+def read_results(path: Path, kinds: dict[str, type] | None = None,
+                 what: str = "an ablate study result") -> pd.DataFrame:
+    """A study file written by ablate, checked whole against what its readers need: every
+    column they read, holding what ablate writes there (`kinds`: {column: int, float, str
+    or bool}, every one required, for another of ablate's tables). Anything else is a usage
+    error naming the columns and what ablate expects; numbers stored as objects (an
+    all-null column) come back as floats."""
     if not Path(path).is_file():
         raise UsageError(f"no such file: {str(path)!r}")
     try:
         frame = pd.read_parquet(path)
     except Exception as error:
         raise UsageError(f"{str(path)!r} is not a readable Parquet file ({type(error).__name__})") from None
-    missing = {"study", "variant", "seed", "epoch", "split", "run_id", "config_id"} - set(frame.columns)
+    name = repr(str(path))
+    if kinds is None:  # a study file: its key columns first, the message a foreign file gets
+        keys = {"study": str, "variant": str, "seed": int, "epoch": int, "split": str, "run_id": str,
+                "config_id": str}
+        required = {**keys, "status": str, "loss": float, "accuracy": float}
+        from ablate.config import column_types  # no torch: the settings' columns and their types
+
+        optional = {**column_types(), "lr": float, "seconds": float, "error": str, "latent_corr": float,
+                    "params": int, "flops": int, "device": str, "packed": int}
+        never_null = ("study", "variant", "seed", "run_id", "config_id", "status")
+    else:
+        keys, required, optional, never_null = kinds, kinds, {}, tuple(c for c, k in kinds.items() if k is not float)
+    missing = [c for c in keys if c not in frame.columns]
+    if not missing:
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise UsageError(f"{name} is not {what}: no column {', '.join(sorted(missing))} (its readers "
+                             f"need {', '.join(list(required)[:-1])} and {list(required)[-1]})")
     if missing:
-        raise UsageError(f"{str(path)!r} is not an ablate study result: no column {', '.join(sorted(missing))}")
+        raise UsageError(f"{name} is not {what}: no column {', '.join(sorted(missing))}")
+    words = {int: "whole numbers", float: "numbers", str: "text", bool: "true or false"}
+    found_words = {"string": "text", "boolean": "true or false", "integer": "numbers", "floating": "numbers",
+                   "mixed-integer-float": "numbers", "decimal": "numbers", "bytes": "bytes", "date": "dates",
+                   "datetime": "dates", "datetime64": "dates", "timedelta": "durations",
+                   "timedelta64": "durations"}
+    wrong = []
+    for column, kind in {**optional, **required}.items():
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            values = frame[column] = values.astype(values.cat.categories.dtype)
+        if values.isna().all():  # null everywhere: of no kind, and every kind may be null
+            if kind in (int, float) and not pd.api.types.is_numeric_dtype(values):
+                frame[column] = values.astype(float)
+            continue
+        found = pd.api.types.infer_dtype(values, skipna=True)
+        said = found_words.get(found, "mixed values" if found.startswith("mixed") else found)
+        numeric = said == "numbers"
+        if kind in (int, float) and numeric:
+            if not pd.api.types.is_numeric_dtype(values):
+                values = frame[column] = pd.to_numeric(values).astype(float)
+            if kind is int and not pd.api.types.is_integer_dtype(values):
+                whole = values.dropna()
+                if not (whole == whole.round()).all():
+                    example = whole[whole != whole.round()].iloc[0]
+                    wrong.append(f"{column} holds numbers that are not whole ({example!r})")
+            continue
+        if said != words[kind]:
+            wrong.append(f"{column} holds {said} where ablate writes {words[kind]}")
+    if wrong:
+        shown = wrong[:4] + ([f"and {len(wrong) - 4} more"] if len(wrong) > 4 else [])
+        raise UsageError(f"{name} is not {what}: {'; '.join(shown)}")
+    empty = [f"{column} is empty in {frame[column].isna().sum()} of {len(frame)} rows"
+             for column in never_null if column in frame.columns and frame[column].isna().any()]
+    if kinds is None:
+        status = frame["status"].dropna()
+        unknown = sorted(set(status) - {"ok", "diverged", "failed"})
+        if unknown:
+            raise UsageError(f"{name} is not {what}: column status holds {', '.join(map(repr, unknown[:3]))}; "
+                             "ablate writes ok, diverged or failed")
+        finished = frame["status"] != "failed"  # a failed run is one row with no epoch: its error
+        empty += [f"{column} is empty in {(finished & frame[column].isna()).sum()} rows of finished runs"
+                  for column in ("epoch", "split") if (finished & frame[column].isna()).any()]
+    if empty:
+        raise UsageError(f"{name} is not {what}: {'; '.join(empty)}; ablate fills {', '.join(never_null[:-1])} "
+                         f"and {never_null[-1]} in every row"
+                         + (", epoch and split in every row but a failed run's" if kinds is None else ""))
+    if kinds is None:
+        identity = ["run_id", "epoch", "split"]
+        rows = frame[[*identity, "study", "variant", "seed", "status", "loss", "accuracy"]].drop_duplicates()
+        twice = rows[rows.duplicated(identity, keep=False)]
+        if len(twice):
+            first = twice.iloc[0]
+            raise UsageError(f"{name} holds {twice[identity].drop_duplicates().shape[0]} (run_id, epoch, split) "
+                             f"rows twice with different values (the first: run {first['run_id']}, epoch "
+                             f"{first['epoch']}, split {first['split']}); ablate writes one row per run, "
+                             "epoch and split")
     return frame
 
 
 def read_per_class(path: Path) -> pd.DataFrame:
-    """The per-class rows written beside the study file `path` (empty when there are none)."""
+    """The per-class rows written beside the study file `path` (empty when there are none),
+    checked as `read_results` checks a study file."""
     per_class = per_class_path(path)
     if not per_class.exists():
         return pd.DataFrame(columns=PER_CLASS_SCHEMA.names)
+    kinds = {"study": str, "seed": int, "run_id": str, "class_index": int, "class_name": str, "accuracy": float}
     try:
-        return pd.read_parquet(per_class)
-    except Exception as error:
-        raise UsageError(f"{str(per_class)!r} is not a readable Parquet file ({type(error).__name__}); "
-                         "move it away to go on") from None
+        return read_results(per_class, kinds, "ablate's per-class rows")
+    except UsageError as error:
+        raise UsageError(f"{error}; move it away to go on") from None
 
 
 def existing_runs(path: Path, resume: bool, force: bool) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from ablate import arch, count, results
@@ -20,7 +21,8 @@ from ablate.data import Dataset, load_dataset, load_test_dataset
 from ablate.errors import UsageError
 from ablate.results import StudyFile
 from ablate.studies import Study
-from ablate.train import TASKS, RunConfig, RunResult, build_model, column_types, resolve, train_runs
+from ablate.config import DATA_FIELDS, column, column_types
+from ablate.train import TASKS, RunConfig, RunResult, build_model, resolve, train_runs
 
 RUN_COLUMNS = {
     "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float,
@@ -31,13 +33,27 @@ RUN_SCHEMA = results.arrow_schema(RUN_COLUMNS)
 
 
 def run_columns(runs: list[Run]) -> dict[str, type]:
-    """RUN_COLUMNS, and a column for each constructor argument of a user's model."""
-    extra = {}
+    """RUN_COLUMNS, and a column for each constructor argument of the runs' models, typed by
+    the values the runs give it: where two models give one name values of two types (an int
+    width and a str width), the column holds their text."""
+    kinds: dict[str, set] = {}
     for run in runs:
         for name, value in run.config.model_args:
-            if name not in RUN_COLUMNS:
-                extra.setdefault(name, arch.knob_type(value))
+            kinds.setdefault(name, set()).add(arch.knob_type(value))
+    extra = {name: _common_type(types) for name, types in kinds.items() if name not in RUN_COLUMNS}
     return {**RUN_COLUMNS, **extra}
+
+
+def _common_type(types: set) -> type:
+    if len(types) == 1:
+        return next(iter(types))
+    return float if types == {int, float} else str
+
+
+def typed_columns(values: dict, columns: dict[str, type]) -> dict:
+    """`values` as `columns` types them: what a model argument's column holds."""
+    return {k: v if v is None or k not in columns or columns[k] is not str or isinstance(v, str) else str(v)
+            for k, v in values.items()}
 
 
 def _digest(key: dict) -> str:
@@ -54,30 +70,41 @@ class Run:
     @property
     def config_id(self) -> str:
         """A hash of everything that decides the run's numbers but the seed."""
-        return _digest({"study": self.study, "variant": self.variant, **self.config.columns()})
+        return _digest({"study": self.study, "variant": self.variant, **self.config.identity()})
 
     @property
     def run_id(self) -> str:
         """A hash of everything that decides the run's numbers."""
-        return _digest({"study": self.study, "variant": self.variant, "seed": self.seed, **self.config.columns()})
+        return _digest({"study": self.study, "variant": self.variant, "seed": self.seed, **self.config.identity()})
 
     @property
     def label(self) -> str:
         return f"{self.variant} seed {self.seed}"
 
 
+MAX_VARIANTS, MAX_RUNS = 1_000, 100_000  # a study larger than this is a typo, not a plan
+
+
 def plan(study: Study, options: dict, seeds: int) -> list[Run]:
     """Every variant under seeds 0..seeds-1, each configuration checked. Options left as
     None keep the defaults; a variant's own fields win over the options, and the options
-    over the study's base. Names that are not RunConfig fields are the model's arguments."""
+    over the study's base. Names that are not RunConfig fields are the model's arguments.
+    Every run of a study trains on the same data: a variant may not change it."""
+    if len(study.variants) * seeds > MAX_RUNS:
+        raise UsageError(f"{len(study.variants):,} variants x {seeds:,} seeds = {len(study.variants) * seeds:,} runs; "
+                         f"a study takes at most {MAX_RUNS:,} runs: split it, or give fewer values or seeds")
     given = {k: v for k, v in options.items() if v is not None}
-    resolve(RunConfig().with_fields(**{**study.base, **given}))  # the options, before any variant
+    first = resolve(RunConfig().with_fields(**{**study.base, **given}))  # the options, before any variant
     runs = []
     for variant, fields in study.variants.items():
         try:
             config = resolve(RunConfig().with_fields(**{**study.base, **given, **fields}))
         except UsageError as error:
             raise UsageError(f"variant {variant!r}: {error}") from None
+        changed = [f for f in DATA_FIELDS if getattr(config, f) != getattr(first, f)]
+        if changed:
+            raise UsageError(f"variant {variant!r} sets {', '.join(changed)}: every variant of a study trains on "
+                             "the same data; give the data settings once, for the whole study")
         runs += [Run(study.name, variant, seed, config) for seed in range(seeds)]
     return runs
 
@@ -89,31 +116,57 @@ def _value(v):
     return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v
 
 
-def check_resumable(existing: pd.DataFrame, runs: list[Run], path) -> None:
+def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tuple[str, ...] = ()) -> None:
     """Refuse to add `runs` to a file whose runs were made with other settings: a file holds
-    one study, and one configuration per variant."""
+    one study, one configuration per variant, and the same value of every setting that is
+    not one of the study's `factors` (its budget, data and model) in every variant."""
     if existing.empty:
         return
     planned = pd.DataFrame([{"study": r.study, "variant": r.variant, **r.config.columns()} for r in runs])
     columns = [c for c in planned.columns if c in existing.columns]
     held = existing[columns].drop_duplicates()
-    shared = [c for c in columns if c != "variant" and planned[c].nunique(dropna=False) == 1]
     differences = {}
-    for column in shared:  # the settings every variant has: the same for every run in the file
-        now = _value(planned[column].iloc[0])
-        before = {_value(v) for v in held[column]} - {now}
-        if before:
-            differences[column] = (sorted(before, key=str), now)
-    for _, row in held[held["variant"].isin(set(planned["variant"]))].iterrows():
+    for _, row in held[held["variant"].isin(set(planned["variant"]))].iterrows():  # each variant: its own rows
         now = planned[planned["variant"] == row["variant"]].iloc[0]
-        for column in columns:
-            if column not in differences and _value(row[column]) != _value(now[column]):
-                differences[column] = ([_value(row[column])], _value(now[column]))
+        for name in columns:
+            if name not in differences and _value(row[name]) != _value(now[name]):
+                differences[name] = ([_value(row[name])], _value(now[name]))
+    fixed = [c for c in columns if c not in {"variant", *factors} and planned[c].nunique(dropna=False) == 1
+             and held[c].nunique(dropna=False) == 1]
+    for name in fixed:  # the study's own settings, in new variants too: the same as in the file
+        now, before = _value(planned[name].iloc[0]), _value(held[name].iloc[0])
+        if name not in differences and before != now:
+            differences[name] = ([before], now)
     if differences:
         said = "; ".join(f"{c}: {', '.join(map(str, before))} in the file, {now} now"
                          for c, (before, now) in differences.items())
         raise UsageError(f"--resume: {str(path)!r} holds runs made with other settings ({said}); "
                          "give the same options (--threads too), another --out, or --force to replace it")
+
+
+def results_schema(runs: list[Run], existing: pd.DataFrame, path: Path) -> pa.Schema:
+    """The columns the study's file will have: those of the planned runs, and any other the
+    file holds (a run of another model) with its type. Every planned run's row is checked
+    against it now, before anything trains: a value the file could not hold is refused here,
+    never after a run has trained."""
+    columns = run_columns(runs)
+    schema = results.arrow_schema(columns)
+    if len(existing):
+        held = results.read_schema(path)
+        for name in held.names:
+            kind = held.field(name).type
+            if name in schema.names and not pa.types.is_null(kind) and kind != schema.field(name).type:
+                raise UsageError(f"--resume: column {name!r} of {str(path)!r} holds {kind} values; the planned runs "
+                                 f"give it {schema.field(name).type}: give another --out")
+            if name not in schema.names:
+                schema = schema.append(pa.field(name, kind))
+    rows = pd.DataFrame([{"run_id": r.run_id, **typed_columns(r.config.columns(), columns)}
+                         for r in {r.config_id: r for r in runs}.values()])
+    try:
+        pa.Table.from_pandas(rows.reindex(columns=schema.names), schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise UsageError(f"a setting does not fit its column: {error}") from None
+    return schema
 
 
 @functools.cache  # every seed of a variant has the same model
@@ -124,8 +177,7 @@ def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count
     except UsageError:
         raise
     except Exception as error:  # a user's model that fails to build or to run once
-        raise UsageError(f"model {config.model!r} failed before training: {type(error).__name__}: "
-                         f"{(str(error).strip().splitlines() or [''])[0]}") from None
+        raise UsageError(f"model {config.model!r} failed before training: {arch.describe_error(error)}") from None
 
 
 def available_memory(device: torch.device) -> float:
@@ -140,15 +192,106 @@ def check_model(run: Run, data: Dataset) -> list[str]:
     config = run.config
     if not config.strip_activations:
         return []
-    with torch.device("meta"):  # nothing is allocated
-        model = arch.model_source(config.model).build(data.shape[0], len(data.classes), data.shape[1],
-                                                      **dict(config.model_args))
+    source = arch.model_source(config.model)
+
+    def build():
+        return source.build(data.shape[0], len(data.classes), data.shape[1], **dict(config.model_args))
+
+    model = count.build_meta(build)  # nothing is allocated
+    if model is None:  # a model that cannot be built on the meta device: with real weights, or why not
+        try:
+            model = build()
+        except UsageError:
+            raise
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever the user's model raises is bad input
+            raise UsageError(f"model {config.model!r} failed to build: {arch.describe_error(error)}") from None
     replaced = arch.strip_activations(model)
     if not replaced:
         raise UsageError(f"variant {run.variant!r}: model {config.model!r} has no activation module to remove "
                          "(activations called as functions in forward cannot be replaced)")
     said = ", ".join(f"{n} {name}" for name, n in replaced.items())
     return [f"variant {run.variant!r}: {sum(replaced.values())} activation modules replaced by identity ({said})"]
+
+
+PROBE_IMAGES = 2  # the real images a model's output is checked on before training
+
+
+class _Running:
+    """The modules running at each moment (global forward hooks): the innermost one when an
+    exception is raised is the layer that failed."""
+
+    def __enter__(self):
+        self.stack: list[torch.nn.Module] = []
+        hooks = torch.nn.modules.module
+        self.handles = [hooks.register_module_forward_pre_hook(lambda module, args: self.stack.append(module)),
+                        hooks.register_module_forward_hook(lambda module, args, out: self._leave(module))]
+        return self
+
+    def _leave(self, module) -> None:
+        if any(m is module for m in self.stack):  # and any it called that raised and was caught
+            while self.stack.pop() is not module:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def where(self, model: torch.nn.Module | None = None) -> str:
+        """" in layer 'body.3' (Linear)": the innermost module running, if any and not `model`."""
+        if not self.stack:
+            return ""
+        root, inner = self.stack[0], self.stack[-1]
+        if isinstance(root, arch.GrayToRGB):
+            root = root.model
+        if model is not None and inner in (model, root):
+            return ""
+        name = next((n for n, m in root.named_modules() if m is inner), "")
+        return f" in layer {name!r} ({type(inner).__name__})" if name else f" in a {type(inner).__name__}"
+
+
+def check_outputs(runs: list[Run], data: Dataset) -> None:
+    """Each model configuration of `runs`, built once with real weights on the CPU, on a batch
+    of PROBE_IMAGES real images (in evaluation mode, then in training mode, without
+    gradients): it must build, run, and give what its task needs (`Task.check_output`). The
+    global random state is given back as it was: no run's numbers change. A model whose
+    weights would not fit in memory is left to check_memory."""
+    configs = {}
+    for run in runs:
+        c = run.config
+        configs.setdefault((c.model, c.model_args, c.strip_activations, c.task), run)
+    x = data.train_x[:PROBE_IMAGES].float().div(255).contiguous(memory_format=torch.channels_last)
+    batch = f"a batch of {len(x)} {data.name} images ({'x'.join(map(str, data.shape))})"
+    for run in configs.values():
+        config, task = run.config, TASKS.get(run.config.task)
+        name = f"model {config.model!r}" + (f" (variant {run.variant!r})" if len(configs) > 1 else "")
+
+        def build():
+            return build_model(config, data.shape[0], len(data.classes), data.shape[1])
+
+        meta = count.build_meta(build)
+        free = count.available_memory()
+        if meta is not None and free is not None and \
+                sum(t.numel() * t.element_size() for t in (*meta.parameters(), *meta.buffers())) > free / 2:
+            continue
+        model, mode = None, ""
+        with torch.random.fork_rng(devices=[]), _Running() as running:
+            try:
+                model = build()
+                for training in (False, True):  # epoch 0 evaluates first
+                    mode = " in training mode" if training else ""
+                    model.train(training)
+                    with torch.no_grad():
+                        output = model(x)
+                    problem = task.check_output(output, x, data)
+                    if problem is not None:
+                        raise UsageError(f"{name}{mode} {problem}")
+            except UsageError:
+                raise
+            except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever the user's model raises is bad input
+                said = arch.describe_error(error)
+                if model is None:
+                    raise UsageError(f"{name} failed to build{running.where()}: {said}") from None
+                raise UsageError(f"{name} failed{running.where(model)}{mode} on {batch}: {said}") from None
 
 
 def training_bytes(config: RunConfig, data: Dataset) -> int:
@@ -180,7 +323,8 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
     head = {"study": run.study, "variant": run.variant, "seed": run.seed}
     ids = {"run_id": run.run_id, "config_id": run.config_id}
     size = model_size(run.config, data.shape, len(data.classes))
-    common = {**head, "status": result.status, "error": result.error, **ids, **run.config.columns(),
+    common = {**head, "status": result.status, "error": result.error, **ids,
+              **typed_columns(run.config.columns(), columns),
               "params": size.params, "flops": size.flops, "device": device, "packed": result.packed}
     rows = pd.DataFrame([
         {**common, "epoch": r.epoch, "split": r.split, "loss": r.loss, "accuracy": r.accuracy, "lr": r.lr,
@@ -307,6 +451,7 @@ class Prepared:
     pack: bool = False  # the seeds of a variant train together (ablate.pack)
     other_test: tuple | None = None  # (name, images, labels) of --test-dataset
     notes: list[str] = field(default_factory=list)  # what the user should know before training
+    schema: pa.Schema | None = None  # the results file's columns: the planned runs' and the file's
 
     def todo(self, done: set[str]) -> list[Run]:
         return [r for r in self.runs if r.run_id not in done]
@@ -327,18 +472,26 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
     problem. Creates no file or folder."""
     existing = results.existing_runs(out, resume, force)
     runs = plan(study, options, seeds)
-    check_resumable(existing, runs, out)
-    config = runs[0].config  # the data settings are the same for every run of a study
+    check_resumable(existing, runs, out, study.factors)
+    schema = results_schema(runs, existing, out)
+    if save_models:
+        results.check_writable(results.models_path(out) / "x.safetensors", (".safetensors",))
+    config = runs[0].config  # plan checked that the data settings are the same for every run
     data = load_dataset(config.dataset, data_dir, config.limit_train, config.limit_test,
                         image_size=config.image_size, test_fraction=config.test_fraction or 0.2)
+    if config.labels is not None and config.labels > len(data.train_y):
+        raise UsageError(f"--labels {config.labels}: the train split has {len(data.train_y):,} images; "
+                         f"give at most {len(data.train_y):,}")
     other_test = None
     if config.test_dataset is not None:
         other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
     notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
+    check_outputs(runs, data)  # one real batch through each model: it runs, and gives what the task needs
     check_memory(runs, data, device)
     if pack is None:  # packing pays where per-step costs dominate: on GPUs, not on a CPU (benchmarks/speed.py)
         pack = device.type == "cuda"
-    return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes)
+    return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
+                    schema)
 
 
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,
@@ -347,10 +500,10 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
     """Train what `prepared` plans and the file does not hold yet; return the planned runs'
     rows and per-class rows. `on_start(runs to train)` is called once the file is open."""
     p = prepared
-    schema = results.arrow_schema(run_columns(p.runs))
     order = {r.run_id: i for i, r in enumerate(p.runs)}  # the table's order, whatever order runs end in
-    with StudyFile(p.out, schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
-        check_resumable(store.runs, p.runs, p.out)  # a writer may have finished since we looked
+    with StudyFile(p.out, p.schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
+        check_resumable(store.runs, p.runs, p.out, p.study.factors)  # a writer may have finished since we looked
+        results_schema(p.runs, store.runs, p.out)
         if on_start is not None:
             on_start(p.todo(store.done()))
         try:

@@ -21,7 +21,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ablate.config import AUGMENTATION_NAMES, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig, augmentation_parts
+from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig, Setting,
+                           SETTINGS, augmentation_parts)
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
@@ -45,7 +46,8 @@ class Study:
 @dataclass(frozen=True)
 class StudyEntry:
     build: Callable[..., Study]  # keywords: its own options, and any shared option it names
-    options: dict[str, str]  # its own options: name -> help; the default is the keyword's
+    options: dict[str, str]  # its own options: name -> help, the default is the keyword's; a shared
+    # option (epochs, ...) named here keeps its type and default, with this help for this study
 
 
 STUDIES: Registry[StudyEntry] = Registry("study")
@@ -163,30 +165,16 @@ def augment(sets: str = AUGMENT_SETS) -> Study:
     )
 
 
-def scheduler_fields(name: str, epochs: int, lr: float) -> dict:
-    """Each scheduler's hyper-parameters, stated so they land in the results as columns."""
-    return {
-        "none": {},
-        "step": {"lr_step_size": max(1, epochs // 3), "lr_gamma": 0.1},
-        "exponential": {"lr_gamma": 0.8},
-        "cosine": {},
-        "onecycle": {"lr_max": 4 * lr},
-    }[name]
-
-
-SCHEDULER_HELP = ("none; step: x0.1 every epochs/3 epochs; exponential: x0.8 per epoch; cosine: to 0 over "
-                  "the epochs; onecycle: up to 4 x lr and down, per batch")
+SCHEDULER_HELP = "; ".join(f"{n}: {s.description}" for n, s in SCHEDULERS.items())
 
 
 @register_study("scheduler", schedulers=f"Schedulers, comma-separated ({SCHEDULER_HELP}).")
-def scheduler(schedulers: str = ",".join(SCHEDULERS), epochs: int = RunConfig.epochs,
-              lr: float | None = None) -> Study:
+def scheduler(schedulers: str = ",".join(SCHEDULERS)) -> Study:
     names = parse_list(schedulers, "scheduler", SCHEDULERS.names())
-    lr = lr or RunConfig.lr
-    return Study(
+    return Study(  # each scheduler's hyper-parameters are its defaults (config.SCHEDULERS): columns
         "scheduler",
         f"Learning-rate schedulers ({SCHEDULER_HELP}).",
-        variants={n: {"scheduler": n, **scheduler_fields(n, epochs, lr)} for n in names},
+        variants={n: {"scheduler": n} for n in names},
         factors=("scheduler", "lr_step_size", "lr_gamma", "lr_max"),
     )
 
@@ -333,30 +321,34 @@ def ladder(steps: str = "standardize,crop-flip,exponential,dropout,batchnorm") -
 # ---------------------------------------------------------------- any knob
 
 
-FIXED_PER_STUDY = {"dataset", "image_size", "test_fraction", "test_dataset", "limit_train", "limit_test", "task"}
+FIXED_PER_STUDY = {*DATA_FIELDS, "task"}  # the same for every variant: set once, for the whole study
+MAX_VARIANTS = 1_000  # more is a typo, not a plan (and each variant is planned, counted and checked)
+
+
+def _settings_help(model: str | None, knobs) -> str:
+    return ("allowed: the training settings " + ", ".join(sorted(FIELDS - FIXED_PER_STUDY))
+            + f"; the constructor arguments of {model or RunConfig.model!r}: " + (", ".join(knobs) or "none"))
 
 
 def parse_values(name: str, text: str, model: str | None) -> list:
     """The values of `--vary NAME=TEXT`: typed as the RunConfig field, or, for a constructor
     argument of the model, Python literals (strings may be bare)."""
-    from ablate import arch, train  # they import torch: only a sweep being made needs them
+    from ablate import arch  # imports torch: only a sweep being made needs it
 
     field = "lr" if name == "base_lr" else name
-    kinds = train.column_types()
-    if field in FIELDS - FIXED_PER_STUDY:
-        kind = kinds["base_lr" if field == "lr" else field]
+    if field in FIXED_PER_STUDY:
+        raise UsageError(f"--vary {name}: the data settings ({', '.join(sorted(FIXED_PER_STUDY))}) are the same "
+                         f"for every variant of a study; give --{field.replace('_', '-')} once")
+    if field in FIELDS:
         items = parse_list(text, f"value of {name}")
-        return [_typed(name, item, kind) for item in items]
+        return [_typed(name, item, SETTINGS[field]) for item in items]
     knobs = arch.model_source(model or RunConfig.model).knobs
     if name not in knobs:
         allowed = sorted(FIELDS - FIXED_PER_STUDY) + list(knobs)
-        raise unknown_name("setting to vary", name, allowed,
-                           hint="allowed: the training settings " + ", ".join(sorted(FIELDS - FIXED_PER_STUDY))
-                           + f"; the constructor arguments of {model or RunConfig.model!r}: "
-                           + (", ".join(knobs) or "none"))
+        raise unknown_name("setting to vary", name, allowed, hint=_settings_help(model, knobs))
     try:
         values = ast.literal_eval(f"[{text}]")
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         values = [_literal(item) for item in parse_list(text, f"value of {name}")]
     if not values or len({repr(v) for v in values}) < len(values):
         raise UsageError(f"--vary {name}: give distinct values separated by commas, got {text!r}")
@@ -366,22 +358,23 @@ def parse_values(name: str, text: str, model: str | None) -> list:
 def _literal(text: str):
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text  # a bare word: a string
 
 
-def _typed(name: str, text: str, kind: type):
+def _typed(name: str, text: str, setting: Setting):
+    """`text` as `setting` takes it: 'none' for None, true/false, or a number."""
+    kind, value = setting.kind, text
     if text.lower() == "none":
-        return None
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false"):
-                raise ValueError
-            return text.lower() == "true"
-        return kind(text)
-    except ValueError:
-        article = "an" if kind is int else "a"
-        raise UsageError(f"--vary {name}: {text!r} is not {article} {kind.__name__}") from None
+        value = None
+    elif kind is bool:
+        value = {"true": True, "false": False}.get(text.lower(), text)
+    elif kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            pass
+    return setting.check(value, f"--vary {name}: ")
 
 
 def _label(value) -> str:
@@ -390,8 +383,13 @@ def _label(value) -> str:
 
 def factorial(factors: dict[str, list], grid: bool) -> dict[str, dict]:
     """Variants from factor values: with `grid`, every combination; without, one factor at a
-    time around the base (the first value of every factor)."""
+    time around the base (the first value of every factor). Counted before any is made: more
+    than MAX_VARIANTS is refused."""
     names = list(factors)
+    count = math.prod(len(v) for v in factors.values()) if grid else 1 + sum(len(v) - 1 for v in factors.values())
+    if count > MAX_VARIANTS:
+        sizes = " x ".join(str(len(v)) for v in factors.values()) if grid else "one factor at a time"
+        raise UsageError(f"{count:,} variants ({sizes}); a study takes at most {MAX_VARIANTS:,}: give fewer values")
     if grid:
         combos = itertools.product(*factors.values())
         return {" ".join(f"{n}={_label(v)}" for n, v in zip(names, combo)): dict(zip(names, combo))
@@ -433,7 +431,8 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
 
 def from_toml(path: Path, model: str | None = None) -> Study:
     """A study kept in a file: name, description, [base], and [variants.NAME] tables or a
-    [vary] / [grid] table of NAME = [values]."""
+    [vary] / [grid] table of NAME = [values]. Data settings go in [base] only; the values'
+    types and ranges are checked with every other run's (runner.plan)."""
     from ablate import arch  # imports torch: only a study file being read needs it
 
     text = _read(path)
@@ -445,24 +444,51 @@ def from_toml(path: Path, model: str | None = None) -> Study:
     for key in spec:
         if key not in allowed:
             raise UsageError(f"{path}, {_line(text, key)}: unknown field {key!r}; allowed: {', '.join(sorted(allowed))}")
+    for key in ("name", "description"):
+        if key in spec and not (isinstance(spec[key], str) and spec[key].strip()):
+            raise UsageError(f"{path}, {_line(text, key)}: {key} must be a non-empty string, got {spec[key]!r}")
     if sum(k in spec for k in ("variants", "vary", "grid")) != 1:
         raise UsageError(f"{path}: give exactly one of [variants.NAME], [vary] or [grid]")
+    kind = next(k for k in ("variants", "vary", "grid") if k in spec)
+    for key in ("base", kind):
+        if not isinstance(spec.get(key, {}), dict):
+            raise UsageError(f"{path}, {_line(text, key)}: {key} must be a table ([{key}]), got {spec[key]!r}")
     base = spec.get("base", {})
+    if not spec[kind]:
+        raise UsageError(f"{path}, {_line(text, kind)}: [{kind}] is empty: give at least one "
+                         + ("[variants.NAME] table" if kind == "variants" else "NAME = [values]"))
+    if kind == "variants":
+        for name, fields in spec["variants"].items():
+            if not isinstance(fields, dict):
+                raise UsageError(f"{path}, {_line(text, name)}: variant {name!r} must be a table "
+                                 f"([variants.{name}]) of settings, got {fields!r}")
     model = model or base.get("model")
-    settings = sorted(FIELDS - FIXED_PER_STUDY) + list(arch.model_source(model or RunConfig.model).knobs)
-    for table in (base, *spec.get("variants", {}).values(), spec.get("vary", {}), spec.get("grid", {})):
+    if model is not None and not isinstance(model, str):
+        raise UsageError(f"{path}, {_line(text, 'model')}: model must be a string, got {model!r}")
+    knobs = arch.model_source(model or RunConfig.model).knobs
+    settings = sorted(FIELDS - FIXED_PER_STUDY) + list(knobs)
+    tables = [("base", base)] + ([(f"variants.{n}", f) for n, f in spec["variants"].items()]
+                                 if kind == "variants" else [(kind, spec[kind])])
+    for where, table in tables:
         for key in table:
             if key not in settings and key not in FIXED_PER_STUDY | {"model"}:
                 raise UsageError(f"{path}, {_line(text, key)}: unknown setting {key!r}; allowed: "
                                  + ", ".join(settings))
-    if "variants" in spec:
+            if where != "base" and key in FIXED_PER_STUDY:
+                raise UsageError(f"{path}, {_line(text, key)}: {key} is a data setting, the same for every "
+                                 f"variant: set it in [base], not in [{where}]")
+    if kind == "variants":
         variants = {name: dict(fields) for name, fields in spec["variants"].items()}
         factors = tuple(dict.fromkeys(k for fields in variants.values() for k in fields))
     else:
-        grid = "grid" in spec
-        table = spec["grid" if grid else "vary"]
-        factors_values = {k: v if isinstance(v, list) else [v] for k, v in table.items()}
-        variants = factorial(factors_values, grid)
+        factors_values = {}
+        for key, values in spec[kind].items():
+            values = values if isinstance(values, list) else [values]
+            if not values or len({repr(v) for v in values}) < len(values):
+                raise UsageError(f"{path}, {_line(text, key)}: {key} takes a list of distinct values, "
+                                 f"like {key} = [1, 2]; got {spec[kind][key]!r}")
+            factors_values[key] = values
+        variants = factorial(factors_values, kind == "grid")
         factors = tuple(factors_values)
     name = spec.get("name", Path(path).stem)
     return Study(name, spec.get("description", f"the study in {path}"), variants=variants,
@@ -512,8 +538,13 @@ def ae_depth(depths: str = "1,2,3") -> Study:
                  base=AUTOENCODER_BASE, plot="curves")
 
 
-@register_study("transfer", labels="Labelled train images (class-balanced) the classifier learns from.",
-                pretrain_epochs="Epochs of the autoencoder's training on the whole train split, unlabelled.")
+@register_study("transfer", labels="Labelled train images (class-balanced) the classifier learns from (at most "
+                "the train split's size).",
+                pretrain_epochs="Epochs of the autoencoder's training on the whole train split, unlabelled.",
+                epochs="Epochs of the classifier's training on the labelled images (default 10); the "
+                "autoencoder's pretraining takes --pretrain-epochs.",
+                batch_size="Batch size of the classifier's training (default 20); pretraining takes 32.",
+                lr="Learning rate of the classifier's AdamW (default 0.001); pretraining takes 0.001.")
 def transfer(labels: int = 80, pretrain_epochs: int = 20) -> Study:
     if labels < 1 or pretrain_epochs < 1:
         raise UsageError(f"--labels and --pretrain-epochs must be >= 1, got {labels} and {pretrain_epochs}")

@@ -7,7 +7,6 @@ import functools
 import math
 import os
 import time
-import typing
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -17,23 +16,10 @@ from torch import nn
 
 from ablate import arch, transforms
 from ablate import pack as packing
-from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, RunConfig
+from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, RunConfig, checked, with_defaults
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
-
-
-def column_types() -> dict[str, type]:
-    """Each config column's Python type (int, float, str or bool); every one may be null. The
-    constructor arguments of ablate's own models are columns of every study."""
-    hints = typing.get_type_hints(RunConfig)
-    types = {}
-    for name in RunConfig.__dataclass_fields__:
-        if name == "model_args":
-            continue
-        args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
-        types["base_lr" if name == "lr" else name] = args[0] if args else hints[name]
-    return {**types, **{k: v for k, v in arch.registry_knobs().items() if k not in types}}
 
 
 @dataclass
@@ -62,17 +48,43 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Task:
-    """What a run learns: its loss on a batch, and whether outputs are class scores."""
+    """What a run learns: its loss on a batch, whether outputs are class scores, and what a
+    model must output for it."""
 
     name: str
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (output, x, y) -> mean
     classifies: bool  # outputs are class scores: accuracy and per-class accuracy are measured
+    # (a model's output on a batch x of the data, the data) -> None, or what is wrong, as
+    # "gives <what it gave> for a batch of N; task T needs <what it takes>"
+    check_output: Callable[[object, torch.Tensor, Dataset], str | None] = lambda output, x, data: None
+
+
+def _output_check(task: str, need: Callable[[torch.Tensor, Dataset], tuple], why: Callable[[Dataset], str]):
+    """A task's `check_output`: a floating-point tensor of the shape `need(x, data)`, any values
+    (NaN too: a run that diverges says so itself)."""
+
+    def check(output, x: torch.Tensor, data: Dataset) -> str | None:
+        shape = need(x, data)
+        tensor = isinstance(output, torch.Tensor) and output.is_floating_point()
+        if tensor and tuple(output.shape) == shape:
+            return None
+        wanted = str(shape) if tensor else f"a floating-point tensor of shape {shape}"
+        return (f"gives {arch.describe_output(output)} for a batch of {len(x)}; task {task} needs {wanted}: "
+                f"{why(data)}")
+
+    return check
 
 
 TASKS: Registry[Task] = Registry("task")
-TASKS.register("classify", Task("classify", lambda out, x, y: F.cross_entropy(out, y), True))
+TASKS.register("classify", Task(
+    "classify", lambda out, x, y: F.cross_entropy(out, y), True,
+    _output_check("classify", lambda x, data: (len(x), len(data.classes)),
+                  lambda data: f"one score per class of {data.name}")))
 # the output against the input, in the normalised space the run states (normalization none: [0, 1])
-TASKS.register("reconstruct", Task("reconstruct", lambda out, x, y: F.mse_loss(out, x), False))
+TASKS.register("reconstruct", Task(
+    "reconstruct", lambda out, x, y: F.mse_loss(out, x), False,
+    _output_check("reconstruct", lambda x, data: tuple(x.shape),
+                  lambda data: f"each image rebuilt, the shape of the input ({data.name})")))
 
 LATENT_CORR_IMAGES = 4000  # report 001, Q3
 
@@ -100,17 +112,15 @@ def resolve(config: RunConfig) -> RunConfig:
     """`config` checked, with every constructor argument of its model in `model_args` (the
     model's own default where none is given). Every named choice must exist, and an argument
     the model does not take is a usage error: a row records only what decided the run."""
+    config = checked(config)  # every field's type and range (config.SETTINGS)
     for registry, name in ((TASKS, config.task), (OPTIMIZERS, config.optimizer),
                            (SCHEDULERS, config.scheduler), (transforms.NORMALIZATIONS, config.normalization),
                            (transforms.PERMUTATIONS, config.permutation)):
         registry.get(name)
+    config = with_defaults(config)
     transforms.augmentation(config.augment)
     if config.amp not in AMP:
         raise unknown_name("amp", config.amp, AMP)
-    if not (math.isfinite(config.lr) and config.lr > 0):
-        raise UsageError(f"--lr must be a finite number > 0, got {config.lr}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise UsageError(f"epochs and batch_size must be >= 1, got {config.epochs} and {config.batch_size}")
     source = arch.model_source(config.model)
     unknown = [k for k, _ in config.model_args if k not in source.knobs]
     if unknown:
