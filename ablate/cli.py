@@ -387,7 +387,6 @@ def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | No
             with progress:
                 return runner.run_study(prepared, metadata, executor, on_run, on_start)
     except KeyboardInterrupt as interrupted:  # runner.Interrupted while training; else before or after it
-        progress.stop()
         if isinstance(interrupted, runner.Interrupted):
             saved, planned = interrupted.saved, interrupted.planned
         else:  # while a cluster started or stopped: what the file holds

@@ -20,7 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, Iterator
 
 from ablate.data import Dataset, load_dataset
-from ablate.errors import UsageError
+from ablate.errors import EnvironmentFailure, UsageError
 
 PROGRESS_QUEUE = "ablate-progress"
 PACKAGES = ("ablate", "torch", "torchvision")
@@ -174,6 +174,9 @@ def _ctrl_c_held():
     if not _main_thread():
         yield
         return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # its first start unblocks SIGINT in the thread that starts it: here, before
     caught = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -214,6 +217,10 @@ def local_cluster(workers: int, threads: int):
         with dask.config.set(quiet_workers):
             cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, worker_dashboard_address=None)
+    except (OSError, RuntimeError, TimeoutError) as error:  # a worker process that cannot start (memory, limits)
+        cause = error.__cause__ or error
+        raise EnvironmentFailure(f"--workers {workers}: the LocalCluster did not start: "
+                                 f"{str(cause).strip() or type(cause).__name__}") from None
     finally:
         os.environ.clear()  # Dask leaves OMP_NUM_THREADS=1 (and more) set in this process: undone
         os.environ.update(environ)
@@ -237,7 +244,7 @@ def scheduler_address(address: str) -> tuple[str, str, int]:
     protocol, sep, rest = text.partition("://")
     if not sep:
         if "/" in text:
-            raise bad("malformed address")
+            raise bad("malformed (write PROTOCOL://HOST:PORT)")
         protocol, rest = "tcp", text
     protocol = protocol.lower()
     if protocol in ("http", "https"):
@@ -252,19 +259,19 @@ def scheduler_address(address: str) -> tuple[str, str, int]:
     if rest.startswith("["):
         host, close, port = rest[1:].partition("]")
         if not close or (port and not port.startswith(":")):
-            raise bad("malformed IPv6 host (write it in brackets, like tcp://[::1]:8786)")
+            raise bad("malformed IPv6 host (in brackets, then :PORT)")
         port = port[1:]
     else:
         host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
         if ":" in host:
-            raise bad("an IPv6 host goes in brackets, like tcp://[::1]:8786")
+            raise bad("an IPv6 host goes in brackets, [::1]")
     if not host and not port:
         raise bad("no host and no port")
     if not host:
         raise bad("no host")
     if not port:
         raise bad("no port")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         raise bad(f"the port {port!r} is not a number")
     if not 1 <= int(port) <= 65535:
         raise bad(f"the port {int(port)} is out of range (1 to 65535)")
@@ -283,7 +290,8 @@ def _reachable(address: str) -> None:
     except socket.gaierror as error:
         raise UsageError(f"--scheduler {address}: cannot connect: unknown host {host!r} ({error.strerror})") from None
     except ConnectionRefusedError:
-        raise UsageError(f"--scheduler {address}: cannot connect: nothing listens on port {port} of {host} "
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise UsageError(f"--scheduler {address}: cannot connect: nothing listens at {where} "
                          "(is `dask scheduler` running there, on that port?)") from None
     except TimeoutError:
         raise UsageError(f"--scheduler {address}: cannot connect: no answer from {host} within "

@@ -64,8 +64,9 @@ class RunConfig:
     def identity(self) -> dict:
         """What a run_id hashes: `columns()`, less the fields added after `ID_FIELDS` that are
         at their default (a new field that keeps the old behaviour keeps the old run_ids)."""
-        return {k: v for k, v in self.columns().items()
-                if k not in NEW_COLUMNS or v != NEW_COLUMNS[k]}
+        later = {column(f.name) for f in fields(self)
+                 if f.name not in ID_FIELDS | {"model_args"} and getattr(self, f.name) == f.default}
+        return {k: v for k, v in self.columns().items() if k not in later}
 
     def with_fields(self, **values) -> RunConfig:
         """A copy with `values` set: RunConfig fields by name, anything else as a model argument."""
@@ -95,8 +96,6 @@ def column(field_name: str) -> str:
     """A field's result column: `lr` is `base_lr` there (`lr` is each epoch's rate)."""
     return "base_lr" if field_name == "lr" else field_name
 
-
-NEW_COLUMNS = {column(f.name): f.default for f in fields(RunConfig) if f.name in FIELDS - ID_FIELDS}
 
 
 # ---------------------------------------------------------------- the schema of the settings

@@ -9,6 +9,12 @@ first of the first three.
 `folder:PATH` is an ImageFolder tree of the user's own images (PATH/<class>/<image>, or
 PATH/train/<class>/<image> and PATH/test/<class>/<image>), decoded once and kept in the
 per-user cache under `folders/`.
+
+Every check comes before anything big is made: the memory the images will need (`data_bytes`:
+the uint8 images at their final size and the float32 copy training makes of them) is compared
+with the memory available before they are generated, decoded or resized, and a folder's cache
+is written only when every check has passed (`deferred_cache_writes` stretches that over more
+checks than `load_dataset`'s own).
 """
 
 from __future__ import annotations
@@ -281,7 +287,7 @@ FLOAT_COPY = 4
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:,.1f} GB" if n >= 0.1e9 else f"{n / 1e6:,.0f} MB"
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
 
 
 def data_bytes(n_train: int, n_test: int, shape: tuple[int, ...], loading: int = 0) -> int:
@@ -342,6 +348,8 @@ def _folder_root(spec: str) -> Path:
         else:
             what = "is not a folder" if root.exists() else "does not exist"
         raise UsageError(f"{str(root)!r} {what}: folder:PATH needs a folder of images, {LAYOUT}")
+    if not os.access(root, os.R_OK | os.X_OK):  # else its train/ and test/ would look absent
+        raise _unreadable_folder(root)
     return root
 
 
@@ -407,20 +415,27 @@ def _trees(root: Path) -> tuple[list[str], dict[str, Path]]:
     return train, {"train": root / "train", "test": root / "test"}
 
 
-def _image_paths(folder: Path) -> list[Path]:
-    """The image files under `folder`, at any depth, sorted. Links are followed, each folder is read
-    once (a link back to a folder above is a loop, not more images); a link to nothing named like an
-    image is kept, to be reported as unreadable."""
-    seen, found, todo = set(), [], [folder]
+def _inode(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise _unreadable_folder(path, error) from None
+    return stat.st_dev, stat.st_ino
+
+
+def _image_paths(folder: Path, root: Path) -> list[Path]:
+    """The image files under `folder` (a class folder under `root`), at any depth, sorted. Links
+    are followed and each folder is read once: a link back to `folder` or to a folder above it, up
+    to `root`, is a loop, not more images. A link to nothing named like an image is kept, to be
+    reported as unreadable."""
+    above = [root, *[p for p in folder.parents if root in p.parents]]
+    seen, found, todo = {_inode(p) for p in above}, [], [folder]
     while todo:
         current = todo.pop()
-        try:
-            stat = current.stat()
-        except OSError as error:
-            raise _unreadable_folder(current, error) from None
-        if (stat.st_dev, stat.st_ino) in seen:
+        inode = _inode(current)
+        if inode in seen:
             continue
-        seen.add((stat.st_dev, stat.st_ino))
+        seen.add(inode)
         for entry in _entries(current):
             kind = _kind(entry)
             if kind == "dir":
@@ -433,7 +448,7 @@ def _image_paths(folder: Path) -> list[Path]:
 def _images(tree: Path, classes: list[str]) -> list[tuple[Path, int]]:
     files = []
     for label, name in enumerate(classes):
-        found = _image_paths(tree / name)
+        found = _image_paths(tree / name, tree)
         if not found:
             raise UsageError(f"class folder {str(tree / name)!r} has no images (looked for "
                              f"{', '.join('*' + e for e in IMAGE_EXTENSIONS)})")
@@ -460,6 +475,8 @@ def _reason(error: Exception) -> str:
         return "too large: " + str(error).split(", could be")[0]
     if isinstance(error, MemoryError):
         return "too large to decode in memory"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
     text = (str(error).strip().splitlines() or [""])[0][:100]
     return f"{type(error).__name__}: {text}" if not isinstance(error, OSError) or not text else text
 

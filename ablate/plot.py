@@ -97,7 +97,7 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") ->
         s = final[final.split == split].groupby(factor)[metric].agg(["mean", "std"]).sort_index()
         ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), fmt=style, color=color, capsize=3,
                     label=metric.replace("_", " ") if metric == "latent_corr" else f"{split} {metric}")
-        if split == "test" and metric == "loss":
+        if split == "test" and metric == "loss" and s["mean"].notna().any():
             best = s["mean"].idxmin()
             ax.plot([best], [s["mean"][best]], "o", ms=12, mfc="none", mec="tab:red")
             ax.annotate(f"lowest test loss: {best}", (best, s["mean"][best]), textcoords="offset points",

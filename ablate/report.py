@@ -159,9 +159,9 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
     caption = None
     if len(failed_runs):
         error = failed_runs["error"].dropna() if "error" in failed_runs else ()
-        caption = (f"{len(failed_runs)} of {len(runs)} runs failed and are left out"
-                   + (f"; the first: {error.iloc[0]}" if len(error) else "")
-                   + "; --resume trains them again")
+        caption = (f"{len(failed_runs)} of {len(runs)} runs failed"
+                   + (f" (the first: {error.iloc[0]})" if len(error) else "")
+                   + f" and {'are' if len(failed_runs) > 1 else 'is'} left out; --resume trains failed runs again")
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD)
     columns = ["variant", *factors, "train loss", "test loss", *(["test accuracy"] if accuracy else []),
                *(["latent corr"] if latent else []), "Δ test loss", *(["Δ test acc"] if accuracy else [])]
@@ -197,6 +197,8 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
 
 
 def _interval_cell(mean, std, low, high, scale=1.0, digits=4) -> str:
+    if mean != mean:  # NaN: no seed has a value (every run diverged)
+        return "—"
     text = f"{scale * mean:.{digits}f}"
     if std == std:  # not NaN: more than one seed
         text += f" ± {scale * std:.{digits}f}  [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
@@ -212,6 +214,8 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
                "shared seeds, * when its interval excludes 0")
     if seeds < 2:
         caption = "one seed: no interval can be given (train with --seeds 2 or more)"
+    if seeds < 1:
+        caption = "no run has a test value there: every one diverged (its loss became NaN or infinite)"
     table = Table(title=f"{study}: test metrics at {epoch_label}, baseline {base!r}", caption=caption,
                   box=box.SIMPLE_HEAD)
     accuracy = (rows.metric == "test_accuracy").any()  # not for an autoencoder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -104,7 +105,8 @@ def _write_temporary(frame: pd.DataFrame, path: Path, metadata: dict, schema: pa
         with open(tmp, "rb") as written:  # on disk before it takes the name: power loss too
             os.fsync(written.fileno())
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # pyarrow removes what it could not finish
+            os.unlink(tmp)
         raise
     return tmp
 
@@ -120,7 +122,7 @@ def write_frames(items: list[tuple[pd.DataFrame, Path, pa.Schema | None]], metad
             os.replace(tmp, path)
     finally:
         for tmp in temporary:
-            if os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
 
@@ -167,6 +169,8 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
         frame = pd.read_parquet(path)
     except Exception as error:
         raise UsageError(f"{str(path)!r} is not a readable Parquet file ({type(error).__name__})") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # an index another tool stored: its named levels are columns
+        frame = frame.reset_index(drop=all(level is None for level in frame.index.names))
     name = repr(str(path))
     if kinds is None:  # a study file: its key columns first, the message a foreign file gets
         keys = {"study": str, "variant": str, "seed": int, "epoch": int, "split": str, "run_id": str,
@@ -193,12 +197,12 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
                    "datetime": "dates", "datetime64": "dates", "timedelta": "durations",
                    "timedelta64": "durations"}
     wrong = []
-    for column, kind in {**optional, **required}.items():
+    for column, kind in {**required, **optional}.items():
         if column not in frame.columns:
             continue
         values = frame[column]
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            values = frame[column] = values.astype(values.cat.categories.dtype)
+        if isinstance(values.dtype, pd.CategoricalDtype):  # dictionary-encoded by another tool: its values
+            values = frame[column] = values.astype(values.cat.categories.dtype if values.notna().all() else object)
         if values.isna().all():  # null everywhere: of no kind, and every kind may be null
             if kind in (int, float) and not pd.api.types.is_numeric_dtype(values):
                 frame[column] = values.astype(float)
@@ -211,9 +215,10 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
                 values = frame[column] = pd.to_numeric(values).astype(float)
             if kind is int and not pd.api.types.is_integer_dtype(values):
                 whole = values.dropna()
-                if not (whole == whole.round()).all():
-                    example = whole[whole != whole.round()].iloc[0]
-                    wrong.append(f"{column} holds numbers that are not whole ({example!r})")
+                fractional = (whole != whole.round()) | whole.isin([float("inf"), float("-inf")])
+                if fractional.any():
+                    example = whole[fractional].iloc[0]
+                    wrong.append(f"{column} holds numbers that are not whole ({float(example):g})")
             continue
         if said != words[kind]:
             wrong.append(f"{column} holds {said} where ablate writes {words[kind]}")
@@ -237,14 +242,16 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
                          + (", epoch and split in every row but a failed run's" if kinds is None else ""))
     if kinds is None:
         identity = ["run_id", "epoch", "split"]
-        rows = frame[[*identity, "study", "variant", "seed", "status", "loss", "accuracy"]].drop_duplicates()
+        rows = frame.loc[finished, [*identity, "study", "variant", "seed", "status", "loss", "accuracy"]]
+        rows = rows.drop_duplicates()
         twice = rows[rows.duplicated(identity, keep=False)]
         if len(twice):
             first = twice.iloc[0]
-            raise UsageError(f"{name} holds {twice[identity].drop_duplicates().shape[0]} (run_id, epoch, split) "
-                             f"rows twice with different values (the first: run {first['run_id']}, epoch "
-                             f"{first['epoch']}, split {first['split']}); ablate writes one row per run, "
-                             "epoch and split")
+            count = len(twice[identity].drop_duplicates())
+            raise UsageError(f"{name} holds rows that disagree: {count} (run_id, epoch, split) "
+                             f"{'has' if count == 1 else 'have'} two rows with different values (the first: run "
+                             f"{first['run_id']}, epoch {first['epoch']:g}, split {first['split']}); ablate "
+                             "writes one row per run, epoch and split")
     return frame
 
 
@@ -332,20 +339,25 @@ class StudyFile:
                 self.class_rows = self.class_rows[~self.class_rows["run_id"].isin(missing)]
 
     def save_model(self, run_id: str, state: dict, label: str) -> None:
-        """A run's final weights, written atomically before its rows."""
+        """A run's final weights, written atomically after its rows: a run whose weights could
+        not be saved keeps its rows, and is trained again by a --resume that keeps models."""
         from safetensors.torch import save_file
 
         path = self.models / f"{run_id}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=self.models, prefix=f".{run_id}.", suffix=".tmp")
-        os.close(fd)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=self.models, prefix=f".{run_id}.", suffix=".tmp")
+            os.close(fd)
             save_file(state, tmp)
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
             os.replace(tmp, path)
-        except OSError as error:
-            self._failed(error, label)
+        except Exception as error:  # noqa: BLE001 - OSError, or safetensors' own error of a full disk
+            self._failed(error, label, f"the weights of {label} (its results are saved)")
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     def close(self) -> None:
         self.lock.release()
@@ -387,13 +399,26 @@ class StudyFile:
         place = frame["run_id"].map(self.order).fillna(-1)
         return frame.iloc[place.argsort(kind="stable")].reset_index(drop=True)
 
-    def _failed(self, error: OSError, label: str):
-        reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        saved = len(self.done())
+    def _failed(self, error: Exception, label: str, what: str | None = None):
+        saved, reason = len(self.done()), failure_reason(error)
+        remedy = {"disk full": "free space", "permission denied": "make the folder writable"}.get(reason, "fix that")
         raise EnvironmentFailure(
-            f"{reason} while saving {label}: {saved} run{'s' if saved != 1 else ''} "
-            f"{'are' if saved != 1 else 'is'} saved in {self.path}; free space and run the "
-            "same command with --resume") from None
+            f"{reason} while saving {what or label}: {saved} run{'s' if saved != 1 else ''} "
+            f"{'are' if saved != 1 else 'is'} saved in {self.path}; {remedy} and run the same command with "
+            "--resume") from None
+
+
+def failure_reason(error: Exception) -> str:
+    """A file system error in a few words: "disk full", "permission denied", ..."""
+    text = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text or "ENOSPC" in text:
+        return "disk full"
+    if getattr(error, "errno", None) in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
+        return "permission denied"
+    if getattr(error, "errno", None) == errno.EROFS or "Read-only file system" in text:
+        return "read-only file system"
+    strerror = getattr(error, "strerror", None)
+    return (strerror or (text.strip().splitlines() or [type(error).__name__])[0]).lower()
 
 
 OUTCOME_COLUMNS = {"seed", "epoch", "split", "loss", "accuracy", "lr", "seconds", "status", "run_id", "config_id",

@@ -7,6 +7,7 @@ import ast
 import functools
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from ablate import arch, count, results
-from ablate.data import Dataset, load_dataset, load_test_dataset
+from ablate.data import Dataset, data_bytes, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError
 from ablate.results import StudyFile
 from ablate.studies import Study
@@ -94,17 +95,18 @@ def plan(study: Study, options: dict, seeds: int) -> list[Run]:
         raise UsageError(f"{len(study.variants):,} variants x {seeds:,} seeds = {len(study.variants) * seeds:,} runs; "
                          f"a study takes at most {MAX_RUNS:,} runs: split it, or give fewer values or seeds")
     given = {k: v for k, v in options.items() if v is not None}
-    first = resolve(RunConfig().with_fields(**{**study.base, **given}))  # the options, before any variant
+    resolve(RunConfig().with_fields(**{**study.base, **given}))  # the options, before any variant
     runs = []
     for variant, fields in study.variants.items():
         try:
             config = resolve(RunConfig().with_fields(**{**study.base, **given, **fields}))
         except UsageError as error:
             raise UsageError(f"variant {variant!r}: {error}") from None
-        changed = [f for f in DATA_FIELDS if getattr(config, f) != getattr(first, f)]
+        changed = [f for f in DATA_FIELDS if runs and getattr(config, f) != getattr(runs[0].config, f)]
         if changed:
-            raise UsageError(f"variant {variant!r} sets {', '.join(changed)}: every variant of a study trains on "
-                             "the same data; give the data settings once, for the whole study")
+            raise UsageError(f"variants {runs[0].variant!r} and {variant!r} differ in {', '.join(changed)}: every "
+                             "variant of a study trains on the same data; give the data settings once, for the "
+                             "whole study")
         runs += [Run(study.name, variant, seed, config) for seed in range(seeds)]
     return runs
 
@@ -214,6 +216,7 @@ def check_model(run: Run, data: Dataset) -> list[str]:
 
 
 PROBE_IMAGES = 2  # the real images a model's output is checked on before training
+PROBE_MAX_BYTES = 2 ** 30  # a model with more weights than this is not built for the check
 
 
 class _Running:
@@ -251,10 +254,10 @@ class _Running:
 
 def check_outputs(runs: list[Run], data: Dataset) -> None:
     """Each model configuration of `runs`, built once with real weights on the CPU, on a batch
-    of PROBE_IMAGES real images (in evaluation mode, then in training mode, without
-    gradients): it must build, run, and give what its task needs (`Task.check_output`). The
-    global random state is given back as it was: no run's numbers change. A model whose
-    weights would not fit in memory is left to check_memory."""
+    of PROBE_IMAGES real images (in evaluation mode, then in training mode): it must build,
+    run, give what its task needs (`Task.check_output`) and outputs that a gradient reaches. The
+    global random state is given back as it was: no run's numbers change. A model of more
+    than PROBE_MAX_BYTES of weights (or half the free memory) is left to check_memory."""
     configs = {}
     for run in runs:
         c = run.config
@@ -269,10 +272,10 @@ def check_outputs(runs: list[Run], data: Dataset) -> None:
             return build_model(config, data.shape[0], len(data.classes), data.shape[1])
 
         meta = count.build_meta(build)
-        free = count.available_memory()
-        if meta is not None and free is not None and \
-                sum(t.numel() * t.element_size() for t in (*meta.parameters(), *meta.buffers())) > free / 2:
-            continue
+        weights = 0 if meta is None else sum(t.numel() * t.element_size() for t in (*meta.parameters(),
+                                                                                     *meta.buffers()))
+        if weights > min(PROBE_MAX_BYTES, (count.available_memory() or float("inf")) / 2):
+            continue  # slow to build for real, or too big: check_memory's to judge
         model, mode = None, ""
         with torch.random.fork_rng(devices=[]), _Running() as running:
             try:
@@ -280,11 +283,14 @@ def check_outputs(runs: list[Run], data: Dataset) -> None:
                 for training in (False, True):  # epoch 0 evaluates first
                     mode = " in training mode" if training else ""
                     model.train(training)
-                    with torch.no_grad():
+                    with torch.set_grad_enabled(training):
                         output = model(x)
                     problem = task.check_output(output, x, data)
                     if problem is not None:
                         raise UsageError(f"{name}{mode} {problem}")
+                if isinstance(output, torch.Tensor) and not output.requires_grad:
+                    raise UsageError(f"{name} gives outputs that depend on no trainable parameter (no gradient "
+                                     "reaches them): training cannot change them")
             except UsageError:
                 raise
             except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever the user's model raises is bad input
@@ -301,17 +307,23 @@ def training_bytes(config: RunConfig, data: Dataset) -> int:
     return 4 * size.param_bytes + size.activation_bytes * config.batch_size
 
 
+def float_data_bytes(data: Dataset) -> int:
+    """What training adds to the loaded uint8 images: their normalised float copy, at its peak."""
+    images = len(data.train_y) + len(data.test_y)
+    return data_bytes(len(data.train_y), len(data.test_y), data.shape) - images * math.prod(data.shape)
+
+
 def check_memory(runs: list[Run], data: Dataset, device: torch.device) -> None:
     """Refuse a variant whose training would not fit."""
     free = available_memory(device)
     for run in {r.variant: r for r in runs}.values():
-        need = training_bytes(run.config, data)
-        if need > free:
+        model, images = training_bytes(run.config, data), float_data_bytes(data)
+        if model + images > free:
             size = model_size(run.config, data.shape, len(data.classes))
             raise UsageError(
-                f"variant {run.variant!r} needs about {need / 1e9:,.1f} GB to train ({size.params:,} "
-                f"parameters, and the activations of a batch of {run.config.batch_size}); "
-                f"{free / 1e9:,.1f} GB are free on {device.type}")
+                f"variant {run.variant!r} needs about {(model + images) / 1e9:,.1f} GB to train ({size.params:,} "
+                f"parameters and the activations of a batch of {run.config.batch_size}: {model / 1e9:,.1f} GB; "
+                f"the images as floats: {images / 1e9:,.1f} GB); {free / 1e9:,.1f} GB are free on {device.type}")
 
 
 # ---------------------------------------------------------------- rows
@@ -418,17 +430,17 @@ def execute(
     other_test=None,
     pack: bool = True,
 ) -> None:
-    """Train the runs not yet in `store`, saving each one as soon as its pack finishes (its
-    weights first, when the store keeps models)."""
+    """Train the runs not yet in `store`, saving each one as soon as its pack finishes (then
+    its weights, when the store keeps models)."""
     done = store.done()
     todo = packs([r for r in runs if r.run_id not in done], data, device, pack)
     work = functools.partial(train_pack, device=device, other_test=other_test, keep_model=store.models is not None)
     columns = run_columns(runs)
     for finished, results_ in (executor or InProcess()).map(work, todo, data):
-        for run, result in zip(finished, results_):
+        for run, result in zip(finished, results_):  # its rows first: nothing after training loses them
+            store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
             if result.state is not None:
                 store.save_model(run.run_id, result.state, run.label)
-            store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
             if on_run is not None:
                 on_run(run, result.status)
 
@@ -477,19 +489,20 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
     if save_models:
         results.check_writable(results.models_path(out) / "x.safetensors", (".safetensors",))
     config = runs[0].config  # plan checked that the data settings are the same for every run
-    data = load_dataset(config.dataset, data_dir, config.limit_train, config.limit_test,
-                        image_size=config.image_size, test_fraction=config.test_fraction or 0.2)
-    if config.labels is not None and config.labels > len(data.train_y):
-        raise UsageError(f"--labels {config.labels}: the train split has {len(data.train_y):,} images; "
-                         f"give at most {len(data.train_y):,}")
-    other_test = None
-    if config.test_dataset is not None:
-        other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
-    notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
-    check_outputs(runs, data)  # one real batch through each model: it runs, and gives what the task needs
-    check_memory(runs, data, device)
-    if pack is None:  # packing pays where per-step costs dominate: on GPUs, not on a CPU (benchmarks/speed.py)
-        pack = device.type == "cuda"
+    with deferred_cache_writes():  # a folder's decoded images are cached only once everything is checked
+        data = load_dataset(config.dataset, data_dir, config.limit_train, config.limit_test,
+                            image_size=config.image_size, test_fraction=config.test_fraction or 0.2)
+        if config.labels is not None and config.labels > len(data.train_y):
+            raise UsageError(f"--labels {config.labels}: the train split has {len(data.train_y):,} images; "
+                             f"give at most {len(data.train_y):,}")
+        other_test = None
+        if config.test_dataset is not None:
+            other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
+        notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
+        check_outputs(runs, data)  # one real batch through each model: it runs, and gives what the task needs
+        check_memory(runs, data, device)
+        if pack is None:  # packing pays where per-step costs dominate: on GPUs, not on a CPU (benchmarks/speed.py)
+            pack = device.type == "cuda"
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
                     schema)
 

@@ -100,10 +100,11 @@ def ramp(batch: int) -> torch.Tensor:
     return torch.arange(batch * 2 * 8 * 8, dtype=torch.float).view(batch, 2, 8, 8)
 
 
-def test_flip_is_random_per_image():
+@pytest.mark.parametrize("name,dim", [("flip", 2), ("vflip", 1)])  # of an image: C x H x W
+def test_flip_is_random_per_image(name, dim):
     x = ramp(64)
-    y = transforms.flip(x, torch.Generator().manual_seed(0))
-    flipped = [torch.equal(y[i], x[i].flip(2)) for i in range(64)]
+    y = transforms.AUGMENTATIONS.get(name)(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(y[i], x[i].flip(dim)) for i in range(64)]
     kept = [torch.equal(y[i], x[i]) for i in range(64)]
     assert all(f or k for f, k in zip(flipped, kept))
     assert 10 < sum(flipped) < 54
@@ -168,16 +169,8 @@ def test_zca_whitens_the_train_pixels():
     assert correlation.abs().mean() < before.abs().mean() / 2
 
 
-@pytest.mark.parametrize("name", ["flip", "vflip", "crop", "color-jitter", "affine", "perspective", "rotation", "blur"])
-def test_every_augmentation_is_per_image_and_seeded(name):
-    same = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)).expand(32, 3, 16, 16)
-    f = transforms.augmentation(name)
-    a = f(same, torch.Generator().manual_seed(0))
-    b = f(same, torch.Generator().manual_seed(0))
-    assert a.shape == same.shape and torch.equal(a, b)
-    distinct = len({tuple(a[i].flatten().tolist()) for i in range(32)})
-    assert distinct == 2 if "flip" in name else distinct > 4  # not one draw for the whole batch
-    assert a.min() >= -1e-6 and a.max() <= 1 + 1e-6
+# Every registered augmentation keeps shape, dtype and range and is seeded per image:
+# tests/test_registries.py, over transforms.AUGMENTATIONS (a new one is tested without a name here).
 
 
 def test_perspective_keeps_undistorted_images_and_shrinks_the_others():
@@ -201,8 +194,10 @@ def test_combined_augmentations_apply_in_order():
 
 
 def test_every_normalization_and_permutation_is_registered_and_listed():
-    assert transforms.NORMALIZATIONS.names() == ["none", "half", "standard", "zca"]
-    assert transforms.PERMUTATIONS.names() == ["none", "fixed", "fresh"]
+    # the documented ones, "none" first (the errors list it first); more may be registered
+    normalizations, permutations = transforms.NORMALIZATIONS.names(), transforms.PERMUTATIONS.names()
+    assert normalizations[0] == "none" and {"half", "standard", "zca"} <= set(normalizations)
+    assert permutations[0] == "none" and {"fixed", "fresh"} <= set(permutations)
     train = torch.randint(0, 256, (20, 3, 4, 4), dtype=torch.uint8)
     half = transforms.normalizer("half", train)(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4))
     assert half[0, :, 0, 0].tolist() == [-1.0, 0.0, 1.0]

@@ -1,6 +1,7 @@
 """folder:PATH datasets, their cache, --image-size and a second test set, on tiny generated PNGs."""
 
 import gzip
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -218,3 +219,237 @@ def test_train_on_one_folder_and_test_on_another(tmp_path, ablate, tiny):
     assert frame["params"].iloc[0] == 3 * 16 * 16 * 512 + 512 + 512 * 3 + 3  # three classes
     per_class = pd.read_parquet(tmp_path / "_per_class" / "shift.parquet")
     assert per_class["class_name"].tolist() == ["cat", "dog", "fish"] and per_class["images"].tolist() == [2, 2, 2]
+
+
+# ---------------------------------------------------------------- hostile folders
+
+@pytest.fixture
+def deny(monkeypatch):
+    """deny(path): `path` reads as permission denied, for root too (root reads any file whatever its
+    mode): chmod 000, and os.access, os.scandir and Image.open refuse it as they would for a user."""
+    denied = set()
+    access, scandir, opened = os.access, os.scandir, Image.open
+
+    def refused(path):
+        return os.path.abspath(os.fspath(path)) in denied
+
+    def fake_access(path, mode, *args, **kwargs):
+        return False if refused(path) else access(path, mode, *args, **kwargs)
+
+    def fake_scandir(path="."):
+        if refused(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    def fake_open(path, *args, **kwargs):
+        if isinstance(path, (str, Path)) and refused(path):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", fake_access)
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+    monkeypatch.setattr(Image, "open", fake_open)
+    modes = {}
+
+    def deny_(path: Path) -> None:
+        modes[path] = path.stat().st_mode
+        path.chmod(0)
+        denied.add(os.path.abspath(path))
+
+    def allow(path: Path) -> None:
+        path.chmod(modes.pop(path))
+        denied.discard(os.path.abspath(path))
+
+    deny_.allow = allow
+    yield deny_
+    for path in list(modes):
+        allow(path)
+
+
+@pytest.mark.parametrize("which", ["root", "class", "subfolder"])
+def test_an_unreadable_folder_is_named(tmp_path, cache, deny, ablate, which):
+    root = pets(tmp_path / "my pets")  # a space in the PATH too
+    target = {"root": root, "class": root / "train" / "dog", "subfolder": root / "train" / "dog" / "more"}[which]
+    png(root / "train" / "dog" / "more" / "0.png", GREEN)
+    deny(target)
+    with pytest.raises(UsageError, match=f"^cannot read the folder '{target}': permission denied$"):
+        data.load_dataset(f"folder:{root}")
+    result = ablate(["linearity", "--dataset", f"folder:{root}", "--epochs", "1", "--device", "cpu",
+                     "--out", tmp_path / "out.parquet"])
+    assert result.exit_code == 2 and result.output == (f"ablate linearity: error: cannot read the folder "
+                                                       f"'{target}': permission denied\n")
+    assert not cache.exists() and not (tmp_path / "out.parquet").exists()
+
+
+def test_an_image_unreadable_once_is_used_when_it_reads(tmp_path, cache, deny, capsys):
+    root = pets(tmp_path / "pets")
+    (root / "train" / "cat" / "bad.png").unlink()
+    locked = root / "train" / "cat" / "1.png"
+    deny(locked)
+    first = data.load_dataset(f"folder:{root}")
+    assert len(first.train_y) == 10 and f"(first: {locked}: permission denied)" in capsys.readouterr().err
+    deny.allow(locked)  # a chmod: its size and mtime are as they were
+    again = data.load_dataset(f"folder:{root}")
+    assert len(again.train_y) == 11 and capsys.readouterr().err == ""
+    assert len(list(cache.glob("*.pt"))) == 2  # the chmod changed its ctime: a new key
+    # a cache entry whose skipped image reads now, under the same key: decoded again, overwritten
+    [entry] = [p for p in cache.glob("*.pt") if len(torch.load(p)["train_y"]) == 11]
+    content = torch.load(entry)
+    content["skipped"], content["train_x"], content["train_y"] = (
+        ["train/cat/1.png"], content["train_x"][1:], content["train_y"][1:])
+    torch.save(content, entry)
+    assert len(data.load_dataset(f"folder:{root}").train_y) == 11
+    assert torch.load(entry)["skipped"] == [] and capsys.readouterr().err == ""
+
+
+def test_a_repaired_image_with_its_old_size_and_time_is_used(tmp_path, cache, capsys):
+    root = pets(tmp_path / "pets")
+    bad = root / "train" / "cat" / "bad.png"
+    good = root / "train" / "cat" / "0.png"
+    bad.write_bytes(b"\0" * good.stat().st_size)
+    os.utime(bad, ns=(good.stat().st_atime_ns, good.stat().st_mtime_ns))
+    assert len(data.load_dataset(f"folder:{root}").train_y) == 11
+    assert "skipped 1 unreadable image" in capsys.readouterr().err
+    bad.write_bytes(good.read_bytes())
+    os.utime(bad, ns=(good.stat().st_atime_ns, good.stat().st_mtime_ns))
+    assert len(data.load_dataset(f"folder:{root}").train_y) == 12 and capsys.readouterr().err == ""
+
+
+def test_one_class_is_refused(tmp_path, cache):
+    for layout in ("flat", "split"):
+        root = tmp_path / layout
+        for i in range(3):
+            png(root / ("" if layout == "flat" else "train") / "cat" / f"{i}.png")
+            png(root / ("" if layout == "flat" else "test") / "cat" / f"{i}.png")
+        with pytest.raises(UsageError, match=r"has one class folder, 'cat': a classifier needs 2 or more classes"):
+            data.load_dataset(f"folder:{root}")
+    assert not cache.exists()
+
+
+def test_a_rejected_test_dataset_or_limit_writes_no_cache(tmp_path, cache, ablate, tiny):
+    root = pets(tmp_path / "pets")
+    two = tmp_path / "two"
+    for name in ("cat", "dog"):
+        for split in ("train", "test"):
+            png(two / split / name / "0.png")
+    result = ablate(["linearity", *tiny, "--test-dataset", f"folder:{root}", "--out", tmp_path / "o.parquet"])
+    assert result.exit_code == 2 and "--test-dataset folder:" in result.output and "class 0" in result.output
+    result = ablate(["linearity", "--dataset", f"folder:{root}", "--limit-train", "500", "--epochs", "1",
+                     "--out", tmp_path / "o.parquet"])
+    assert result.exit_code == 2 and "--limit-train 500 is out of range" in result.output
+    with pytest.raises(UsageError, match="--limit-test 7 is out of range: folder:.* has 6 test images"):
+        data.load_dataset(f"folder:{root}", limit_test=7)
+    with pytest.raises(UsageError, match="--limit-train 12 is out of range: folder:.* has 11 train images"):
+        data.load_dataset(f"folder:{root}", limit_train=12, image_size=8)  # known after decoding: bad.png
+    assert not cache.exists() and not (tmp_path / "o.parquet").exists()
+    # one block around training data, test data and every check after them: a refusal anywhere in it
+    with pytest.raises(UsageError, match="trained on"), data.deferred_cache_writes():
+        ds = data.load_dataset(f"folder:{root}")
+        data.load_test_dataset(f"folder:{two}", ds.classes, None, 32, 3)
+    assert not cache.exists()
+    with data.deferred_cache_writes():
+        ds = data.load_dataset(f"folder:{root}")
+        data.load_test_dataset(f"folder:{root}", ds.classes, None, 16, 3)
+        assert not cache.exists()
+    assert len(list(cache.glob("*.pt"))) == 2
+
+
+@pytest.mark.xfail(strict=True, reason="runner.prepare loads the training data, then the test data, each in its "
+                   "own deferred_cache_writes block: the training folder's cache is written before the test "
+                   "dataset is refused; wrapping prepare's loads and checks in one block fixes it")
+def test_a_rejected_test_dataset_leaves_no_cache_of_the_training_folder(tmp_path, cache, ablate):
+    root, three = tmp_path / "two", pets(tmp_path / "pets")
+    for name in ("cat", "dog"):
+        for split in ("train", "test"):
+            png(root / split / name / "0.png")
+    result = ablate(["linearity", "--dataset", f"folder:{root}", "--test-dataset", f"folder:{three}",
+                     "--epochs", "1", "--device", "cpu", "--out", tmp_path / "o.parquet"])
+    assert result.exit_code == 2 and "but the model was trained on [cat, dog]" in result.output
+    assert not cache.exists()
+
+
+def test_every_class_needs_a_readable_image_and_two_to_split(tmp_path, cache):
+    root = pets(tmp_path / "pets")
+    for path in (root / "test" / "dog").iterdir():
+        path.write_bytes(b"junk")
+    with pytest.raises(UsageError, match=r"class folder '.*test/dog' has no readable images: all 2 failed to "
+                                         r"decode \(first: '.*test/dog/0.png': not an image file Pillow can read\)"):
+        data.load_dataset(f"folder:{root}")
+    flat = tmp_path / "flat"
+    for name, n in (("a", 3), ("b", 1)):
+        for i in range(n):
+            png(flat / name / f"{i}.png")
+    with pytest.raises(UsageError, match=r"class folder '.*flat/b' has only 1 image: to split off a test set"):
+        data.load_dataset(f"folder:{flat}")
+    (flat / "b" / "1.png").write_bytes(b"junk")
+    with pytest.raises(UsageError, match=r"class folder '.*flat/b' has only 1 readable image"):
+        data.load_dataset(f"folder:{flat}")
+    assert not cache.exists()
+
+
+def test_links_loops_and_things_that_are_not_files(tmp_path, cache, capsys):
+    root = pets(tmp_path / "pets")
+    cat = root / "train" / "cat"
+    (cat / "loop").symlink_to("..")  # up to train/: a loop, not the other classes' images
+    (cat / "self").symlink_to(".")
+    (cat / "a.png").symlink_to("a.png")  # a link to itself
+    (cat / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(cat / "fifo.png")  # never opened: it would wait for a writer
+    shared = tmp_path / "elsewhere"
+    png(shared / "x.png", RED)
+    (cat / "linked").symlink_to(shared)  # a linked folder is read, as ImageFolder does
+    ds = data.load_dataset(f"folder:{root}")
+    assert ds.train_y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    err = capsys.readouterr().err
+    assert "skipped 3 unreadable images" in err and f"(first: {cat / 'a.png'}: " in err
+    (root / "test" / "bird").symlink_to(tmp_path / "no-birds")
+    with pytest.raises(UsageError, match=r"'.*test/bird' is a broken symbolic link \(or a loop of links\)"):
+        data.load_dataset(f"folder:{root}")
+    (root / "test" / "bird").unlink()
+    (root / "test2").symlink_to("test2")
+    with pytest.raises(UsageError, match="is a broken symbolic link"):
+        data.load_dataset(f"folder:{root / 'test2'}")
+
+
+def test_a_file_where_a_folder_is_expected(tmp_path, cache):
+    root = pets(tmp_path / "pets")
+    (root / "train").rename(tmp_path / "train")
+    (root / "train").write_text("not a folder")
+    with pytest.raises(UsageError, match=r"'.*pets/train' is not a folder: folder:PATH needs"):
+        data.load_dataset(f"folder:{root}")
+
+
+def test_modes_depths_orientation_and_size(tmp_path, cache, monkeypatch, capsys):
+    import numpy as np
+
+    root = tmp_path / "modes"
+    png(root / "a" / "p.png", 1, mode="P")
+    png(root / "a" / "la.png", (90, 255), mode="LA")
+    png(root / "a" / "one.png", 1, mode="1")
+    Image.fromarray(np.full((6, 6), 65535, dtype=np.uint16)).save(root / "a" / "sixteen.png")
+    (root / "b").mkdir()
+    Image.fromarray(np.full((6, 6), 257 * 40, dtype=np.uint16)).save(root / "b" / "sixteen.tif")
+    Image.fromarray(np.full((6, 6), 0.5, dtype=np.float32)).save(root / "b" / "float.tif")
+    Image.new("CMYK", (6, 6), (0, 0, 0, 0)).save(root / "b" / "cmyk.jpg")
+    rotated = Image.new("RGB", (20, 10), RED)
+    rotated.paste(BLUE, (0, 0, 10, 10))  # the left half blue, as stored; EXIF: turn it 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(root / "b" / "rotated.png", exif=exif)
+    colour = {name: data._pixels(root / name)[:, 0, 0].tolist()
+              for name in ("a/la.png", "a/one.png", "a/sixteen.png", "b/sixteen.tif", "b/cmyk.jpg")}
+    assert colour == {"a/la.png": [90] * 3, "a/one.png": [255] * 3, "a/sixteen.png": [255] * 3,  # 16 bits:
+                      "b/sixteen.tif": [40] * 3, "b/cmyk.jpg": [255] * 3}  # scaled, not clipped at 255
+    upright = data._pixels(root / "b" / "rotated.png")
+    assert upright.shape == (3, 20, 10) and upright[:, 0, 0].tolist() == list(BLUE)
+    assert upright[:, -1, 0].tolist() == list(RED)
+    ds = data.load_dataset(f"folder:{root}", test_fraction=0.5, image_size=8)
+    assert len(ds.train_y) + len(ds.test_y) == 7
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable image" in err and "float.tif: 32-bit float pixels (mode F) have no 8-bit scale" in err
+    for path in cache.glob("*.pt"):  # else the images decoded above come from it
+        path.unlink()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # more than 2 x 10 pixels: too large to decode
+    with pytest.raises(UsageError, match=r"all 8 failed to decode \(first: .*la.png': too large: Image size "
+                                         r"\(200 pixels\) exceeds limit of 20 pixels\)$"):
+        data.load_dataset(f"folder:{root}", image_size=8)
