@@ -301,7 +301,7 @@ def describe_output(output, depth: int = 0) -> str:
     if isinstance(output, torch.Tensor):
         dtype = "" if output.is_floating_point() else f"{str(output.dtype).removeprefix('torch.')} "
         if output.dim() == 0:
-            return f"a {dtype}scalar tensor"
+            return f"{'an' if dtype[:1] == 'i' else 'a'} {dtype}scalar tensor"
         return f"{dtype}outputs of shape {tuple(output.shape)}"
     if output is None:
         return "None"

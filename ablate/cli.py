@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
 from ablate import report, studies
-from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig
+from ablate.config import OPTIMIZERS, SCHEDULERS, SETTINGS, RunConfig
 from ablate.convention import CONVENTION
 from ablate.errors import EnvironmentFailure, UsageError
 
@@ -321,6 +321,9 @@ def run_study(study: studies.Study, options: dict) -> None:
     options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["scheduler"],
                                              options["slurm"])
     training = {k: options[k] for k in TRAINING_OPTIONS}
+    for name, value in training.items():  # the schema every setting is checked by, named as typed here
+        if name in SETTINGS and value is not None and not isinstance(value, Enum):
+            SETTINGS[name].check(value, label=f"--{name.replace('_', '-')}")
     training["amp"] = None if options["amp"] == Amp.none else options["amp"].value  # None: the study's own
     training["compile"] = options["compile"] or None
     prepared = runner.prepare(study, training, options["seeds"], device, options["data_dir"], out, options["resume"],

@@ -278,12 +278,9 @@ def scheduler_address(address: str) -> tuple[str, str, int]:
     return protocol, host, int(port)
 
 
-def _reachable(address: str) -> None:
-    """Refuse at once a scheduler address where nothing answers (a TCP connection, nothing sent),
-    rather than Dask's retries until its timeout."""
-    protocol, host, port = scheduler_address(address)
-    if protocol == "ucx":
-        return
+def _reachable(address: str, host: str, port: int) -> None:
+    """Refuse at once a scheduler address where nothing listens (a TCP connection, nothing sent),
+    rather than after Dask's retries until its timeout."""
     try:
         with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
             pass
@@ -300,14 +297,48 @@ def _reachable(address: str) -> None:
         raise UsageError(f"--scheduler {address}: cannot connect: {error.strerror or error}") from None
 
 
+def _identity(address: str, url: str) -> None:
+    """Refuse, within CONNECT_SECONDS, an address where something listens that is not a Dask
+    scheduler (Dask's own connect waits for ever on a listener that never answers)."""
+    import asyncio
+
+    from distributed.comm import connect as open_comm
+    from distributed.security import Security
+
+    async def identity():
+        comm = await open_comm(url, timeout=CONNECT_SECONDS, **Security().get_connection_args("client"))
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        answer = asyncio.run(asyncio.wait_for(identity(), CONNECT_SECONDS))
+    except (TimeoutError, asyncio.TimeoutError):
+        raise UsageError(f"--scheduler {address}: no answer from a Dask scheduler there within {CONNECT_SECONDS} s; "
+                         "is it the address `dask scheduler` printed?") from None
+    except Exception as error:
+        raise UsageError(f"--scheduler {address}: cannot connect ({type(error).__name__}: {error}); "
+                         "is it the address `dask scheduler` printed?") from None
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        what = f"a Dask {kind.lower()}'s address" if isinstance(kind, str) else "not a Dask scheduler"
+        raise UsageError(f"--scheduler {address}: that is {what}; give the scheduler's (`dask scheduler` prints it)")
+
+
 def connect(address: str):
     """A client of an existing scheduler, checked: every worker runs the driver's versions."""
     from distributed import Client
 
     _quiet()
-    _reachable(address)
+    protocol, host, port = scheduler_address(address)
+    url = f"{protocol}://[{host}]:{port}" if ":" in host else f"{protocol}://{host}:{port}"
+    if protocol != "ucx":  # nothing to reach it with here but Dask's own
+        _reachable(address, host, port)
+        _identity(address, url)
     try:
-        client = Client(address, timeout=CONNECT_SECONDS)
+        client = Client(url, timeout=CONNECT_SECONDS)
     except (OSError, TimeoutError) as error:
         raise UsageError(f"--scheduler {address}: cannot connect ({error}); is it a Dask scheduler's address?") \
             from None
@@ -427,9 +458,8 @@ def check_options(workers: int | None, threads: int | None, scheduler: str | Non
         return
     if workers is not None:
         if workers > cores:
-            raise UsageError(f"--workers {workers}: this machine has {_cores(cores)}; a LocalCluster takes at most "
-                             f"{cores} worker{'s' if cores != 1 else ''} (one run per core); use --scheduler or "
-                             "--slurm for more")
+            raise UsageError(f"--workers {workers}: a LocalCluster takes at most one worker per CPU core (one run "
+                             f"each), and this machine has {cores}; use --scheduler or --slurm for more")
         if threads is not None and workers * threads > cores:
             raise UsageError(f"--workers {workers} --threads {threads}: {workers * threads} torch threads on "
                              f"{_cores(cores)}; give --threads {max(1, cores // workers)} or fewer workers")

@@ -114,9 +114,9 @@ class Setting:
     low_open: bool = False  # low itself is not allowed
     high_open: bool = False
 
-    def check(self, value, where: str = ""):
+    def check(self, value, where: str = "", label: str | None = None):
         """`value` as this setting takes it (an int for a float is made a float), or a usage
-        error that says what is allowed."""
+        error that says what is allowed (`label`, say "--lr", names the setting there)."""
         if value is None and self.optional:
             return None
         kind = self.kind
@@ -130,7 +130,7 @@ class Setting:
         if fits and self.high is not None and (value > self.high or (self.high_open and value == self.high)):
             fits = False
         if not fits:
-            raise UsageError(f"{where}{self.name} must be {self.allowed()}, got {value!r}")
+            raise UsageError(f"{where}{label or self.name} must be {self.allowed()}, got {value!r}")
         return value
 
     def allowed(self) -> str:

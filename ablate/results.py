@@ -280,7 +280,9 @@ def existing_runs(path: Path, resume: bool, force: bool) -> pd.DataFrame:
     if not resume:
         raise UsageError(f"{str(path)!r} exists: add --resume to finish its study, --force to "
                          "overwrite it, or give another --out")
-    return read_results(path)
+    runs = read_results(path)
+    read_per_class(path)  # a broken per-class file is refused now, before anything is opened
+    return runs
 
 
 class StudyFile:

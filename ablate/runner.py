@@ -30,7 +30,6 @@ RUN_COLUMNS = {
     "accuracy": float, "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
     **column_types(), "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int,
 }
-RUN_SCHEMA = results.arrow_schema(RUN_COLUMNS)
 
 
 def run_columns(runs: list[Run]) -> dict[str, type]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import runner
+from ablate import results, runner
 from ablate.cli import app
 from ablate.data import load_dataset
 from ablate.results import write_frame
@@ -49,12 +49,13 @@ def fake_study():
 
     def make(path: Path, variants=("alpha", "beta"), seeds=(0, 1, 2), epochs=2, study="linearity",
              config=None, noise=None, plot="curves", factors=()) -> Path:
-        rows = []
+        rows, runs = [], []
         for v, variant in enumerate(variants):
             run_config = resolve(RunConfig().with_fields(**(config(v) if config else {})))
             columns = run_config.columns()
             for seed in seeds:
                 run = runner.Run(study, variant, seed, run_config)
+                runs.append(run)
                 for epoch in range(1, epochs + 1):
                     for split in ("train", "test"):
                         jitter = noise(v, seed) if noise else 0.0
@@ -66,7 +67,8 @@ def fake_study():
                             "config_id": run.config_id, "params": 1000, "flops": 2000, "device": "cpu",
                         })
         write_frame(pd.DataFrame(rows), path,
-                    {"study": {"name": study, "plot": plot, "factors": list(factors)}}, runner.RUN_SCHEMA)
+                    {"study": {"name": study, "plot": plot, "factors": list(factors)}},
+                    results.arrow_schema(runner.run_columns(runs)))
         return path
 
     return make

@@ -1,8 +1,10 @@
 """Studies on a Dask cluster: a LocalCluster, an existing scheduler with its workers, a worker
 killed mid-study, a run that fails on its own, and the SLURM job script. Loopback only."""
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,3 +165,81 @@ def test_data_a_worker_cannot_see_is_sent_once_per_worker(tmp_path, tiny_data):
     finally:
         client.close()
         local.close()
+
+
+INTERRUPTED = re.compile(r"interrupted: (\d+) of (\d+) runs are saved in (.+) \((.*)\); "
+                         r"run the same command with --resume to finish")
+
+
+def ctrl_c(tmp_path, name, when, again=None):
+    """A study on a LocalCluster of 2 in a process group of its own, and Ctrl-C as a terminal
+    sends it (SIGINT to the driver and its workers) once `when(process, out)` holds, and again
+    `again` s later. Returns the process's stderr, the file and every process it started."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / f"{name}.parquet"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ablate", *CTRL_C_STUDY, "--out", out], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    driver, started = psutil.Process(process.pid), set()
+
+    def children():
+        try:
+            found = driver.children(recursive=True)
+        except psutil.Error:
+            return []
+        started.update(found)
+        return found
+
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not when(children(), out) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the study ended before the signal"
+    os.killpg(process.pid, signal.SIGINT)
+    if again is not None:
+        time.sleep(again)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+    while process.poll() is None and time.monotonic() < deadline + 60:
+        children()
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 130, stderr
+    psutil.wait_procs(list(started), timeout=10)
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "left running"
+    return stderr, out
+
+
+def starting(children, out):  # the cluster's first process: its resource tracker or a worker
+    return any("multiprocessing" in " ".join(c.cmdline()) for c in children if c.is_running())
+
+
+def saved(children, out):
+    return out.exists()
+
+
+CTRL_C_STUDY = ["linearity", "--dataset", "synthetic", "--limit-train", "2000", "--limit-test", "100", "--epochs",
+                "3", "--batch-size", "50", "--device", "cpu", "--threads", "1", "--workers", "2"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals, process groups")
+@pytest.mark.parametrize("when,again", [(starting, None), (saved, 0.5)], ids=["while-starting", "while-training"])
+def test_ctrl_c_on_a_local_cluster_prints_one_line_and_keeps_what_it_says(tmp_path, when, again):
+    stderr, out = ctrl_c(tmp_path, "c", when, again)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "nothing printed"
+    found = INTERRUPTED.fullmatch(lines[-1])
+    assert found and found[3] == str(out), stderr
+    assert all(line.startswith("linearity") for line in lines[:-1]), stderr  # the display's last frame
+    for noise in ("Traceback", "distributed", "tornado", "asyncio", "Error", "WARNING", "Warning", "Exception",
+                  "KeyboardInterrupt"):
+        assert noise not in stderr, stderr
+    listed = set() if found[4] == "none" else {tuple(run.rsplit("/", 1)) for run in found[4].split(", ")}
+    assert int(found[1]) == len(listed) and int(found[2]) == 3
+    if out.exists():
+        frame = pd.read_parquet(out)
+        assert {(v, str(s)) for v, s in zip(frame["variant"], frame["seed"])} == listed
+        assert (frame.groupby("run_id").size() == 4 * 2).all()  # each saved run whole: epochs 0-3, train and test
+    else:
+        assert not listed
+    if when is saved:
+        assert listed

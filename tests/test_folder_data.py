@@ -354,9 +354,6 @@ def test_a_rejected_test_dataset_or_limit_writes_no_cache(tmp_path, cache, ablat
     assert len(list(cache.glob("*.pt"))) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="runner.prepare loads the training data, then the test data, each in its "
-                   "own deferred_cache_writes block: the training folder's cache is written before the test "
-                   "dataset is refused; wrapping prepare's loads and checks in one block fixes it")
 def test_a_rejected_test_dataset_leaves_no_cache_of_the_training_folder(tmp_path, cache, ablate):
     root, three = tmp_path / "two", pets(tmp_path / "pets")
     for name in ("cat", "dog"):

@@ -18,7 +18,7 @@ from ablate.errors import UsageError
 from ablate.train import resolve
 from conftest import TINY
 
-SMALL = ["--dataset", "synthetic", "--limit-train", "100", "--limit-test", "50", "--device", "cpu"]
+SMALL = ["--dataset", "synthetic", "--limit-train", "80", "--limit-test", "20", "--image-size", "16", "--device", "cpu"]
 NO_EPOCHS = [a for i, a in enumerate(TINY) if "--epochs" not in TINY[max(0, i - 1):i + 1]]
 
 
@@ -259,7 +259,7 @@ def test_resume_compares_each_variant_with_its_own_rows(tmp_path, ablate):
 
 def test_transfer_refuses_more_labels_than_images(tmp_path, ablate):
     clean_refusal(ablate(["transfer", *SMALL, "--labels", "100000", "--out", tmp_path / "t.parquet"]),
-                  "--labels 100000: the train split has 100 images; give at most 100")
+                  "--labels 100000: the train split has 80 images; give at most 80")
     assert not (tmp_path / "t.parquet").exists()
 
 
