@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ablate.config import reserved_names
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
@@ -446,8 +447,9 @@ def _knobs(function) -> tuple[dict, frozenset]:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return {}, frozenset()
+    reserved = reserved_names()  # a `seed` or `lr` argument would overwrite the run's own column
     knobs = {n: p.default for n, p in parameters.items()
-             if n not in MODEL_INPUTS and p.default is not inspect.Parameter.empty
+             if n not in MODEL_INPUTS and n not in reserved and p.default is not inspect.Parameter.empty
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return knobs, frozenset(n for n in MODEL_INPUTS if n in parameters)
 

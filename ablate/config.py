@@ -92,6 +92,14 @@ ID_FIELDS = frozenset({
 DATA_FIELDS = ("dataset", "image_size", "test_fraction", "test_dataset", "limit_train", "limit_test")
 
 
+# The columns a run's outcome fills, beside its settings' (column_types) and its model's arguments.
+RESULT_COLUMNS = {
+    "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float, "accuracy": float,
+    "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
+    "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int,
+}
+
+
 def column(field_name: str) -> str:
     """A field's result column: `lr` is `base_lr` there (`lr` is each epoch's rate)."""
     return "base_lr" if field_name == "lr" else field_name
@@ -170,6 +178,12 @@ SETTINGS: dict[str, Setting] = _settings()
 def column_types() -> dict[str, type]:
     """Each field's result column and its Python type; every one may be null."""
     return {column(name): s.kind for name, s in SETTINGS.items()}
+
+
+def reserved_names() -> set[str]:
+    """Names a model's constructor argument cannot be set or recorded under: the results'
+    columns and the settings (a model's `seed` or `lr` argument keeps its own default)."""
+    return set(RESULT_COLUMNS) | FIELDS | set(column_types()) | {"model_args"}
 
 
 def checked(config: RunConfig, where: str = "") -> RunConfig:

@@ -22,26 +22,28 @@ from ablate.data import Dataset, data_bytes, deferred_cache_writes, load_dataset
 from ablate.errors import UsageError
 from ablate.results import StudyFile
 from ablate.studies import Study
-from ablate.config import DATA_FIELDS, column, column_types
+from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column_types
 from ablate.train import TASKS, RunConfig, RunResult, build_model, resolve, train_runs
 
-RUN_COLUMNS = {
-    "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float,
-    "accuracy": float, "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
-    **column_types(), "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int,
+RUN_COLUMNS = {  # the columns of every study file: results, settings, and ablate's own models' arguments
+    **{k: RESULT_COLUMNS[k] for k in ("study", "variant", "seed", "epoch", "split", "loss", "accuracy", "lr",
+                                      "seconds", "status", "error", "run_id", "config_id")},
+    **column_types(), **arch.registry_knobs(),
+    **{k: RESULT_COLUMNS[k] for k in ("latent_corr", "params", "flops", "device", "packed")},
 }
+assert set(RUN_COLUMNS) >= set(RESULT_COLUMNS)
 
 
 def run_columns(runs: list[Run]) -> dict[str, type]:
-    """RUN_COLUMNS, and a column for each constructor argument of the runs' models, typed by
-    the values the runs give it: where two models give one name values of two types (an int
-    width and a str width), the column holds their text."""
+    """RUN_COLUMNS, and a column for each constructor argument of the runs' models. A model
+    argument's column is typed by the values the study's runs give it (an int `activation`
+    of your model is an int column, whatever type ablate's own models give that name); where
+    two of its models give one name values of two types, the column holds their text."""
     kinds: dict[str, set] = {}
     for run in runs:
         for name, value in run.config.model_args:
             kinds.setdefault(name, set()).add(arch.knob_type(value))
-    extra = {name: _common_type(types) for name, types in kinds.items() if name not in RUN_COLUMNS}
-    return {**RUN_COLUMNS, **extra}
+    return {**RUN_COLUMNS, **{name: _common_type(types) for name, types in kinds.items()}}
 
 
 def _common_type(types: set) -> type:

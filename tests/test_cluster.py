@@ -209,15 +209,22 @@ def ctrl_c(tmp_path, name, when, again=None):
     return stderr, out
 
 
+def command_line(process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except Exception:  # gone, or a zombie
+        return ""
+
+
 def starting(children, out):  # the cluster's first process: its resource tracker or a worker
-    return any("multiprocessing" in " ".join(c.cmdline()) for c in children if c.is_running())
+    return any("multiprocessing" in command_line(c) for c in children)
 
 
 def saved(children, out):
     return out.exists()
 
 
-CTRL_C_STUDY = ["linearity", "--dataset", "synthetic", "--limit-train", "2000", "--limit-test", "100", "--epochs",
+CTRL_C_STUDY = ["linearity", "--dataset", "synthetic", "--limit-train", "800", "--limit-test", "100", "--epochs",
                 "3", "--batch-size", "50", "--device", "cpu", "--threads", "1", "--workers", "2"]
 
 

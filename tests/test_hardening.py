@@ -52,6 +52,28 @@ def workdir(tmp_path_factory):
         (root / "corrupt-data" / f"{name}.gz").write_bytes(gzip.compress(header + b"\x00" * 100))
     result = CliRunner().invoke(app, ["linearity", *TINY, "--out", str(root / "finished.parquet")])
     assert result.exit_code == 0, result.output
+    finished = pd.read_parquet(root / "finished.parquet")
+    keys = ["study", "variant", "seed", "epoch", "split", "run_id", "config_id"]
+    write_frame(finished[keys], root / "onlykeys.parquet")
+    write_frame(finished.assign(loss=finished["loss"].astype(str)), root / "textloss.parquet")
+    write_frame(finished.assign(seed=finished["seed"].astype(str)), root / "textseed.parquet")
+    write_frame(finished.drop_duplicates("run_id").assign(
+        epoch=None, split=None, loss=None, accuracy=None, status="failed", error="RuntimeError: out of memory"),
+        root / "failed.parquet")
+    write_frame(finished.iloc[:0], root / "norows.parquet", results.read_metadata(root / "finished.parquet"),
+                results.read_schema(root / "finished.parquet"))
+    (root / "perdata.toml").write_text("[variants.a]\nlimit_train = 100\n[variants.b]\nlimit_train = 200\n")
+    (root / "floatepochs.toml").write_text("[base]\nepochs = 1.5\n[vary]\nlr = [0.1, 0.2]\n")
+    (root / "emptyvariants.toml").write_text("[variants]\n")
+    (root / "badlist.toml").write_text('[vary]\nlr = ["fast", 0.2]\n')
+    net = ("import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+           "        super().__init__()\n{init}\n\n    def forward(self, x):\n        {forward}\n")
+    body = "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3072, 64), nn.ReLU(), nn.Linear(64, {n}))"
+    (root / "badimport.py").write_text("1 / 0\n")
+    (root / "badbuild.py").write_text(net.format(init='        raise RuntimeError("constructor broke")',
+                                                 forward="return x"))
+    (root / "badforward.py").write_text(net.format(init=body.format(n=10), forward='raise RuntimeError("forward broke")'))
+    (root / "badclasses.py").write_text(net.format(init=body.format(n=17), forward="return self.body(x)"))
     return root
 
 
@@ -75,6 +97,7 @@ def test_every_bad_input_in_the_readme(workdir, monkeypatch, ablate, command, me
     monkeypatch.setenv("XDG_CACHE_HOME", str(workdir / "cache"))
     monkeypatch.delenv("ABLATE_DATA", raising=False)
     monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing a user's model writes no __pycache__
     before = snapshot(workdir)
     result = ablate(shlex.split(command)[1:])
     assert result.exit_code == 2, result.output

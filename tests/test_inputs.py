@@ -314,3 +314,19 @@ def test_run_ids_of_the_previous_release_are_unchanged(name, run_ids):
     """A change here re-identifies every saved run: --resume would train them all again."""
     runs = runner.plan(studies.get_study(name), {"dataset": "synthetic", "epochs": 2}, 1)
     assert [r.run_id for r in runs] == run_ids
+
+
+def test_a_model_argument_named_like_a_result_column_is_not_a_setting(tmp_path, ablate, monkeypatch):
+    """A model's own `seed` or `lr` argument would overwrite the run's column: it keeps its
+    default and is neither settable nor recorded."""
+    (tmp_path / "seeded.py").write_text(CLASH.replace("activation=2", "seed=7, lr=0.5, width=2")
+                                        .replace("num_classes * activation", "num_classes * width"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "s.parquet"
+    result = ablate(["sweep", *TINY, "--model", "seeded:Net", "--vary", "width=1,2", "--seeds", "2", "--out", out])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    assert sorted(frame["seed"].unique()) == [0, 1] and (frame["base_lr"] == RunConfig.lr).all()
+    clean_refusal(ablate(["sweep", *TINY, "--model", "seeded:Net", "--vary", "seed=1,2"]),
+                  "unknown setting to vary 'seed'")
