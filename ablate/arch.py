@@ -486,7 +486,7 @@ def model_source(text: str) -> ModelSource:
 def knob_type(value) -> type:
     """The column type of a constructor argument's value: int, float, str or bool; anything
     else (a tuple of widths) is recorded as its text."""
-    return type(value) if isinstance(value, (bool, int, float, str)) else str
+    return type(value) if value is None or isinstance(value, (bool, int, float, str)) else str
 
 
 def registry_knobs() -> dict[str, type]:

@@ -513,7 +513,7 @@ def report_command(
         raise UsageError("give --epoch or --best, not both")
     frames = [results.read_results(p) for p in paths]
     frame, notes = results.separate_configurations(pd.concat(frames, ignore_index=True))
-    for note in notes:
+    for note in notes + compare.failed_notes(frame):
         stderr.print(f"note: {note}", highlight=False)
     summary = compare.summarize(compare.pick_epochs(frame, epoch, best), baseline)
     if format == OutputFormat.csv:

@@ -398,7 +398,7 @@ def slurm_cluster(workers: int, threads: int, options: str | None):
 def check_slurm() -> None:
     """SLURM's commands are here (a login node), before a scheduler starts waiting for jobs that
     cannot be submitted."""
-    for command in ("sbatch", "squeue", "scancel"):
+    for command in ("sbatch", "scancel"):  # what dask-jobqueue runs: to submit a job, to cancel it
         if shutil.which(command) is None:
             raise UsageError(f"--slurm: {command} is not on PATH: run this on a machine that submits SLURM jobs "
                              "(a login node), or use --workers N alone for a LocalCluster here; "

@@ -35,6 +35,19 @@ def finished_runs(frame: pd.DataFrame, where: str | None = None, doing: str = "r
                      "again with --resume, which trains failed runs again")
 
 
+def failed_notes(frame: pd.DataFrame) -> list[str]:
+    """A line per study with failed runs: how many, of which variants, the first error."""
+    if "status" not in frame:
+        return []
+    notes = []
+    for study, rows in frame[frame["status"] == "failed"].drop_duplicates("run_id").groupby("study", sort=False):
+        error = rows["error"].dropna().iloc[0] if "error" in rows and rows["error"].notna().any() else "no error kept"
+        variants = ", ".join(dict.fromkeys(rows["variant"]))
+        notes.append(f"{study}: {len(rows)} failed run{'s' if len(rows) != 1 else ''} left out ({variants}; the "
+                     f"first: {error}); --resume trains failed runs again")
+    return notes
+
+
 def pick_epochs(frame: pd.DataFrame, epoch: int | None = None, best: bool = False) -> pd.DataFrame:
     """The test rows of one epoch per run: the last one, `epoch`, or the one with the best
     test accuracy (`best`); failed runs have none, and a usage error says when no run has."""

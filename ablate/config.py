@@ -59,14 +59,16 @@ class RunConfig:
         """The fields and the model's arguments as result columns; `lr` is `base_lr` there,
         `lr` being each epoch's."""
         fields = {column(k): v for k, v in asdict(self).items() if k != "model_args"}
-        return {**fields, **{k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in self.model_args}}
+        return {**fields, **{k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+                             for k, v in self.model_args}}
 
     def identity(self) -> dict:
         """What a run_id hashes: `columns()`, less the fields added after `ID_FIELDS` that are
         at their default (a new field that keeps the old behaviour keeps the old run_ids)."""
         later = {column(f.name) for f in fields(self)
                  if f.name not in ID_FIELDS | {"model_args"} and getattr(self, f.name) == f.default}
-        return {k: v for k, v in self.columns().items() if k not in later}
+        args = {k: "None" if v is None else v for k, v in self.model_args}  # as ablate 0.1 hashed a None
+        return {k: args.get(k, v) for k, v in self.columns().items() if k not in later}
 
     def with_fields(self, **values) -> RunConfig:
         """A copy with `values` set: RunConfig fields by name, anything else as a model argument."""
@@ -133,6 +135,8 @@ class Setting:
         if fits and kind is float:
             value = float(value)
             fits = math.isfinite(value)
+        if fits and kind is int and abs(value) > MAX_INT:
+            raise UsageError(f"{where}{label or self.name} must be at most 2^53 ({MAX_INT:,}), got {value!r}")
         if fits and self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             fits = False
         if fits and self.high is not None and (value > self.high or (self.high_open and value == self.high)):
@@ -151,6 +155,7 @@ class Setting:
         return text + (" (or none)" if self.optional else "")
 
 
+MAX_INT = 2 ** 53  # a whole number a float64 and a Parquet int64 both hold exactly
 RANGES = {  # name: (low, high, low_open, high_open)
     "image_size": (8, 1024, False, False), "test_fraction": (0, 1, True, True), "labels": (1, None, False, False),
     "pretrain_epochs": (1, None, False, False), "epochs": (1, None, False, False),

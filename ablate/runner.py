@@ -21,7 +21,7 @@ from ablate import arch, count, results
 from ablate.data import Dataset, data_bytes, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError
 from ablate.results import StudyFile
-from ablate.studies import Study
+from ablate.studies import MAX_VARIANTS, Study
 from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column_types
 from ablate.train import TASKS, RunConfig, RunResult, build_model, resolve, train_runs
 
@@ -40,10 +40,12 @@ def run_columns(runs: list[Run]) -> dict[str, type]:
     of your model is an int column, whatever type ablate's own models give that name); where
     two of its models give one name values of two types, the column holds their text."""
     kinds: dict[str, set] = {}
-    for run in runs:
-        for name, value in run.config.model_args:
-            kinds.setdefault(name, set()).add(arch.knob_type(value))
-    return {**RUN_COLUMNS, **{name: _common_type(types) for name, types in kinds.items()}}
+    for config in {r.config for r in runs}:
+        defaults = arch.model_source(config.model).knobs  # the default's type too: 0 for a float dropout
+        for name, value in config.model_args:
+            kinds.setdefault(name, set()).update(
+                arch.knob_type(v) for v in (value, defaults.get(name)) if v is not None)
+    return {**RUN_COLUMNS, **{name: _common_type(types) for name, types in kinds.items() if types}}
 
 
 def _common_type(types: set) -> type:
@@ -53,9 +55,15 @@ def _common_type(types: set) -> type:
 
 
 def typed_columns(values: dict, columns: dict[str, type]) -> dict:
-    """`values` as `columns` types them: what a model argument's column holds."""
-    return {k: v if v is None or k not in columns or columns[k] is not str or isinstance(v, str) else str(v)
-            for k, v in values.items()}
+    """`values` as `columns` types them: what a model argument's column holds (its text in a
+    text column, an int as a float in a float column)."""
+    def typed(name, value):
+        kind = columns.get(name)
+        if value is None or kind is None or isinstance(value, kind):
+            return value
+        return float(value) if kind is float and isinstance(value, int) else str(value) if kind is str else value
+
+    return {k: typed(k, v) for k, v in values.items()}
 
 
 def _digest(key: dict) -> str:
@@ -84,7 +92,7 @@ class Run:
         return f"{self.variant} seed {self.seed}"
 
 
-MAX_VARIANTS, MAX_RUNS = 1_000, 100_000  # a study larger than this is a typo, not a plan
+MAX_RUNS = 100_000  # a study larger than this is a typo, not a plan (and MAX_VARIANTS variants)
 
 
 def plan(study: Study, options: dict, seeds: int) -> list[Run]:
@@ -92,11 +100,13 @@ def plan(study: Study, options: dict, seeds: int) -> list[Run]:
     None keep the defaults; a variant's own fields win over the options, and the options
     over the study's base. Names that are not RunConfig fields are the model's arguments.
     Every run of a study trains on the same data: a variant may not change it."""
+    if len(study.variants) > MAX_VARIANTS:
+        raise UsageError(f"{len(study.variants):,} variants; a study takes at most {MAX_VARIANTS:,}: give fewer values")
     if len(study.variants) * seeds > MAX_RUNS:
         raise UsageError(f"{len(study.variants):,} variants x {seeds:,} seeds = {len(study.variants) * seeds:,} runs; "
                          f"a study takes at most {MAX_RUNS:,} runs: split it, or give fewer values or seeds")
     given = {k: v for k, v in options.items() if v is not None}
-    resolve(RunConfig().with_fields(**{**study.base, **given}))  # the options, before any variant
+    study_settings(study, options)  # the options checked, before any variant
     runs = []
     for variant, fields in study.variants.items():
         try:
@@ -119,13 +129,23 @@ def _value(v):
     return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v
 
 
-def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tuple[str, ...] = ()) -> None:
+def study_settings(study: Study, options: dict) -> dict:
+    """The columns of the study's own settings, before any variant: its base and the options."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return {"study": study.name, **resolve(RunConfig().with_fields(**{**study.base, **given})).columns()}
+
+
+def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tuple[str, ...] = (),
+                    settings: dict | None = None) -> None:
     """Refuse to add `runs` to a file whose runs were made with other settings: a file holds
-    one study, one configuration per variant, and the same value of every setting that is
-    not one of the study's `factors` (its budget, data and model) in every variant."""
+    one study, one configuration per variant, and in every variant the same value of each of
+    the study's own `settings` (study_settings: its budget, data, model) that no variant
+    changes and that is not one of its `factors`."""
     if existing.empty:
         return
-    planned = pd.DataFrame([{"study": r.study, "variant": r.variant, **r.config.columns()} for r in runs])
+    columns_ = run_columns(runs)
+    planned = pd.DataFrame([{"study": r.study, "variant": r.variant, **typed_columns(r.config.columns(), columns_)}
+                            for r in runs])
     columns = [c for c in planned.columns if c in existing.columns]
     held = existing[columns].drop_duplicates()
     differences = {}
@@ -134,8 +154,9 @@ def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tupl
         for name in columns:
             if name not in differences and _value(row[name]) != _value(now[name]):
                 differences[name] = ([_value(row[name])], _value(now[name]))
-    fixed = [c for c in columns if c not in {"variant", *factors} and planned[c].nunique(dropna=False) == 1
-             and held[c].nunique(dropna=False) == 1]
+    settings = settings if settings is not None else {"study": runs[0].study}
+    fixed = [c for c in columns if c in settings and c not in factors and held[c].nunique(dropna=False) == 1
+             and (planned[c].map(_value) == _value(settings[c])).all()]
     for name in fixed:  # the study's own settings, in new variants too: the same as in the file
         now, before = _value(planned[name].iloc[0]), _value(held[name].iloc[0])
         if name not in differences and before != now:
@@ -167,7 +188,7 @@ def results_schema(runs: list[Run], existing: pd.DataFrame, path: Path) -> pa.Sc
                          for r in {r.config_id: r for r in runs}.values()])
     try:
         pa.Table.from_pandas(rows.reindex(columns=schema.names), schema=schema, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
         raise UsageError(f"a setting does not fit its column: {error}") from None
     return schema
 
@@ -438,8 +459,9 @@ def execute(
     work = functools.partial(train_pack, device=device, other_test=other_test, keep_model=store.models is not None)
     columns = run_columns(runs)
     for finished, results_ in (executor or InProcess()).map(work, todo, data):
-        for run, result in zip(finished, results_):  # its rows first: nothing after training loses them
+        for run, result in zip(finished, results_):  # the pack's rows first: nothing after training loses them
             store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
+        for run, result in zip(finished, results_):
             if result.state is not None:
                 store.save_model(run.run_id, result.state, run.label)
             if on_run is not None:
@@ -465,6 +487,7 @@ class Prepared:
     other_test: tuple | None = None  # (name, images, labels) of --test-dataset
     notes: list[str] = field(default_factory=list)  # what the user should know before training
     schema: pa.Schema | None = None  # the results file's columns: the planned runs' and the file's
+    settings: dict | None = None  # the study's own settings (study_settings), for check_resumable
 
     def todo(self, done: set[str]) -> list[Run]:
         return [r for r in self.runs if r.run_id not in done]
@@ -485,7 +508,8 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
     problem. Creates no file or folder."""
     existing = results.existing_runs(out, resume, force)
     runs = plan(study, options, seeds)
-    check_resumable(existing, runs, out, study.factors)
+    settings = study_settings(study, options)
+    check_resumable(existing, runs, out, study.factors, settings)
     schema = results_schema(runs, existing, out)
     if save_models:
         results.check_writable(results.models_path(out) / "x.safetensors", (".safetensors",))
@@ -493,8 +517,9 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
     with deferred_cache_writes():  # a folder's decoded images are cached only once everything is checked
         data = load_dataset(config.dataset, data_dir, config.limit_train, config.limit_test,
                             image_size=config.image_size, test_fraction=config.test_fraction or 0.2)
-        if config.labels is not None and config.labels > len(data.train_y):
-            raise UsageError(f"--labels {config.labels}: the train split has {len(data.train_y):,} images; "
+        labels = max((r.config.labels for r in runs if r.config.labels is not None), default=None)
+        if labels is not None and labels > len(data.train_y):
+            raise UsageError(f"--labels {labels}: the train split has {len(data.train_y):,} images; "
                              f"give at most {len(data.train_y):,}")
         other_test = None
         if config.test_dataset is not None:
@@ -505,7 +530,7 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         if pack is None:  # packing pays where per-step costs dominate: on GPUs, not on a CPU (benchmarks/speed.py)
             pack = device.type == "cuda"
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
-                    schema)
+                    schema, settings)
 
 
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,
@@ -516,7 +541,7 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
     p = prepared
     order = {r.run_id: i for i, r in enumerate(p.runs)}  # the table's order, whatever order runs end in
     with StudyFile(p.out, p.schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
-        check_resumable(store.runs, p.runs, p.out, p.study.factors)  # a writer may have finished since we looked
+        check_resumable(store.runs, p.runs, p.out, p.study.factors, p.settings)  # a writer may have finished since
         results_schema(p.runs, store.runs, p.out)
         if on_start is not None:
             on_start(p.todo(store.done()))

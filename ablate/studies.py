@@ -341,7 +341,7 @@ def parse_values(name: str, text: str, model: str | None) -> list:
                          f"for every variant of a study; give --{field.replace('_', '-')} once")
     if field in FIELDS:
         items = parse_list(text, f"value of {name}")
-        return [_typed(name, item, SETTINGS[field]) for item in items]
+        return [_typed(name, item, SETTINGS[field]) for item in items]  # factorial refuses equal values
     knobs = arch.model_source(model or RunConfig.model).knobs
     if name not in knobs:
         allowed = sorted(FIELDS - FIXED_PER_STUDY) + list(knobs)
@@ -378,7 +378,10 @@ def _typed(name: str, text: str, setting: Setting):
 
 
 def _label(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A value in a variant name: 0.001, not 0.0010000; never two values under one name."""
+    if isinstance(value, float) and float(f"{value:g}") == value:
+        return f"{value:g}"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def factorial(factors: dict[str, list], grid: bool) -> dict[str, dict]:
@@ -386,6 +389,12 @@ def factorial(factors: dict[str, list], grid: bool) -> dict[str, dict]:
     time around the base (the first value of every factor). Counted before any is made: more
     than MAX_VARIANTS is refused."""
     names = list(factors)
+    for name, values in factors.items():  # 0.1 and 0.10, 1 and 1.0: one value, one variant name
+        labels = [_label(v) for v in values]
+        twice = next((v for i, v in enumerate(labels) if v in labels[:i]), None)
+        if twice is not None:
+            raise UsageError(f"{name}: the value {twice} is given twice ({', '.join(map(repr, values))}); "
+                             "give distinct values")
     count = math.prod(len(v) for v in factors.values()) if grid else 1 + sum(len(v) - 1 for v in factors.values())
     if count > MAX_VARIANTS:
         sizes = " x ".join(str(len(v)) for v in factors.values()) if grid else "one factor at a time"

@@ -117,7 +117,7 @@ def resolve(config: RunConfig) -> RunConfig:
                            (SCHEDULERS, config.scheduler), (transforms.NORMALIZATIONS, config.normalization),
                            (transforms.PERMUTATIONS, config.permutation)):
         registry.get(name)
-    config = with_defaults(config)
+    config = checked(with_defaults(config))  # the defaults filled in are checked too (lr_max = 4 x lr)
     transforms.augmentation(config.augment)
     if config.amp not in AMP:
         raise unknown_name("amp", config.amp, AMP)

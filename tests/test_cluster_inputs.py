@@ -98,7 +98,7 @@ def test_slurm_without_sbatch_is_refused_and_its_dry_run_still_prints_the_script
     refused(ablate([*STUDY, "--slurm", "--workers", "2"]), "--slurm: sbatch is not on PATH: run this on a machine "
                                                            "that submits SLURM jobs", work)
     slurm_bin("sbatch")
-    refused(ablate([*STUDY, "--slurm"]), "--slurm: squeue is not on PATH", work)
+    refused(ablate([*STUDY, "--slurm"]), "--slurm: scancel is not on PATH", work)
     dry = ablate([*STUDY, "--slurm", "--workers", "2", "--dry-run"])  # how a user reads the job script
     assert dry.exit_code == 0, dry.output
     assert "#SBATCH" in dry.stdout and "each of the 2 SLURM jobs would run" in dry.stdout
@@ -108,7 +108,7 @@ def test_slurm_without_sbatch_is_refused_and_its_dry_run_still_prints_the_script
 def test_slurm_with_its_commands_reaches_the_slurm_cluster(ablate, tmp_path, monkeypatch, slurm_bin):
     import dask_jobqueue
 
-    slurm_bin("sbatch", "squeue", "scancel")
+    slurm_bin("sbatch", "scancel")
     seen = {}
 
     class Reached(Exception):

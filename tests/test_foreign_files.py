@@ -303,3 +303,16 @@ def test_a_study_whose_runs_fail_prints_a_summary_that_says_so(tmp_path, ablate,
     _one_line_refusal(ablate(["report", "all.parquet"]), "study sweep holds no finished run: 1 failed (the first, "
                                                           "base seed 0: ValueError: out of patience)")
     _one_line_refusal(ablate(["plot", "all.parquet", "-o", "fig.png"]), "'all.parquet' holds no finished run")
+
+
+def test_report_says_which_failed_runs_it_leaves_out(tmp_path, ablate, fake_study):
+    path = fake_study(tmp_path / "s.parquet")
+    frame = pd.read_parquet(path)
+    beta = frame["variant"] == "beta"
+    failed = frame[beta & (frame["seed"] == 2)].drop_duplicates("run_id").assign(
+        epoch=None, split=None, loss=None, accuracy=None, status="failed", error="RuntimeError: boom")
+    frame = pd.concat([frame[~(beta & (frame["seed"] == 2))], failed], ignore_index=True)
+    frame.to_parquet(path)
+    result = ablate(["report", path])
+    assert result.exit_code == 0, result.output
+    assert "note: linearity: 1 failed run left out (beta; the first: RuntimeError: boom); --resume" in result.stderr

@@ -330,3 +330,71 @@ def test_a_model_argument_named_like_a_result_column_is_not_a_setting(tmp_path, 
     assert sorted(frame["seed"].unique()) == [0, 1] and (frame["base_lr"] == RunConfig.lr).all()
     clean_refusal(ablate(["sweep", *TINY, "--model", "seeded:Net", "--vary", "seed=1,2"]),
                   "unknown setting to vary 'seed'")
+
+
+# ---------------------------------------------------------------- found in review
+
+
+NONE_KNOB = CLASH.replace("activation=2", "width=None").replace("num_classes * activation", "num_classes")
+
+
+def test_a_model_argument_that_defaults_to_none_resumes(tmp_path, ablate, monkeypatch):
+    (tmp_path / "noneknob.py").write_text(NONE_KNOB)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out, args = tmp_path / "n.parquet", ["sweep", *TINY, "--model", "noneknob:Net", "--vary", "width=16,None"]
+    assert ablate([*args, "--out", out]).exit_code == 0
+    frame = pd.read_parquet(out)
+    assert frame["width"].dtype == "float64" or frame["width"].dtype == "Int64" or frame["width"].isna().any()
+    assert frame.groupby("variant")["width"].first().isna().tolist() == [False, True]  # None is null, not "None"
+    before = out.read_bytes()
+    resumed = ablate([*args, "--out", out, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert out.read_bytes() == before
+
+
+def test_a_float_argument_given_whole_numbers_stays_a_float_column(tmp_path, ablate):
+    out = tmp_path / "d.parquet"
+    assert ablate(["sweep", *TINY, "--vary", "dropout=0,1", "--out", out]).exit_code == 2  # 1 is out of range
+    assert ablate(["sweep", *TINY, "--vary", "dropout=0", "--out", out]).exit_code == 0
+    assert pd.read_parquet(out)["dropout"].dtype == "float64"
+    more = ablate(["sweep", *TINY, "--vary", "dropout=0,0.5", "--out", out, "--resume"])
+    assert more.exit_code == 0, more.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sweep", "--vary", "epochs=99999999999999999999"], "epochs must be at most 2^53"),
+    (["linearity", "--batch-size", "99999999999999999999"], "--batch-size must be at most 2^53"),
+    (["sweep", "--vary", "lr=0.1,0.10"], "lr: the value 0.1 is given twice"),
+    (["sweep", "--vary", "batch_size=32,032"], "batch_size: the value 32 is given twice"),
+    (["sweep", "--model", "latent-mlp", "--vary", "labels=40,100000"], "--labels 100000: the train split has 300"),
+    (["scheduler", "--schedulers", "onecycle", "--lr", "1e308"], "lr_max must be a finite number > 0 (or none), got inf"),
+])
+def test_inputs_found_in_review(tmp_path, ablate, args, message):
+    data = ["--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--device", "cpu"]
+    clean_refusal(ablate([*args, *data, "--out", tmp_path / "r.parquet"]), message)
+    assert not (tmp_path / "r.parquet").exists()
+
+
+def test_a_setting_a_factor_derives_does_not_block_resume(tmp_path, ablate):
+    """lr_step_size follows epochs under the step scheduler: a new epochs value is a new
+    variant, not another setting of the file's."""
+    out = tmp_path / "s.parquet"
+    base = ["sweep", *NO_EPOCHS, "--grid", "--vary", "scheduler=step", "--out", out]
+    assert ablate([*base, "--vary", "epochs=3"]).exit_code == 0
+    resumed = ablate([*base, "--vary", "epochs=1", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert set(pd.read_parquet(out)["lr_step_size"]) == {1}
+
+
+def test_a_pack_whose_weights_fail_keeps_every_seeds_rows(tmp_path, ablate, monkeypatch):
+    import safetensors.torch
+
+    def fails(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fails)
+    out = tmp_path / "p.parquet"
+    result = ablate(["conv1", *TINY, "--channels", "4", "--seeds", "3", "--pack", "--save-models", "--out", out])
+    assert result.exit_code == 1, result.output
+    assert sorted(pd.read_parquet(out)["seed"].unique()) == [0, 1, 2]
