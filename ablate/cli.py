@@ -62,8 +62,8 @@ class _OneLineErrors(TyperGroup):
             where = ctx.command_path if ctx is not None else "ablate"
             typer.echo(f"{where}: error: {error.format_message()}", err=True)
             sys.exit(getattr(error, "exit_code", 2))
-        except typer.Abort:
-            typer.echo("Aborted.", err=True)
+        except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a study's training (which says what is saved)
+            typer.echo("interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -277,7 +277,8 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
     "save_models": (bool, False, typer.Option(
         "--save-models", help="Keep each run's final weights in _models/STUDY/RUN_ID.safetensors beside --out.")),
     "workers": (Optional[int], None, typer.Option(
-        min=1, help="Train on a Dask LocalCluster of N worker processes on 127.0.0.1 (with --slurm: N jobs).")),
+        min=1, help="Train on a Dask LocalCluster of N worker processes on 127.0.0.1, at most one per CPU core "
+                    "(with --slurm: N SLURM jobs, at most 1000; more machines: --scheduler).")),
     "threads": (Optional[int], None, typer.Option(
         min=1, help="torch threads per run (default: all cores in this process; cores / --workers on a "
                     "LocalCluster; 1 on --scheduler). A run's numbers depend on it: it is a column.")),
@@ -316,6 +317,8 @@ def run_study(study: studies.Study, options: dict) -> None:
 
         results.check_writable(options["plot"], plot.FORMATS)
     device = train.resolve_device(options["device"].value)
+    if options["slurm_opts"] is not None and not options["slurm"]:
+        raise UsageError("--slurm-opts sets the SLURM jobs of --slurm: give --slurm too, or leave it out")
     cluster.check_options(options["workers"], options["threads"], options["scheduler"], options["slurm"])
     on_cluster = any(options[k] for k in CLUSTER_OPTIONS)
     options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["scheduler"],
@@ -513,9 +516,11 @@ def report_command(
         raise UsageError("give --epoch or --best, not both")
     frames = [results.read_results(p) for p in paths]
     frame, notes = results.separate_configurations(pd.concat(frames, ignore_index=True))
-    for note in notes + compare.failed_notes(frame):
+    for note in notes:
         stderr.print(f"note: {note}", highlight=False)
     summary = compare.summarize(compare.pick_epochs(frame, epoch, best), baseline)
+    for note in compare.failed_notes(frame):  # once there is something to report
+        stderr.print(f"note: {note}", highlight=False)
     if format == OutputFormat.csv:
         sys.stdout.write(summary.to_csv(index=False))
     elif format == OutputFormat.json:

@@ -14,15 +14,17 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from queue import SimpleQueue
 from typing import Callable, Iterator
 
 from ablate.data import Dataset, load_dataset
 from ablate.errors import EnvironmentFailure, UsageError
 
-PROGRESS_QUEUE = "ablate-progress"
+PROGRESS_TOPIC = "ablate-progress"
 PACKAGES = ("ablate", "torch", "torchvision")
 SLURM_MAX_JOBS = 1000  # --slurm --workers N: N jobs submitted at once (SLURM sites cap a user's jobs near this)
 PROTOCOLS = ("tcp", "tls", "ws", "wss", "ucx")  # Dask's, for a scheduler in another process
@@ -93,19 +95,20 @@ def can_load(spec: DataSpec) -> bool:
         return False
 
 
-def _on_worker(work: Callable, pack, data):
-    """A pack of runs on a worker: the data loaded or received, progress sent to the driver
-    (under the pack's first run)."""
-    from distributed import Queue, get_worker
+def _on_worker(work: Callable, topic: str, pack, data):
+    """A pack of runs on a worker: the data loaded or received, progress sent to the driver as
+    events of `topic` (under the pack's first run). Events go through the worker's own link to
+    the scheduler: no client in the worker, nothing to wait for in the training loop."""
+    from distributed import get_worker
 
     if isinstance(data, DataSpec):
         data = data.load()
-    address, key = get_worker().address, pack[0].run_id
-    queue = Queue(PROGRESS_QUEUE)
-    queue.put(("start", key, address, 0))
+    worker = get_worker()
+    address, key = worker.address, pack[0].run_id
+    worker.log_event(topic, ["start", key, address, 0])
 
     def on_batch(epoch, images, loss, speed):
-        queue.put(("images", key, address, images))
+        worker.log_event(topic, ["images", key, address, int(images)])
 
     return work(pack, data, on_batch=on_batch)
 
@@ -126,19 +129,23 @@ class DaskExecutor:
         return self.client.scatter(data, broadcast=True, hash=False) if workers else data
 
     def map(self, work, packs, data) -> Iterator:
-        from distributed import Queue, as_completed
+        from distributed import as_completed
 
         if not packs:
             return
-        queue = Queue(PROGRESS_QUEUE, client=self.client)
-        shipped = self.data_on_workers(data)
-        task = functools.partial(_on_worker, work)
-        futures = {self.client.submit(task, pack, shipped, key=f"ablate-{pack[0].run_id}", retries=3, pure=False): pack
-                   for pack in packs}
-        pending = as_completed(futures)
+        topic = f"{PROGRESS_TOPIC}-{uuid.uuid4().hex}"  # this study's alone, on a scheduler others may share
+        events: SimpleQueue = SimpleQueue()
+        self.client.subscribe_topic(topic, lambda event: events.put(event[1]))  # in the client's thread
+        futures = {}
         try:
+            shipped = self.data_on_workers(data)
+            task = functools.partial(_on_worker, work, topic)
+            futures = {self.client.submit(task, pack, shipped, key=f"ablate-{pack[0].run_id}", retries=3,
+                                          pure=False): pack for pack in packs}
+            pending = as_completed(futures)
             while not pending.is_empty():
-                for event in queue.get(batch=True):
+                while not events.empty():
+                    event = events.get()
                     if self.on_event is not None:
                         self.on_event(*event)
                 for future in pending.next_batch(block=False):
@@ -146,18 +153,25 @@ class DaskExecutor:
                 time.sleep(0.05)
         finally:
             self.client.cancel(list(futures))  # Ctrl-C, or a failure of the driver: nothing left running
+            try:
+                self.client.unsubscribe_topic(topic)
+            except Exception:  # a client that lost its scheduler: nothing to unsubscribe from; the error is elsewhere
+                pass
 
 
 # ---------------------------------------------------------------- clusters
 
 
-def _quiet() -> None:
-    """Dask logs every worker it stops; one line per real problem is what a user reads."""
+def _quiet(interrupted: bool = False) -> None:
+    """Dask logs every worker it stops; one line per real problem is what a user reads. After
+    Ctrl-C, none: what Dask says of the runs it is stopping (a broadcast that failed, a comm
+    closed) is not a problem."""
     import logging
 
+    level = logging.CRITICAL if interrupted else logging.ERROR
     for name in ("distributed", "distributed.client", "distributed.nanny", "distributed.scheduler",
-                 "distributed.worker"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+                 "distributed.worker", *(("asyncio",) if interrupted else ())):
+        logging.getLogger(name).setLevel(level)
 
 
 def _main_thread() -> bool:
@@ -204,15 +218,16 @@ def _ctrl_c_ignored():
 
 
 def local_cluster(workers: int, threads: int):
-    """N worker processes of T threads on 127.0.0.1, no dashboard; the workers log errors only
-    (each worker process logs on its own: warnings of a busy event loop, of tasks cancelled by
-    Ctrl-C)."""
+    """N worker processes of T threads on 127.0.0.1, no dashboard. The worker processes log
+    nothing of Dask's own (a busy event loop, tasks cancelled by Ctrl-C, a heartbeat to a
+    scheduler that is stopping): what matters reaches the driver (results, errors, a worker that
+    died)."""
     import dask
     from distributed import Client, LocalCluster
 
     _quiet()
     environ = dict(os.environ)
-    quiet_workers = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error"}
+    quiet_workers = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "critical"}
     try:
         with dask.config.set(quiet_workers):
             cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1, processes=True,
@@ -440,6 +455,8 @@ def dask_executor(workers: int | None, threads: int, scheduler: str | None, slur
         raise
     finally:
         with _ctrl_c_ignored():
+            if interrupted:
+                _quiet(interrupted=True)
             if client is not None:
                 client.close()
             if cluster is not None:

@@ -26,12 +26,14 @@ from torch import nn
 class Net(nn.Module):
     def __init__(self, in_channels=3, num_classes=10, explode=False):
         super().__init__()
-        self.explode = explode
+        self.explode, self.steps = explode, 0
         self.fc = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
 
     def forward(self, x):
-        if self.explode and self.training:  # counting (eval mode) works; training does not
-            raise ValueError("this model refuses to train\\nsecond line")
+        if self.training:
+            self.steps += 1
+            if self.explode and self.steps > 3:  # the checks before training pass; training does not
+                raise ValueError("this model refuses to train\\nsecond line")
         return self.fc(x)
 '''
 

@@ -112,4 +112,4 @@ def test_a_real_full_disk(tmp_path, ablate, monkeypatch):
         assert pd.read_parquet(out)["variant"].unique().tolist() == ["relu"]
         assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
