@@ -35,7 +35,7 @@ from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ablate.arch import Shape
+from ablate.arch import Shape, describe_error
 from ablate.errors import UsageError
 
 aten = torch.ops.aten
@@ -1020,7 +1020,13 @@ def count_meta(build: Callable[[], nn.Module], input_shape: Shape, batch: int = 
             if available is not None and weights > available:
                 raise UsageError(f"{error}; a real forward pass does not fit: its weights need "
                                  f"{weights / 1e9:.3g} GB ({available / 1e9:.3g} GB of memory free)") from None
-    return count_model(build(), input_shape, batch, training)
+    try:
+        model = build()
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a user's model whose constructor raises
+        raise UsageError(f"the model failed to build: {describe_error(error)}") from None
+    return count_model(model, input_shape, batch, training)
 
 
 # ---------------------------------------------------------------- other counters
