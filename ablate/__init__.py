@@ -1,4 +1,15 @@
-"""ablate: architecture ablations of small image CNNs, one command per study."""
+"""ablate: architecture ablations of small image CNNs, one command per study.
+
+The public API a plugin registers through (ablate's own studies, models, tasks and datasets
+are registered with the same calls). Importing it imports no torch; the registrations of
+models, tasks and datasets import torch when called.
+
+    import ablate
+
+    @ablate.register_study("kernel", sizes="Kernel sizes, comma-separated.")
+    def kernel(sizes: str = "3,5,7") -> ablate.Study:
+        ...
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -6,3 +17,22 @@ try:
     __version__ = version("ablate")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
+
+# name -> (module, attribute): loaded on first use, so that `import ablate` stays light
+_PUBLIC = {
+    "register_study": ("ablate.studies", "register_study"), "Study": ("ablate.studies", "Study"),
+    "UsageError": ("ablate.errors", "UsageError"),
+    "register_model": ("ablate.arch", "register_model"),
+    "register_task": ("ablate.train", "register_task"), "Task": ("ablate.train", "Task"),
+    "register_dataset": ("ablate.data", "register_dataset"), "Source": ("ablate.data", "Source"),
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ablate' has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _PUBLIC[name]
+    return getattr(importlib.import_module(module), attribute)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ablate.config import reserved_names
-from ablate.errors import UsageError, unknown_name
+from ablate.errors import UsageError, describe_error, unknown_name  # noqa: F401 - describe_error: arch's too
 from ablate.registry import Registry
 
 Shape = tuple[int, ...]
@@ -225,31 +225,6 @@ def _torchvision_model(name: str) -> tuple[nn.Module, Shape]:
 
 
 # ---------------------------------------------------------------- user modules
-
-
-def _user_frame(error: BaseException) -> str:
-    """Where in the user's own code `error` was raised: " (at mymod.py, line 4)", or "" when no
-    frame of its traceback is theirs (torch's, ablate's, the standard library's)."""
-    import traceback
-
-    own = os.path.dirname(os.path.abspath(__file__))
-    skip = tuple({os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, own)})
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(skip)]
-    if not frames:
-        return ""
-    path = os.path.abspath(frames[-1].filename)
-    if path.startswith(os.getcwd() + os.sep):
-        path = os.path.relpath(path)
-    return f" (at {path}, line {frames[-1].lineno})"
-
-
-def describe_error(error: BaseException) -> str:
-    """An exception in one line: its type, the first line of its message, and the line of the
-    user's code that raised it."""
-    lines = str(error).strip().splitlines()
-    message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return message + ("" if isinstance(error, SyntaxError) else _user_frame(error))  # its own says where
 
 
 def _not_found(error: BaseException, module_name: str) -> bool:

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from ablate import report, studies
+from ablate import plugins, report, studies
 from ablate.config import OPTIMIZERS, SCHEDULERS, SETTINGS, RunConfig
 from ablate.convention import CONVENTION
 from ablate.errors import EnvironmentFailure, UsageError
@@ -48,7 +48,9 @@ class _OneLineErrors(TyperGroup):
             return super().main(args, prog_name, standalone_mode=False, **extra)
         args = sys.argv[1:] if args is None else list(args)
         ARGV[:] = args
+        args, named = plugins.split_arguments(args)
         try:
+            self.load_plugins(named)
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except (UsageError, EnvironmentFailure) as error:
             command = next((a for a in args if a in self.commands), "")
@@ -67,13 +69,25 @@ class _OneLineErrors(TyperGroup):
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def load_plugins(self, named: list[str]) -> None:
+        """The plugins (entry points, $ABLATE_PLUGINS, --plugin), each failure one warning
+        line; the studies they add become commands."""
+        for plugin in plugins.discover(named):
+            typer.echo(f"warning: plugin {plugin.name!r} ({plugin.source}) did not load: {plugin.error}", err=True)
+        for name, entry in studies.STUDIES.items():
+            if name not in self.commands:
+                _study_command(name, entry)
+                self.add_command(typer.main.get_command(app).commands[name], name)
+
 
 app = typer.Typer(
     cls=_OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Architecture ablations of small image CNNs: one command per study, tidy Parquet out.",
+    help="Architecture ablations of small image CNNs: one command per study, tidy Parquet out. Plugins add "
+         "studies, models, tasks and datasets: installed ones (entry-point group ablate.plugins), "
+         "ABLATE_PLUGINS=mod1,mod2, or --plugin MODULE on any command; `ablate list plugins` shows them.",
 )
 
 
@@ -157,6 +171,8 @@ class Topic(str, Enum):
     permutations = "permutations"
     schedulers = "schedulers"
     optimizers = "optimizers"
+    tasks = "tasks"
+    plugins = "plugins"
 
 
 def _first_line(function) -> str:
@@ -174,6 +190,12 @@ def _listing(topic: Topic) -> list[dict]:
     """The rows of `ablate list TOPIC`; studies, schedulers and optimisers without torch."""
     if topic == Topic.studies:
         return [_study_row(name, entry) for name, entry in studies.STUDIES.items()]
+    if topic == Topic.plugins:
+        return plugins.listing()
+    if topic == Topic.tasks:
+        from ablate import train
+
+        return [{"name": n, "classifies": t.classifies, "source": train.TASKS.owners[n]} for n, t in train.TASKS.items()]
     if topic == Topic.schedulers:
         return [{"name": n, "description": s.description} for n, s in SCHEDULERS.items()]
     if topic == Topic.optimizers:
@@ -206,7 +228,7 @@ def list_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """List the studies (the default), models, datasets, augmentations, normalisations,
-    permutations, schedulers or optimisers."""
+    permutations, schedulers, optimisers, tasks, or the plugins and what each added."""
     rows = _listing(topic)
     if json_output:
         typer.echo(json.dumps(rows, indent=1))

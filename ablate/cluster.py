@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from queue import SimpleQueue
 from typing import Callable, Iterator
 
+from ablate import plugins
 from ablate.data import Dataset, load_dataset
 from ablate.errors import EnvironmentFailure, UsageError
 
@@ -95,12 +96,15 @@ def can_load(spec: DataSpec) -> bool:
         return False
 
 
-def _on_worker(work: Callable, topic: str, pack, data):
-    """A pack of runs on a worker: the data loaded or received, progress sent to the driver as
-    events of `topic` (under the pack's first run). Events go through the worker's own link to
-    the scheduler: no client in the worker, nothing to wait for in the training loop."""
+def _on_worker(work: Callable, topic: str, plugin_modules: list[str], pack, data):
+    """A pack of runs on a worker: the driver's plugins loaded first (one that cannot be is an
+    error naming it, never a silent fallback), the data loaded or received, progress sent to
+    the driver as events of `topic` (under the pack's first run). Events go through the
+    worker's own link to the scheduler: no client in the worker, nothing to wait for in the
+    training loop."""
     from distributed import get_worker
 
+    plugins.load_named(plugin_modules)
     if isinstance(data, DataSpec):
         data = data.load()
     worker = get_worker()
@@ -139,7 +143,7 @@ class DaskExecutor:
         futures = {}
         try:
             shipped = self.data_on_workers(data)
-            task = functools.partial(_on_worker, work, topic)
+            task = functools.partial(_on_worker, work, topic, plugins.modules())
             futures = {self.client.submit(task, pack, shipped, key=f"ablate-{pack[0].run_id}", retries=3,
                                           pure=False): pack for pack in packs}
             pending = as_completed(futures)

@@ -52,6 +52,12 @@ class Source:
 
 
 DATASETS: Registry[Source] = Registry("dataset")
+
+
+def register_dataset(source: Source) -> Source:
+    """Add `source` under its name: `load(folders to look in)` returns train_x, train_y, test_x,
+    test_y (uint8 N x C x H x W images, int64 labels), checked like the built-ins."""
+    return DATASETS.register(source.name, source)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SYNTHETIC_SIZES = (10_000, 2_000)
 
@@ -208,7 +214,7 @@ for _source in (
     Source("synthetic", [f"class {i}" for i in range(10)], lambda roots: synthetic(),
            "generated, CIFAR-shaped, learnable, 10,000 + 2,000; for tests and trials", SYNTHETIC_SIZES, (3, 32, 32)),
 ):
-    DATASETS.register(_source.name, _source)
+    register_dataset(_source)
 
 
 

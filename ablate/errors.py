@@ -1,6 +1,9 @@
 """The errors the command line turns into one line: bad input (exit 2), a failing machine (exit 1)."""
 
 import difflib
+import os
+import sys
+import traceback
 
 
 class UsageError(ValueError):
@@ -22,3 +25,26 @@ def unknown_name(kind: str, name: str, known: list[str], hint: str = "") -> Usag
 
 class EnvironmentFailure(RuntimeError):
     """The machine failed us (a full disk, a dead worker): one line, exit 1, no saved run lost."""
+
+
+def _user_frame(error: BaseException) -> str:
+    """Where in the user's own code `error` was raised: " (at mymod.py, line 4)", or "" when no
+    frame of its traceback is theirs (torch's, ablate's, the standard library's)."""
+    own = os.path.dirname(os.path.abspath(__file__))
+    skip = tuple({os.path.abspath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, own)})
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(skip)]
+    if not frames:
+        return ""
+    path = os.path.abspath(frames[-1].filename)
+    if path.startswith(os.getcwd() + os.sep):
+        path = os.path.relpath(path)
+    return f" (at {path}, line {frames[-1].lineno})"
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception in one line: its type, the first line of its message, and the line of the
+    user's code that raised it."""
+    lines = str(error).strip().splitlines()
+    message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return message + ("" if isinstance(error, SyntaxError) else _user_frame(error))  # its own says where

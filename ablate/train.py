@@ -76,12 +76,19 @@ def _output_check(task: str, need: Callable[[torch.Tensor, Dataset], tuple], why
 
 
 TASKS: Registry[Task] = Registry("task")
-TASKS.register("classify", Task(
+
+
+def register_task(task: Task) -> Task:
+    """Add `task` under its name (a plugin's, or ablate's own)."""
+    return TASKS.register(task.name, task)
+
+
+register_task(Task(
     "classify", lambda out, x, y: F.cross_entropy(out, y), True,
     _output_check("classify", lambda x, data: (len(x), len(data.classes)),
                   lambda data: f"one score per class of {data.name}")))
 # the output against the input, in the normalised space the run states (normalization none: [0, 1])
-TASKS.register("reconstruct", Task(
+register_task(Task(
     "reconstruct", lambda out, x, y: F.mse_loss(out, x), False,
     _output_check("reconstruct", lambda x, data: tuple(x.shape),
                   lambda data: f"each image rebuilt, the shape of the input ({data.name})")))

@@ -1,0 +1,38 @@
+"""A plugin as a user writes one: a study, a model family, a task and a dataset, registered
+through ablate's public API only (tests/test_plugins.py loads it every way a plugin is found)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ablate
+
+
+@ablate.register_study("kernel", sizes="Kernel sizes of the tutorial net's convs, comma-separated.")
+def kernel(sizes: str = "3,5") -> ablate.Study:
+    values = [int(s) for s in sizes.split(",")]
+    return ablate.Study("kernel", "The tutorial net's kernel size.",
+                        variants={str(k): {"kernel_size": k} for k in values}, factors=("kernel_size",),
+                        plot="sweep")
+
+
+@ablate.register_model("widenet", (3, 32, 32), "one conv of `width` channels and a linear head")
+def widenet(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 4) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                         nn.Flatten(), nn.Linear(width * 16, num_classes))
+
+
+ablate.register_task(ablate.Task("smooth-classify", lambda out, x, y: F.cross_entropy(out, y, label_smoothing=0.1),
+                                 classifies=True))
+
+
+def _stripes(folders):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 2
+    images = torch.randint(0, 64, (400, 1, 16, 16), dtype=torch.uint8, generator=generator)
+    images[labels == 1, :, ::2] += 128  # class 1: bright rows
+    return images[:300], labels[:300], images[300:], labels[300:]
+
+
+ablate.register_dataset(ablate.Source("stripes", ["plain", "striped"], _stripes,
+                                      "generated 1x16x16 stripes, 300 + 100, two classes"))

@@ -1,0 +1,120 @@
+"""Plugins: a module of the user's registers a study, a model, a task and a dataset through
+ablate's public API, found by --plugin, $ABLATE_PLUGINS or an installed entry point. Each test
+runs ablate in its own process: a plugin's registrations are process-wide."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+PLUGINS = Path(__file__).parent / "plugins"
+DATA = ["--dataset", "stripes", "--epochs", "1", "--device", "cpu"]
+
+
+def ablate(args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(PLUGINS), **(env or {})}
+    environment.pop("ABLATE_PLUGINS", None) if env is None or "ABLATE_PLUGINS" not in env else None
+    return subprocess.run([sys.executable, "-m", "ablate", *map(str, args)], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_plugins_study_model_and_dataset_train_through_the_command_line(tmp_path):
+    out = tmp_path / "k.parquet"
+    result = ablate(["kernel", "--plugin", "ablate_example_plugin", *DATA, "--sizes", "3,5", "--out", out], tmp_path)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_parquet(out)
+    assert sorted(frame["kernel_size"].unique()) == [3, 5] and set(frame["dataset"]) == {"stripes"}
+    assert len(pd.read_parquet(tmp_path / "_per_class" / "k.parquet")) == 2 * 2  # two classes, two runs
+    sweep = ablate(["sweep", *DATA, "--model", "widenet", "--vary", "width=2,8", "--out", tmp_path / "w.parquet",
+                    "--plugin=ablate_example_plugin"], tmp_path)  # the option anywhere, in either spelling
+    assert sweep.returncode == 0, sweep.stderr
+    assert sorted(pd.read_parquet(tmp_path / "w.parquet")["width"].unique()) == [2, 8]
+
+
+def test_a_plugins_task_is_used_by_a_study_file(tmp_path):
+    (tmp_path / "s.toml").write_text('[base]\ntask = "smooth-classify"\n[vary]\nlr = [0.01, 0.1]\n')
+    result = ablate(["run", "s.toml", "--plugin", "ablate_example_plugin", *DATA, "--out", "s.parquet"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert set(pd.read_parquet(tmp_path / "s.parquet")["task"]) == {"smooth-classify"}
+
+
+def test_list_plugins_says_who_added_what(tmp_path):
+    result = ablate(["list", "plugins", "--json"], tmp_path, {"ABLATE_PLUGINS": "ablate_example_plugin"})
+    assert result.returncode == 0, result.stderr
+    added = {(r["kind"], r["name"]) for r in json.loads(result.stdout) if r["plugin"] == "ablate_example_plugin"}
+    assert added == {("study", "kernel"), ("model", "widenet"), ("task", "smooth-classify"), ("dataset", "stripes")}
+    assert all(r["source"] == "ABLATE_PLUGINS" for r in json.loads(result.stdout))
+
+
+def test_an_installed_plugin_is_found_by_its_entry_point(tmp_path):
+    dist = tmp_path / "site" / "ablate_example_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ablate-example-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ablate.plugins]\nexample = ablate_example_plugin\n")
+    result = ablate(["list", "plugins", "--json"], tmp_path,
+                    {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(PLUGINS)])})
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert {r["plugin"] for r in rows} == {"example"} and {r["source"] for r in rows} == {"entry point"}
+    assert ("study", "kernel") in {(r["kind"], r["name"]) for r in rows}
+
+
+BROKEN = {
+    "halfway": "import ablate\n\n@ablate.register_study('halfway-study')\ndef s():\n    pass\n\nraise RuntimeError('half written')\n",
+    "clashing": "import ablate\n\n@ablate.register_study('conv1')\ndef s():\n    pass\n",
+    "syntax": "def broken(:\n",
+}
+
+
+@pytest.mark.parametrize("name,message", [
+    ("halfway", "RuntimeError: half written (at halfway.py, line 7)"),
+    ("clashing", "study 'conv1' is already registered (by ablate's own)"),
+    ("syntax", "SyntaxError"),
+    ("nosuchmodule", "No module named 'nosuchmodule'"),
+])
+def test_a_plugin_that_fails_is_one_warning_and_everything_else_works(tmp_path, name, message):
+    if name in BROKEN:
+        (tmp_path / f"{name}.py").write_text(BROKEN[name])
+    result = ablate(["list", "studies", "--json"], tmp_path, {"ABLATE_PLUGINS": name})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: plugin {name!r} (ABLATE_PLUGINS) did not load: " + result.stderr.split("did not load: ")[1].strip()]
+    assert message in result.stderr
+    studies = [r["name"] for r in json.loads(result.stdout)]
+    assert "halfway-study" not in studies and "conv1" in studies  # what it registered is taken back
+
+
+def test_a_worker_that_cannot_load_a_plugin_says_which(monkeypatch):
+    from ablate import plugins
+    from ablate.errors import EnvironmentFailure
+
+    monkeypatch.setattr(plugins, "LOADED", {})
+    with pytest.raises(EnvironmentFailure, match="plugin 'lab_datasets' did not load here: ModuleNotFoundError"):
+        plugins.load_named(["lab_datasets"])
+
+
+def test_a_local_cluster_loads_the_plugins_on_every_worker(tmp_path):
+    out = tmp_path / "c.parquet"
+    result = ablate(["sweep", "--plugin", "ablate_example_plugin", *DATA, "--model", "widenet", "--vary",
+                     "width=2,4", "--workers", "2", "--threads", "1", "--out", out], tmp_path)
+    assert result.returncode == 0, result.stderr
+    alone = ablate(["sweep", "--plugin", "ablate_example_plugin", *DATA, "--model", "widenet", "--vary",
+                    "width=2,4", "--threads", "1", "--out", tmp_path / "alone.parquet"], tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    numbers = ["variant", "seed", "epoch", "split", "loss", "accuracy", "run_id"]
+    assert pd.read_parquet(out)[numbers].equals(pd.read_parquet(tmp_path / "alone.parquet")[numbers])
+
+
+def test_the_public_api_imports_no_torch():
+    code = textwrap.dedent("""
+        import sys, ablate
+        ablate.register_study, ablate.Study, ablate.UsageError
+        assert "torch" not in sys.modules, "import ablate imported torch"
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
