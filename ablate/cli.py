@@ -300,13 +300,16 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
         "--save-models", help="Keep each run's final weights in _models/STUDY/RUN_ID.safetensors beside --out.")),
     "workers": (Optional[int], None, typer.Option(
         min=1, help="Train on a Dask LocalCluster of N worker processes on 127.0.0.1, at most one per CPU core "
-                    "(with --slurm: N SLURM jobs, at most 1000; more machines: --scheduler).")),
+                    "(with --slurm: N SLURM jobs, at most 1000; more machines: --dask-scheduler).")),
     "threads": (Optional[int], None, typer.Option(
         min=1, help="torch threads per run (default: all cores in this process; cores / --workers on a "
-                    "LocalCluster; 1 on --scheduler). A run's numbers depend on it: it is a column.")),
-    "scheduler": (Optional[str], None, typer.Option(
+                    "LocalCluster; 1 on --dask-scheduler). A run's numbers depend on it: it is a column.")),
+    "dask_scheduler": (Optional[str], None, typer.Option(
+        "--dask-scheduler", "--scheduler",
         help="Train on an existing Dask cluster, e.g. tcp://HOST:8786 (started with `dask scheduler` and "
-             "`dask worker`); its workers must run the same ablate, torch and torchvision.")),
+             "`dask worker`); its workers must run the same ablate, torch and torchvision. (--scheduler, "
+             "its old name, still works in this release; the learning-rate scheduler is the setting "
+             "`scheduler`.)")),
     "slurm": (bool, False, typer.Option(
         "--slurm", help="Train on --workers SLURM jobs (dask-jobqueue); with --dry-run, print the job script.")),
     "slurm_opts": (Optional[str], None, typer.Option(
@@ -318,7 +321,7 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
 # The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
 TRAINING_OPTIONS = ("model", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
                     "limit_train", "limit_test", "deterministic", "threads", "amp", "compile")
-CLUSTER_OPTIONS = ("workers", "scheduler", "slurm")
+CLUSTER_OPTIONS = ("workers", "dask_scheduler", "slurm")
 
 
 def _progress() -> Progress:
@@ -341,9 +344,9 @@ def run_study(study: studies.Study, options: dict) -> None:
     device = train.resolve_device(options["device"].value)
     if options["slurm_opts"] is not None and not options["slurm"]:
         raise UsageError("--slurm-opts sets the SLURM jobs of --slurm: give --slurm too, or leave it out")
-    cluster.check_options(options["workers"], options["threads"], options["scheduler"], options["slurm"])
+    cluster.check_options(options["workers"], options["threads"], options["dask_scheduler"], options["slurm"])
     on_cluster = any(options[k] for k in CLUSTER_OPTIONS)
-    options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["scheduler"],
+    options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["dask_scheduler"],
                                              options["slurm"])
     training = {k: options[k] for k in TRAINING_OPTIONS}
     for name, value in training.items():  # the schema every setting is checked by, named as typed here
@@ -353,6 +356,8 @@ def run_study(study: studies.Study, options: dict) -> None:
     training["compile"] = options["compile"] or None
     prepared = runner.prepare(study, training, options["seeds"], device, options["data_dir"], out, options["resume"],
                               options["force"], options["save_models"], options["pack"])
+    if any(a == "--scheduler" or a.startswith("--scheduler=") for a in ARGV):
+        prepared.notes.append("note: --scheduler is now --dask-scheduler (the old name works in this release)")
     for note in prepared.notes:
         stderr.print(note, highlight=False)
     if options["dry_run"]:
@@ -410,7 +415,7 @@ def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | No
                 on_event = _cluster_progress(progress, task, name, labels, finished)
                 spec = runner.data_spec(prepared, cluster_options["data_dir"])
                 executor = stack.enter_context(cluster.dask_executor(
-                    cluster_options["workers"], cluster_options["threads"], cluster_options["scheduler"],
+                    cluster_options["workers"], cluster_options["threads"], cluster_options["dask_scheduler"],
                     cluster_options["slurm"], cluster_options["slurm_opts"], spec, on_event))
             with progress:
                 return runner.run_study(prepared, metadata, executor, on_run, on_start)

@@ -251,10 +251,10 @@ def local_cluster(workers: int, threads: int):
 
 
 def scheduler_address(address: str) -> tuple[str, str, int]:
-    """--scheduler's PROTOCOL://HOST:PORT as (protocol, host, port), checked without contacting
+    """--dask-scheduler's PROTOCOL://HOST:PORT as (protocol, host, port), checked without contacting
     anything. HOST:PORT alone is tcp, as for Dask; an IPv6 host is written in brackets."""
     def bad(why: str) -> UsageError:
-        return UsageError(f"--scheduler {address!r}: {why}; give the address the scheduler prints, "
+        return UsageError(f"--dask-scheduler {address!r}: {why}; give the address the scheduler prints, "
                           "like tcp://HOST:8786")
 
     text = address.strip()
@@ -304,16 +304,16 @@ def _reachable(address: str, host: str, port: int) -> None:
         with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
             pass
     except socket.gaierror as error:
-        raise UsageError(f"--scheduler {address}: cannot connect: unknown host {host!r} ({error.strerror})") from None
+        raise UsageError(f"--dask-scheduler {address}: cannot connect: unknown host {host!r} ({error.strerror})") from None
     except ConnectionRefusedError:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise UsageError(f"--scheduler {address}: cannot connect: nothing listens at {where} "
+        raise UsageError(f"--dask-scheduler {address}: cannot connect: nothing listens at {where} "
                          "(is `dask scheduler` running there, on that port?)") from None
     except TimeoutError:
-        raise UsageError(f"--scheduler {address}: cannot connect: no answer from {host} within "
+        raise UsageError(f"--dask-scheduler {address}: cannot connect: no answer from {host} within "
                          f"{CONNECT_SECONDS} s") from None
     except OSError as error:
-        raise UsageError(f"--scheduler {address}: cannot connect: {error.strerror or error}") from None
+        raise UsageError(f"--dask-scheduler {address}: cannot connect: {error.strerror or error}") from None
 
 
 def _identity(address: str, url: str) -> None:
@@ -335,15 +335,15 @@ def _identity(address: str, url: str) -> None:
     try:
         answer = asyncio.run(asyncio.wait_for(identity(), CONNECT_SECONDS))
     except (TimeoutError, asyncio.TimeoutError):
-        raise UsageError(f"--scheduler {address}: no answer from a Dask scheduler there within {CONNECT_SECONDS} s; "
+        raise UsageError(f"--dask-scheduler {address}: no answer from a Dask scheduler there within {CONNECT_SECONDS} s; "
                          "is it the address `dask scheduler` printed?") from None
     except Exception as error:
-        raise UsageError(f"--scheduler {address}: cannot connect ({type(error).__name__}: {error}); "
+        raise UsageError(f"--dask-scheduler {address}: cannot connect ({type(error).__name__}: {error}); "
                          "is it the address `dask scheduler` printed?") from None
     kind = answer.get("type") if isinstance(answer, dict) else None
     if kind != "Scheduler":
         what = f"a Dask {kind.lower()}'s address" if isinstance(kind, str) else "not a Dask scheduler"
-        raise UsageError(f"--scheduler {address}: that is {what}; give the scheduler's (`dask scheduler` prints it)")
+        raise UsageError(f"--dask-scheduler {address}: that is {what}; give the scheduler's (`dask scheduler` prints it)")
 
 
 def connect(address: str):
@@ -359,17 +359,17 @@ def connect(address: str):
     try:
         client = Client(url, timeout=CONNECT_SECONDS)
     except (OSError, TimeoutError) as error:
-        raise UsageError(f"--scheduler {address}: cannot connect ({error}); is it a Dask scheduler's address?") \
+        raise UsageError(f"--dask-scheduler {address}: cannot connect ({error}); is it a Dask scheduler's address?") \
             from None
     mine = versions()
     for worker, theirs in client.run(versions).items():
         differ = [f"{p} {theirs.get(p)} there, {mine[p]} here" for p in PACKAGES if theirs.get(p) != mine[p]]
         if differ:
             client.close()
-            raise UsageError(f"--scheduler {address}: worker {worker} differs: {'; '.join(differ)}")
+            raise UsageError(f"--dask-scheduler {address}: worker {worker} differs: {'; '.join(differ)}")
     if not client.scheduler_info()["workers"]:
         client.close()
-        raise UsageError(f"--scheduler {address}: the scheduler has no worker")
+        raise UsageError(f"--dask-scheduler {address}: the scheduler has no worker")
     return client
 
 
@@ -489,7 +489,7 @@ def check_options(workers: int | None, threads: int | None, scheduler: str | Non
     """The cluster options, checked before anything is loaded or started: their combination, the
     scheduler's address (its form), and what this machine can run."""
     if scheduler is not None and (workers or slurm):
-        raise UsageError("--scheduler runs on the workers that cluster has: give it without --workers or --slurm")
+        raise UsageError("--dask-scheduler runs on the workers that cluster has: give it without --workers or --slurm")
     if scheduler is not None:
         scheduler_address(scheduler)
         return
@@ -502,7 +502,7 @@ def check_options(workers: int | None, threads: int | None, scheduler: str | Non
     if workers is not None:
         if workers > cores:
             raise UsageError(f"--workers {workers}: a LocalCluster takes at most one worker per CPU core (one run "
-                             f"each), and this machine has {cores}; use --scheduler or --slurm for more")
+                             f"each), and this machine has {cores}; use --dask-scheduler or --slurm for more")
         if threads is not None and workers * threads > cores:
             raise UsageError(f"--workers {workers} --threads {threads}: {workers * threads} torch threads on "
                              f"{_cores(cores)}; give --threads {max(1, cores // workers)} or fewer workers")

@@ -114,7 +114,7 @@ def test_an_existing_scheduler_and_a_worker_killed_mid_study(tmp_path, in_proces
 
 def test_a_scheduler_that_is_not_there_is_a_usage_error(ablate):
     result = ablate([*STUDY, "--scheduler", "tcp://127.0.0.1:9", "--out", "x.parquet"])
-    assert result.exit_code == 2 and "--scheduler tcp://127.0.0.1:9: cannot connect" in result.stderr
+    assert result.exit_code == 2 and "--dask-scheduler tcp://127.0.0.1:9: cannot connect" in result.stderr
 
 
 def test_a_run_that_raises_is_recorded_as_failed_and_the_study_goes_on(tmp_path, ablate, monkeypatch):

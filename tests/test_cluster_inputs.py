@@ -47,9 +47,9 @@ def test_cpu_cores_is_the_affinity_mask(monkeypatch):
 
 @pytest.mark.parametrize("cores,args,message", [
     (2, ["--workers", "3"], "--workers 3: a LocalCluster takes at most one worker per CPU core (one run each), "
-                            "and this machine has 2; use --scheduler or --slurm for more"),
+                            "and this machine has 2; use --dask-scheduler or --slurm for more"),
     (2, ["--workers", "1000"], "--workers 1000: a LocalCluster takes at most one worker per CPU core"),
-    (1, ["--workers", "2"], "and this machine has 1; use --scheduler or --slurm for more"),
+    (1, ["--workers", "2"], "and this machine has 1; use --dask-scheduler or --slurm for more"),
     (4, ["--workers", "2", "--threads", "3"], "--workers 2 --threads 3: 6 torch threads on 4 CPU cores; "
                                               "give --threads 2 or fewer workers"),
     (4, ["--threads", "5"], "--threads 5: this machine has 4 CPU cores"),
@@ -128,10 +128,10 @@ def test_slurm_with_its_commands_reaches_the_slurm_cluster(ablate, tmp_path, mon
 
 
 MALFORMED = [
-    ("tcp://", "--scheduler 'tcp://': no host and no port; give the address the scheduler prints, "
+    ("tcp://", "--dask-scheduler 'tcp://': no host and no port; give the address the scheduler prints, "
                "like tcp://HOST:8786"),
-    ("tcp://host", "--scheduler 'tcp://host': no port;"),
-    ("tcp://:8786", "--scheduler 'tcp://:8786': no host;"),
+    ("tcp://host", "--dask-scheduler 'tcp://host': no port;"),
+    ("tcp://:8786", "--dask-scheduler 'tcp://:8786': no host;"),
     ("tcp://host:", "no port;"),
     ("tcp://host:notaport", "the port 'notaport' is not a number;"),
     ("tcp://host:99999", "the port 99999 is out of range (1 to 65535);"),
@@ -139,9 +139,9 @@ MALFORMED = [
     ("http://host:8787", "http:// is a web address (a dashboard's, port 8787?), not a scheduler's;"),
     ("ftp://host:21", "unknown protocol 'ftp://' (Dask's are tcp://, tls://, ws://, wss://, ucx://);"),
     ("inproc://host/1/2", "inproc:// is a scheduler inside one process"),
-    ("", "--scheduler '': the address is empty;"),
+    ("", "--dask-scheduler '': the address is empty;"),
     ("   ", "the address is empty;"),
-    ("localhost", "--scheduler 'localhost': no port;"),
+    ("localhost", "--dask-scheduler 'localhost': no port;"),
     ("tcp:/host:8786", "malformed (write PROTOCOL://HOST:PORT)"),
     ("tcp://host:8786/status", "unexpected '/status' (an address is PROTOCOL://HOST:PORT, nothing more);"),
     ("tcp://user@host:8786", "unexpected '@host:8786'"),
@@ -178,8 +178,8 @@ def test_a_scheduler_address_where_nothing_listens_is_refused_at_once(ablate, tm
     monkeypatch.chdir(tmp_path)
     port = free_port()
     start = time.monotonic()
-    result = ablate([*STUDY, "--scheduler", f"tcp://127.0.0.1:{port}", "--out", "x.parquet"])
-    refused(result, f"--scheduler tcp://127.0.0.1:{port}: cannot connect: nothing listens at 127.0.0.1:{port} "
+    result = ablate([*STUDY, "--dask-scheduler", f"tcp://127.0.0.1:{port}", "--out", "x.parquet"])
+    refused(result, f"--dask-scheduler tcp://127.0.0.1:{port}: cannot connect: nothing listens at 127.0.0.1:{port} "
                     "(is `dask scheduler` running there, on that port?)", tmp_path)
     assert time.monotonic() - start < 30  # the data and torch, not Dask's retries for 10 s
 
@@ -202,10 +202,21 @@ def test_a_listener_that_never_answers_is_refused_within_the_timeout(ablate, tmp
         threading.Thread(target=accept, daemon=True).start()
         monkeypatch.chdir(tmp_path)
         start = time.monotonic()
-        result = ablate([*STUDY, "--scheduler", f"tcp://127.0.0.1:{port}", "--out", "x.parquet"])
+        result = ablate([*STUDY, "--dask-scheduler", f"tcp://127.0.0.1:{port}", "--out", "x.parquet"])
         took = time.monotonic() - start
     for connection in accepted:
         connection.close()
-    refused(result, f"--scheduler tcp://127.0.0.1:{port}: no answer from a Dask scheduler there within 1 s; "
+    refused(result, f"--dask-scheduler tcp://127.0.0.1:{port}: no answer from a Dask scheduler there within 1 s; "
                     "is it the address `dask scheduler` printed?", tmp_path)
     assert accepted and took < 30
+
+
+def test_the_dask_address_option_has_a_name_apart_from_the_learning_rate_scheduler(ablate, tmp_path):
+    """--dask-scheduler, and its old name --scheduler for this release, with a note."""
+    new = ablate([*STUDY, "--dask-scheduler", "tcp://"])
+    old = ablate([*STUDY, "--scheduler", "tcp://"])
+    for result in (new, old):
+        assert result.exit_code == 2 and "--dask-scheduler 'tcp://': no host and no port" in result.stderr
+    dry = ablate([*STUDY, "--scheduler", "tcp://127.0.0.1:8786", "--dry-run"])  # checked, not contacted
+    assert dry.exit_code == 0, dry.output
+    assert "note: --scheduler is now --dask-scheduler" in dry.stderr

@@ -19,7 +19,7 @@ from ablate import results
 from ablate.results import write_frame
 from conftest import NUMBERS, TINY
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parent.parent / "docs" / "reliability.md"
 
 
 def readme_rows():
