@@ -258,6 +258,10 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
              "a torchvision classifier (built without weights, num_classes from the data; 1-channel data is "
              "repeated to 3 channels), package.module:Class, or a layer-stack spec. Default: the study's own "
              "(tutorial for most).")),
+    "task": (Optional[str], None, typer.Option(
+        help="What the runs learn: classify (cross-entropy, accuracy) or reconstruct (MSE to the input), or a "
+             "plugin's task (`ablate list tasks`); the model's output must fit it. Default: the study's own "
+             f"({DEFAULTS.task} for most).")),
     "dataset": (Optional[str], None, typer.Option(
         help="cifar10, mnist, fashion-mnist, synthetic, or folder:PATH (an image folder with train/ and test/, "
              "or class folders split by --test-fraction). cifar10 and mnist download once; fashion-mnist also "
@@ -319,7 +323,7 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
                           "train and write nothing.")),
 }
 # The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
-TRAINING_OPTIONS = ("model", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
+TRAINING_OPTIONS = ("model", "task", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
                     "limit_train", "limit_test", "deterministic", "threads", "amp", "compile")
 CLUSTER_OPTIONS = ("workers", "dask_scheduler", "slurm")
 

@@ -107,6 +107,9 @@ def column(field_name: str) -> str:
     return "base_lr" if field_name == "lr" else field_name
 
 
+FIELD_OF_COLUMN = {"base_lr": "lr"}  # the one column named apart from its field
+
+
 
 # ---------------------------------------------------------------- the schema of the settings
 

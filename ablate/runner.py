@@ -22,7 +22,7 @@ from ablate.data import Dataset, data_bytes, deferred_cache_writes, load_dataset
 from ablate.errors import UsageError
 from ablate.results import StudyFile
 from ablate.studies import MAX_VARIANTS, Study
-from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column_types
+from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column, column_types
 from ablate.train import TASKS, RunConfig, RunResult, build_model, resolve, train_runs
 
 RUN_COLUMNS = {  # the columns of every study file: results, settings, and ablate's own models' arguments
@@ -611,11 +611,11 @@ def config_from_row(row: pd.Series) -> RunConfig:
     types = column_types()
     values = {}
     for field_name in RunConfig.__dataclass_fields__:
-        column = "base_lr" if field_name == "lr" else field_name
-        if field_name == "model_args" or column not in row:
+        column_name = column(field_name)
+        if field_name == "model_args" or column_name not in row:
             continue
-        value = row[column]
-        values[field_name] = None if pd.isna(value) else types[column](value)
+        value = row[column_name]
+        values[field_name] = None if pd.isna(value) else types[column_name](value)
     config = RunConfig(**values)
     knobs = arch.model_source(config.model).knobs
     args = {}

@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig, Setting,
-                           SETTINGS, augmentation_parts)
+                           FIELD_OF_COLUMN, SETTINGS, augmentation_parts, column)
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
@@ -335,7 +335,7 @@ def parse_values(name: str, text: str, model: str | None) -> list:
     argument of the model, Python literals (strings may be bare)."""
     from ablate import arch  # imports torch: only a sweep being made needs it
 
-    field = "lr" if name == "base_lr" else name
+    field = FIELD_OF_COLUMN.get(name, name)
     if field in FIXED_PER_STUDY:
         raise UsageError(f"--vary {name}: the data settings ({', '.join(sorted(FIXED_PER_STUDY))}) are the same "
                          f"for every variant of a study; give --{field.replace('_', '-')} once")
@@ -432,7 +432,7 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
             raise UsageError(f"--vary {name} is given twice")
         factors[name] = parse_values(name, text, model)
     kind = "every combination" if grid else "one factor at a time around the base"
-    columns = tuple("base_lr" if n == "lr" else n for n in factors)
+    columns = tuple(column(n) for n in factors)
     numeric = any(isinstance(v, (int, float)) and not isinstance(v, bool) for vs in factors.values() for v in vs)
     return Study("sweep", f"A sweep of {', '.join(factors)}: {kind}.", variants=factorial(factors, grid),
                  factors=columns, plot="sweep" if len(factors) == 1 and numeric else "curves")
@@ -501,7 +501,7 @@ def from_toml(path: Path, model: str | None = None) -> Study:
         factors = tuple(factors_values)
     name = spec.get("name", Path(path).stem)
     return Study(name, spec.get("description", f"the study in {path}"), variants=variants,
-                 factors=tuple("base_lr" if f == "lr" else f for f in factors), base=base,
+                 factors=tuple(column(f) for f in factors), base=base,
                  plot="sweep" if len(factors) == 1 else "curves")
 
 

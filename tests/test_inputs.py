@@ -398,3 +398,16 @@ def test_a_pack_whose_weights_fail_keeps_every_seeds_rows(tmp_path, ablate, monk
     result = ablate(["conv1", *TINY, "--channels", "4", "--seeds", "3", "--pack", "--save-models", "--out", out])
     assert result.exit_code == 1, result.output
     assert sorted(pd.read_parquet(out)["seed"].unique()) == [0, 1, 2]
+
+
+def test_task_is_an_option_of_every_study_and_the_model_must_fit_it(tmp_path, ablate):
+    clean_refusal(ablate(["latent", *SMALL, "--task", "classify", "--out", tmp_path / "l.parquet"]),
+                  "model 'autoencoder' (variant '4') gives outputs of shape (2, 3, 16, 16) for a batch of 2; task "
+                  "classify needs (2, 10)")
+    clean_refusal(ablate(["linearity", *SMALL, "--task", "nosuch"]), "unknown task 'nosuch'")
+    out = tmp_path / "r.parquet"
+    result = ablate(["sweep", *SMALL, "--epochs", "1", "--model", "autoencoder", "--task", "reconstruct",
+                     "--vary", "latent_dim=4,8", "--out", out])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+    assert set(frame["task"]) == {"reconstruct"} and frame["accuracy"].isna().all()
