@@ -24,7 +24,7 @@ _PUBLIC = {
     "UsageError": ("ablate.errors", "UsageError"),
     "register_model": ("ablate.arch", "register_model"),
     "register_task": ("ablate.train", "register_task"), "Task": ("ablate.train", "Task"),
-    "register_dataset": ("ablate.data", "register_dataset"), "Source": ("ablate.data", "Source"),
+    "register_dataset": ("ablate.data", "register_dataset"),
 }
 __all__ = ["__version__", *_PUBLIC]
 

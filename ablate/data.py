@@ -54,10 +54,54 @@ class Source:
 DATASETS: Registry[Source] = Registry("dataset")
 
 
-def register_dataset(source: Source) -> Source:
-    """Add `source` under its name: `load(folders to look in)` returns train_x, train_y, test_x,
-    test_y (uint8 N x C x H x W images, int64 labels), checked like the built-ins."""
-    return DATASETS.register(source.name, source)
+def register_dataset(name: str, classes: list[str], description: str = "", test_fraction: float = 0.2,
+                     sizes: tuple[int, int] | None = None, shape: tuple[int, int, int] | None = None):
+    """`@register_dataset("name", classes)` on a function of the folders to look in (--data-dir,
+    $ABLATE_DATA, the cache) that returns the images and their labels, `(images, labels)`, or
+    with its own test split, `(train_images, train_labels, test_images, test_labels)`: uint8
+    N x C x H x W (C 1 or 3, square), int64 labels indexing `classes`. Without a test split,
+    `test_fraction` of every class is held out (seeded). Checked like ablate's own: a function
+    that gives anything else is refused in one line naming it. `sizes` (train, test images) and
+    `shape` (C x H x W), where known before loading, let the memory be checked first."""
+
+    def decorator(load: Callable[[list[Path]], tuple]) -> Callable[[list[Path]], tuple]:
+        def four(folders):
+            arrays = tuple(load(folders))
+            if len(arrays) == 2:
+                images, labels = _checked(name, classes, "", *arrays)
+                test = stratified_test_mask(labels, test_fraction)
+                return images[~test], labels[~test], images[test], labels[test]
+            if len(arrays) != 4:
+                raise UsageError(f"dataset {name!r} returned {len(arrays)} values; it must return (images, labels) "
+                                 "or (train_images, train_labels, test_images, test_labels)")
+            return (*_checked(name, classes, "train", *arrays[:2]), *_checked(name, classes, "test", *arrays[2:]))
+
+        DATASETS.register(name, Source(name, list(classes), four, description, sizes, shape))
+        return load
+
+    return decorator
+
+
+def _checked(name: str, classes: list[str], split: str, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset function's images and labels as ablate takes them, or a usage error naming it."""
+    def bad(why: str) -> UsageError:
+        return UsageError(f"dataset {name!r} gave {split + ' ' if split else ''}{why}")
+
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        what = f"{images.dtype} tensor of {images.dim()} dims" if isinstance(images, torch.Tensor) else \
+            type(images).__name__
+        raise bad(f"images as a {what}; it must give a uint8 tensor N x C x H x W")
+    if images.shape[1] not in (1, 3) or images.shape[2] != images.shape[3]:
+        raise bad(f"images of {'x'.join(map(str, images.shape[1:]))}; they must be square, with 1 or 3 channels")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or len(labels) != len(images) or \
+            labels.is_floating_point():
+        raise bad(f"labels that are not one whole number per image ({len(images)} images)")
+    labels = labels.long()
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise bad(f"labels from {labels.min().item()} to {labels.max().item()}; they index its {len(classes)} classes")
+    if len(classes) < 2 or len(labels.unique()) < (2 if split != "test" else 1):
+        raise bad("fewer than 2 classes: a classifier needs 2 or more to tell apart")
+    return images.contiguous(), labels
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SYNTHETIC_SIZES = (10_000, 2_000)
 
@@ -201,20 +245,19 @@ def synthetic(train: int = SYNTHETIC_SIZES[0], test: int = SYNTHETIC_SIZES[1], s
 
 # ---------------------------------------------------------------- the registry and one entry point
 
-for _source in (
-    Source("cifar10", ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-           _load_cifar10, "CIFAR-10, 3x32x32, 50,000 + 10,000 images; downloaded once",
-           (50_000, 10_000), (3, 32, 32)),  # torchvision checks the files' MD5: always these sizes
-    Source("mnist", [str(i) for i in range(10)], lambda roots: _load_idx("mnist", roots),
-           "MNIST digits, padded to 1x32x32, 60,000 + 10,000; downloaded once"),
-    Source("fashion-mnist", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                             "Sneaker", "Bag", "Ankle boot"], lambda roots: _load_idx("fashion-mnist", roots),
-           "Fashion-MNIST, padded to 1x32x32, 60,000 + 10,000; downloaded once, or Debian's "
-           "dataset-fashion-mnist offline"),
-    Source("synthetic", [f"class {i}" for i in range(10)], lambda roots: synthetic(),
-           "generated, CIFAR-shaped, learnable, 10,000 + 2,000; for tests and trials", SYNTHETIC_SIZES, (3, 32, 32)),
-):
-    register_dataset(_source)
+register_dataset("cifar10", ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+                 "CIFAR-10, 3x32x32, 50,000 + 10,000 images; downloaded once",  # torchvision checks the MD5s
+                 sizes=(50_000, 10_000), shape=(3, 32, 32))(_load_cifar10)
+register_dataset("mnist", [str(i) for i in range(10)],
+                 "MNIST digits, padded to 1x32x32, 60,000 + 10,000; downloaded once")(
+    lambda roots: _load_idx("mnist", roots))
+register_dataset("fashion-mnist", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                   "Sneaker", "Bag", "Ankle boot"],
+                 "Fashion-MNIST, padded to 1x32x32, 60,000 + 10,000; downloaded once, or Debian's "
+                 "dataset-fashion-mnist offline")(lambda roots: _load_idx("fashion-mnist", roots))
+register_dataset("synthetic", [f"class {i}" for i in range(10)],
+                 "generated, CIFAR-shaped, learnable, 10,000 + 2,000; for tests and trials",
+                 sizes=SYNTHETIC_SIZES, shape=(3, 32, 32))(lambda roots: synthetic())
 
 
 

@@ -118,3 +118,37 @@ def test_the_public_api_imports_no_torch():
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+BAD_DATASETS = '''
+import torch
+import ablate
+
+
+@ablate.register_dataset("floats", ["a", "b"])
+def floats(folders):
+    return torch.rand(10, 3, 8, 8), torch.arange(10) % 2
+
+
+@ablate.register_dataset("onelabel", ["a", "b"])
+def onelabel(folders):
+    return torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.zeros(10, dtype=torch.long)
+
+
+@ablate.register_dataset("outofrange", ["a", "b"])
+def outofrange(folders):
+    return torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.arange(10) % 3
+'''
+
+
+@pytest.mark.parametrize("name,message", [
+    ("floats", "dataset 'floats' gave images as a torch.float32 tensor of 4 dims; it must give a uint8"),
+    ("onelabel", "dataset 'onelabel' gave fewer than 2 classes"),
+    ("outofrange", "dataset 'outofrange' gave labels from 0 to 2; they index its 2 classes"),
+])
+def test_a_plugins_dataset_is_checked_like_the_built_ins(tmp_path, name, message):
+    (tmp_path / "baddata.py").write_text(BAD_DATASETS)
+    result = ablate(["linearity", "--plugin", "baddata", "--dataset", name, "--epochs", "1", "--dry-run"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"ablate linearity: error: {result.stderr.split('error: ')[1].strip()}"]
+    assert message in result.stderr

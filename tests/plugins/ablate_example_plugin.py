@@ -26,13 +26,11 @@ ablate.register_task(ablate.Task("smooth-classify", lambda out, x, y: F.cross_en
                                  classifies=True))
 
 
-def _stripes(folders):
+@ablate.register_dataset("stripes", ["plain", "striped"], "generated 1x16x16 stripes, 400 images, two classes")
+def stripes(folders):
+    """Images and labels only: ablate holds out a test split (20 % of each class, seeded)."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(400) % 2
     images = torch.randint(0, 64, (400, 1, 16, 16), dtype=torch.uint8, generator=generator)
     images[labels == 1, :, ::2] += 128  # class 1: bright rows
-    return images[:300], labels[:300], images[300:], labels[300:]
-
-
-ablate.register_dataset(ablate.Source("stripes", ["plain", "striped"], _stripes,
-                                      "generated 1x16x16 stripes, 300 + 100, two classes"))
+    return images, labels
