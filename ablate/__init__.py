@@ -25,6 +25,9 @@ _PUBLIC = {
     "register_model": ("ablate.arch", "register_model"),
     "register_task": ("ablate.train", "register_task"), "Task": ("ablate.train", "Task"),
     "register_dataset": ("ablate.data", "register_dataset"),
+    "register_executor": ("ablate.executors", "register_executor"), "Progress": ("ablate.executors", "Progress"),
+    "started": ("ablate.executors", "started"), "batch_reporter": ("ablate.executors", "batch_reporter"),
+    "plugin_modules": ("ablate.plugins", "modules"), "load_plugins": ("ablate.plugins", "load_named"),
 }
 __all__ = ["__version__", *_PUBLIC]
 

@@ -26,6 +26,7 @@ from ablate import plugins, report, studies
 from ablate.config import OPTIMIZERS, SCHEDULERS, SETTINGS, RunConfig
 from ablate.convention import CONVENTION
 from ablate.errors import EnvironmentFailure, UsageError
+from ablate.executors import HERE
 
 if TYPE_CHECKING:
     from ablate import runner
@@ -172,6 +173,7 @@ class Topic(str, Enum):
     schedulers = "schedulers"
     optimizers = "optimizers"
     tasks = "tasks"
+    executors = "executors"
     plugins = "plugins"
 
 
@@ -192,6 +194,11 @@ def _listing(topic: Topic) -> list[dict]:
         return [_study_row(name, entry) for name, entry in studies.STUDIES.items()]
     if topic == Topic.plugins:
         return plugins.listing()
+    if topic == Topic.executors:
+        from ablate import executors
+
+        return [{"name": n, "description": e.description, "source": executors.EXECUTORS.owners[n]}
+                for n, e in executors.EXECUTORS.items()]
     if topic == Topic.tasks:
         from ablate import train
 
@@ -314,6 +321,10 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
              "`dask worker`); its workers must run the same ablate, torch and torchvision. (--scheduler, "
              "its old name, still works in this release; the learning-rate scheduler is the setting "
              "`scheduler`.)")),
+    "executor": (Optional[str], None, typer.Option(
+        help="Where the runs train: inprocess, dask (what --workers, --dask-scheduler and --slurm choose), or a "
+             "plugin's executor (`ablate list executors`). Default: dask when one of its options is given, else "
+             "inprocess.")),
     "slurm": (bool, False, typer.Option(
         "--slurm", help="Train on --workers SLURM jobs (dask-jobqueue); with --dry-run, print the job script.")),
     "slurm_opts": (Optional[str], None, typer.Option(
@@ -325,7 +336,6 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
 # The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
 TRAINING_OPTIONS = ("model", "task", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
                     "limit_train", "limit_test", "deterministic", "threads", "amp", "compile")
-CLUSTER_OPTIONS = ("workers", "dask_scheduler", "slurm")
 
 
 def _progress() -> Progress:
@@ -338,7 +348,7 @@ def _progress() -> Progress:
 def run_study(study: studies.Study, options: dict) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
-    from ablate import cluster, results, runner, train
+    from ablate import cluster, executors, results, runner, train
 
     out = options["out"] or Path("results") / f"{study.name}.parquet"
     if options["plot"] is not None:
@@ -349,7 +359,7 @@ def run_study(study: studies.Study, options: dict) -> None:
     if options["slurm_opts"] is not None and not options["slurm"]:
         raise UsageError("--slurm-opts sets the SLURM jobs of --slurm: give --slurm too, or leave it out")
     cluster.check_options(options["workers"], options["threads"], options["dask_scheduler"], options["slurm"])
-    on_cluster = any(options[k] for k in CLUSTER_OPTIONS)
+    executor = executors.choose(options["executor"], options)
     options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["dask_scheduler"],
                                              options["slurm"])
     training = {k: options[k] for k in TRAINING_OPTIONS}
@@ -371,7 +381,7 @@ def run_study(study: studies.Study, options: dict) -> None:
             sys.stdout.write(cluster.slurm_job_script(options["threads"], options["slurm_opts"]))
         return
     metadata = {**results.provenance(ARGV), "device": device.type, "study": study.metadata()}
-    frame, per_class = _train(prepared, metadata, options if on_cluster else None)
+    frame, per_class = _train(prepared, metadata, executor, options)
     report.print_wide(stdout, report.study_summary(frame, study.factors))
     if study.per_class:
         report.print_wide(stdout, report.class_table(per_class))
@@ -381,48 +391,20 @@ def run_study(study: studies.Study, options: dict) -> None:
         stderr.print(f"figure: {options['plot']}", highlight=False)
 
 
-def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | None):
-    """Run the study under a progress display on stderr, in this process or on a Dask
-    cluster (started, or refused in one line, before the display starts); Ctrl-C says what is
-    saved, whenever it comes."""
-    from contextlib import ExitStack
+def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, options: dict):
+    """Run the study under a progress display on stderr, on the executor chosen (a cluster is
+    started, or refused in one line, before the display starts); Ctrl-C says what is saved,
+    whenever it comes."""
+    from ablate import executors, results, runner
 
-    from ablate import cluster, results, runner
-
-    name, images = prepared.study.name, len(prepared.data.train_y)
-    finished: list[runner.Run] = []
     progress = _progress()
-    task = progress.add_task(name, total=0, status="")
-
-    def on_start(todo):
-        progress.update(task, total=sum(r.config.epochs for r in todo) * images)
-
-    def on_batch(pack, epoch, trained, loss, speed):  # trained: images, all the pack's runs
-        completed = sum(r.config.epochs for r in finished) * images + trained
-        progress.update(task, completed=completed, description=(
-            f"{name} {runner.pack_label(pack)} epoch {epoch}/{pack[0].config.epochs}"),
-            status=f"loss {loss:.3f}  {speed:,.0f} img/s")
-
-    def on_run(run, status):
-        finished.append(run)
-        if status == "diverged":
-            progress.console.print(f"{run.label}: the loss became NaN or infinite; "
-                                   "recorded as diverged, going on", highlight=False)
-        if status == "failed":
-            progress.console.print(f"{run.label} failed; recorded with its error, going on", highlight=False)
-
+    task = progress.add_task(prepared.study.name, total=0, status="")
+    draw = _Drawing(progress, task, prepared)
+    make = executors.EXECUTORS.get(executor_name).make
     try:
-        with ExitStack() as stack:
-            executor = runner.InProcess(on_batch)
-            if cluster_options is not None:
-                labels = {r.run_id: r.label for r in prepared.runs}
-                on_event = _cluster_progress(progress, task, name, labels, finished)
-                spec = runner.data_spec(prepared, cluster_options["data_dir"])
-                executor = stack.enter_context(cluster.dask_executor(
-                    cluster_options["workers"], cluster_options["threads"], cluster_options["dask_scheduler"],
-                    cluster_options["slurm"], cluster_options["slurm_opts"], spec, on_event))
+        with make({**options, "data_spec": runner.data_spec(prepared, options["data_dir"])}) as executor:
             with progress:
-                return runner.run_study(prepared, metadata, executor, on_run, on_start)
+                return runner.run_study(prepared, metadata, executor, draw.on_run, draw.on_start, draw.on_progress)
     except KeyboardInterrupt as interrupted:  # runner.Interrupted while training; else before or after it
         if isinstance(interrupted, runner.Interrupted):
             saved, planned = interrupted.saved, interrupted.planned
@@ -436,28 +418,54 @@ def _train(prepared: runner.Prepared, metadata: dict, cluster_options: dict | No
         raise typer.Exit(130)
 
 
-def _cluster_progress(progress, task, name, labels, finished):
-    """Progress events from the workers: runs queued, running (where) and done, and the images
-    per second of the whole cluster."""
-    running: dict[str, str] = {}
-    images: dict[str, int] = {}
-    start = time.perf_counter()
+class _Drawing:
+    """The progress display, drawn from the executors' one contract (ablate.executors.Progress),
+    whichever executor trains: the images trained of all planned, the packs running and where,
+    the last loss, and the images per second."""
 
-    def on_event(kind, run_id, worker, done):
-        if kind == "start":
-            running[run_id] = worker
+    def __init__(self, progress, task, prepared):
+        self.progress, self.task, self.name = progress, task, prepared.study.name
+        self.images = len(prepared.data.train_y)
+        self.running: dict[str, object] = {}  # pack key -> its last Progress
+        self.finished: list = []
+        self.planned = 0
+        self.start = time.perf_counter()
+
+    def on_start(self, todo) -> None:
+        self.planned = len(todo)
+        self.progress.update(self.task, total=sum(r.config.epochs for r in todo) * self.images)
+
+    def on_progress(self, event) -> None:
+        self.running[event.key] = event
+        self.redraw()
+
+    def on_run(self, run, status) -> None:
+        self.finished.append(run)
+        self.running.pop(run.run_id, None)
+        if status == "diverged":
+            self.progress.console.print(f"{run.label}: the loss became NaN or infinite; "
+                                        "recorded as diverged, going on", highlight=False)
+        if status == "failed":
+            self.progress.console.print(f"{run.label} failed; recorded with its error, going on", highlight=False)
+        self.redraw()
+
+    def redraw(self) -> None:
+        done = sum(r.config.epochs for r in self.finished) * self.images
+        completed = done + sum(e.images for e in self.running.values())
+        events = list(self.running.values())
+        if len(events) == 1:
+            e = events[0]
+            description = f"{self.name} {e.label} epoch {e.epoch or 1}/{e.epochs}" + (
+                "" if e.where == HERE else f" on {e.where.rsplit(':', 1)[-1]}")
         else:
-            images[run_id] = done
-        for run in finished:
-            running.pop(run.run_id, None)
-        total = sum(images.values())
-        where = ", ".join(f"{labels[r]} on {w.rsplit(':', 1)[-1]}" for r, w in running.items())
-        queued = len(labels) - len(finished) - len(running)
-        progress.update(task, description=f"{name}: {queued} queued, {len(running)} running ({where}), "
-                                          f"{len(finished)} done",
-                        status=f"{total / max(time.perf_counter() - start, 1e-9):,.0f} img/s on the cluster")
-
-    return on_event
+            where = ", ".join(f"{e.label} on {e.where.rsplit(':', 1)[-1]}" for e in events)
+            queued = self.planned - len(self.finished) - len(events)
+            description = f"{self.name}: {max(queued, 0)} queued, {len(events)} running ({where}), " \
+                          f"{len(self.finished)} done"
+        losses = [e.loss for e in events if e.loss is not None]
+        speed = completed / max(time.perf_counter() - self.start, 1e-9)
+        self.progress.update(self.task, completed=completed, description=description,
+                             status=(f"loss {losses[-1]:.3f}  " if losses else "") + f"{speed:,.0f} img/s")
 
 
 def _command(name: str, help: str, build, own: dict, shared_help: dict | None = None) -> None:

@@ -6,6 +6,7 @@ whose worker died; a run that raises is a result of its own (status `failed`), n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shlex
@@ -21,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from queue import SimpleQueue
 from typing import Callable, Iterator
 
-from ablate import plugins
+from ablate import executors, plugins
 from ablate.data import Dataset, load_dataset
 from ablate.errors import EnvironmentFailure, UsageError
 
@@ -108,13 +109,12 @@ def _on_worker(work: Callable, topic: str, plugin_modules: list[str], pack, data
     if isinstance(data, DataSpec):
         data = data.load()
     worker = get_worker()
-    address, key = worker.address, pack[0].run_id
-    worker.log_event(topic, ["start", key, address, 0])
 
-    def on_batch(epoch, images, loss, speed):
-        worker.log_event(topic, ["images", key, address, int(images)])
+    def send(progress: executors.Progress) -> None:
+        worker.log_event(topic, dataclasses.astuple(progress))
 
-    return work(pack, data, on_batch=on_batch)
+    send(executors.started(pack, worker.address))
+    return work(pack, data, on_batch=executors.batch_reporter(pack, send, worker.address))
 
 
 class DaskExecutor:
@@ -122,9 +122,8 @@ class DaskExecutor:
     dataset goes to every worker once (loaded there when they see it, else scattered by
     broadcast)."""
 
-    def __init__(self, client, data_spec: DataSpec | None = None,
-                 on_event: Callable[[str, str, str, int], None] | None = None):
-        self.client, self.data_spec, self.on_event = client, data_spec, on_event
+    def __init__(self, client, data_spec: DataSpec | None = None):
+        self.client, self.data_spec = client, data_spec
 
     def data_on_workers(self, data: Dataset):
         workers = self.client.scheduler_info()["workers"]
@@ -132,7 +131,7 @@ class DaskExecutor:
             return self.data_spec
         return self.client.scatter(data, broadcast=True, hash=False) if workers else data
 
-    def map(self, work, packs, data) -> Iterator:
+    def map(self, work, packs, data, report) -> Iterator:
         from distributed import as_completed
 
         if not packs:
@@ -149,9 +148,7 @@ class DaskExecutor:
             pending = as_completed(futures)
             while not pending.is_empty():
                 while not events.empty():
-                    event = events.get()
-                    if self.on_event is not None:
-                        self.on_event(*event)
+                    report(executors.Progress(*events.get()))
                 for future in pending.next_batch(block=False):
                     yield futures[future], future.result()
                 time.sleep(0.05)
@@ -440,7 +437,7 @@ def run_threads(threads: int | None, workers: int | None, scheduler: str | None,
 
 @contextmanager
 def dask_executor(workers: int | None, threads: int, scheduler: str | None, slurm: bool, slurm_opts: str | None,
-                  data_spec: DataSpec | None, on_event=None):
+                  data_spec: DataSpec | None):
     """The executor the options ask for, its cluster started here and stopped on the way out.
     Ctrl-C while it starts stops it once started; Ctrl-C while it stops is ignored."""
     client = cluster = None
@@ -453,7 +450,7 @@ def dask_executor(workers: int | None, threads: int, scheduler: str | None, slur
                 client = connect(scheduler)
             else:
                 client, cluster = local_cluster(workers, threads)
-        yield DaskExecutor(client, data_spec, on_event)
+        yield DaskExecutor(client, data_spec)
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -20,6 +20,7 @@ import torch
 from ablate import arch, count, results
 from ablate.data import Dataset, data_bytes, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError
+from ablate.executors import InProcess, Progress
 from ablate.results import StudyFile
 from ablate.studies import MAX_VARIANTS, Study
 from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column, column_types
@@ -379,14 +380,6 @@ Pack = tuple[Run, ...]  # runs of one configuration, seeds apart, that train tog
 Work = Callable[[Pack, Dataset], list[RunResult]]
 
 
-def pack_label(pack: Pack) -> str:
-    seeds = [r.seed for r in pack]
-    if len(seeds) == 1:
-        return pack[0].label
-    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
-    return f"{pack[0].variant} seeds {span}"
-
-
 def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool = True) -> list[Pack]:
     """The runs in the groups they train in: the seeds of one configuration together, as many
     as fit in memory at once (ablate.pack trains them as one model when it can), or each run
@@ -404,21 +397,11 @@ def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool = Tru
 
 
 class Executor(Protocol):
-    """Maps `work` over picklable packs of runs, yielding (pack, results) as each finishes."""
+    """Maps `work` over picklable packs of runs, yielding (pack, results) as each finishes and
+    telling `report` how it goes (ablate.executors: the registry and the contract)."""
 
-    def map(self, work: Work, packs: list[Pack], data: Dataset) -> Iterator[tuple[Pack, list[RunResult]]]: ...
-
-
-class InProcess:
-    """One pack after another in this process, with progress per batch."""
-
-    def __init__(self, on_batch: Callable[[Pack, int, int, float, float], None] | None = None):
-        self.on_batch = on_batch
-
-    def map(self, work, packs, data):
-        for pack in packs:
-            report = None if self.on_batch is None else functools.partial(self.on_batch, pack)
-            yield pack, work(pack, data, on_batch=report)
+    def map(self, work: Work, packs: list[Pack], data: Dataset,
+            report: Callable[[Progress], None]) -> Iterator[tuple[Pack, list[RunResult]]]: ...
 
 
 def train_pack(pack: Pack, data: Dataset, device: torch.device, on_batch=None, other_test=None,
@@ -450,6 +433,7 @@ def execute(
     on_run: Callable[[Run, str], None] | None = None,
     other_test=None,
     pack: bool = True,
+    report: Callable[[Progress], None] = lambda progress: None,
 ) -> None:
     """Train the runs not yet in `store`, saving each one as soon as its pack finishes (then
     its weights, when the store keeps models)."""
@@ -457,7 +441,7 @@ def execute(
     todo = packs([r for r in runs if r.run_id not in done], data, device, pack)
     work = functools.partial(train_pack, device=device, other_test=other_test, keep_model=store.models is not None)
     columns = run_columns(runs)
-    for finished, results_ in (executor or InProcess()).map(work, todo, data):
+    for finished, results_ in (executor or InProcess()).map(work, todo, data, report):
         for run, result in zip(finished, results_):  # the pack's rows first: nothing after training loses them
             store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
         for run, result in zip(finished, results_):
@@ -534,9 +518,11 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
 
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,
               on_run: Callable[[Run, str], None] | None = None,
-              on_start: Callable[[list[Run]], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              on_start: Callable[[list[Run]], None] | None = None,
+              report: Callable[[Progress], None] = lambda progress: None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train what `prepared` plans and the file does not hold yet; return the planned runs'
-    rows and per-class rows. `on_start(runs to train)` is called once the file is open."""
+    rows and per-class rows. `on_start(runs to train)` is called once the file is open;
+    `report` is given the executor's progress events."""
     p = prepared
     order = {r.run_id: i for i, r in enumerate(p.runs)}  # the table's order, whatever order runs end in
     with StudyFile(p.out, p.schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
@@ -545,7 +531,7 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
         if on_start is not None:
             on_start(p.todo(store.done()))
         try:
-            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test, p.pack)
+            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test, p.pack, report)
         except KeyboardInterrupt:
             raise Interrupted([r for r in p.runs if r.run_id in store.done()], len(p.runs)) from None
         planned = {r.run_id for r in p.runs}

@@ -47,7 +47,8 @@ def test_list_plugins_says_who_added_what(tmp_path):
     result = ablate(["list", "plugins", "--json"], tmp_path, {"ABLATE_PLUGINS": "ablate_example_plugin"})
     assert result.returncode == 0, result.stderr
     added = {(r["kind"], r["name"]) for r in json.loads(result.stdout) if r["plugin"] == "ablate_example_plugin"}
-    assert added == {("study", "kernel"), ("model", "widenet"), ("task", "smooth-classify"), ("dataset", "stripes")}
+    assert added == {("study", "kernel"), ("model", "widenet"), ("task", "smooth-classify"), ("dataset", "stripes"),
+                     ("executor", "process-pool")}
     assert all(r["source"] == "ABLATE_PLUGINS" for r in json.loads(result.stdout))
 
 
@@ -152,3 +153,20 @@ def test_a_plugins_dataset_is_checked_like_the_built_ins(tmp_path, name, message
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"ablate linearity: error: {result.stderr.split('error: ')[1].strip()}"]
     assert message in result.stderr
+
+
+def test_a_plugins_executor_shows_progress_and_gives_the_in_process_table(tmp_path):
+    study = ["linearity", "--plugin", "ablate_example_plugin", "--dataset", "synthetic", "--limit-train", "300",
+             "--limit-test", "100", "--epochs", "2", "--batch-size", "50", "--threads", "1", "--seeds", "2",
+             "--device", "cpu"]
+    pooled = ablate([*study, "--executor", "process-pool", "--out", "pool.parquet"], tmp_path)
+    assert pooled.returncode == 0, pooled.stderr
+    alone = ablate([*study, "--out", "alone.parquet"], tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    numbers = ["study", "variant", "seed", "epoch", "split", "loss", "accuracy", "lr", "status", "run_id"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pool.parquet")[numbers],
+                                  pd.read_parquet(tmp_path / "alone.parquet")[numbers], check_exact=True)
+    assert "img/s" in pooled.stderr and "linearity" in pooled.stderr  # the same display, from its events
+    listed = ablate(["list", "executors", "--json", "--plugin", "ablate_example_plugin"], tmp_path)
+    assert {"name": "process-pool", "description": "a concurrent.futures process pool of 2 processes on this "
+            "machine", "source": "ablate_example_plugin"} in json.loads(listed.stdout)

@@ -34,3 +34,41 @@ def stripes(folders):
     images = torch.randint(0, 64, (400, 1, 16, 16), dtype=torch.uint8, generator=generator)
     images[labels == 1, :, ::2] += 128  # class 1: bright rows
     return images, labels
+
+
+@ablate.register_executor("process-pool", "a concurrent.futures process pool of 2 processes on this machine")
+def process_pool(options):
+    """The pool's processes load the driver's plugins first, and send progress through a queue."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch threads forked
+    with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=context, initializer=ablate.load_plugins, initargs=(ablate.plugin_modules(),)) as pool:
+        yield PoolExecutor(pool, manager.Queue())
+
+
+class PoolExecutor:
+    def __init__(self, pool, queue):
+        self.pool, self.queue = pool, queue
+
+    def map(self, work, packs, data, report):
+        import concurrent.futures
+
+        futures = {self.pool.submit(_in_a_process, work, pack, data, self.queue): pack for pack in packs}
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.05,
+                                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            while not self.queue.empty():
+                report(self.queue.get())
+            for future in done:
+                yield futures[future], future.result()
+
+
+def _in_a_process(work, pack, data, queue):
+    import os
+
+    where = f"pid {os.getpid()}"
+    queue.put(ablate.started(pack, where))
+    return work(pack, data, on_batch=ablate.batch_reporter(pack, queue.put, where))
