@@ -306,7 +306,7 @@ def check_outputs(runs: list[Run], data: Dataset) -> None:
                     mode = " in training mode" if training else ""
                     model.train(training)
                     with torch.set_grad_enabled(training):
-                        output = model(x)
+                        output = model(task.inputs(x, torch.Generator().manual_seed(0)))
                     problem = task.check_output(output, x, data)
                     if problem is not None:
                         raise UsageError(f"{name}{mode} {problem}")
@@ -556,7 +556,7 @@ def seconds_per_image(config: RunConfig, data: Dataset, device: torch.device, st
         for _ in range(steps + 1):
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            task.loss(model(x), x, y).backward()
+            task.loss(model(task.inputs(x, torch.Generator(device).manual_seed(0))), x, y).backward()
             optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

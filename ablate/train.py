@@ -57,6 +57,10 @@ class Task:
     # (a model's output on a batch x of the data, the data) -> None, or what is wrong, as
     # "gives <what it gave> for a batch of N; task T needs <what it takes>"
     check_output: Callable[[object, torch.Tensor, Dataset], str | None] = lambda output, x, data: None
+    # what the model sees of a batch x (its loss is scored against x and the labels), drawing any
+    # randomness from the run's own generator: a denoising task adds noise here
+    inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor] = lambda x, generator: x
+    measures_code: bool = False  # after training, the model's encode() is measured (latent_corr)
 
 
 def _output_check(task: str, need: Callable[[torch.Tensor, Dataset], tuple], why: Callable[[Dataset], str]):
@@ -91,7 +95,7 @@ register_task(Task(
 register_task(Task(
     "reconstruct", lambda out, x, y: F.mse_loss(out, x), False,
     _output_check("reconstruct", lambda x, data: tuple(x.shape),
-                  lambda data: f"each image rebuilt, the shape of the input ({data.name})")))
+                  lambda data: f"each image rebuilt, the shape of the input ({data.name})"), measures_code=True))
 
 LATENT_CORR_IMAGES = 4000  # report 001, Q3
 
@@ -180,7 +184,7 @@ def resolve_device(name: str) -> torch.device:
 
 # Independent random streams of a run, each seeded from the run's seed: the initial weights
 # and then dropout draw from torch's global generator, forked for the run and re-seeded.
-INIT, ORDER, AUGMENT, PERMUTE, EVAL_PERMUTE, DROPOUT = range(6)
+INIT, ORDER, AUGMENT, PERMUTE, EVAL_PERMUTE, DROPOUT, INPUT, EVAL_INPUT = range(8)
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -214,9 +218,9 @@ def evaluate(model, x_all, y_all, prepare, task: Task, num_classes: int, batch_s
 
 @torch.no_grad()
 def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes: int, batch_size=None,
-                    amp: bool = False) -> list[dict]:
-    """`evaluate` for each of the K copies of a packed model, copy k's images made by `prepares[k]`,
-    in batches of 1000 images in all."""
+                    amp: bool = False, generators: list | None = None) -> list[dict]:
+    """`evaluate` for each of the K copies of a packed model, copy k's images made by `prepares[k]`
+    and shown to it through `task.inputs` with `generators[k]`, in batches of 1000 images in all."""
     model.eval()
     k = len(prepares)
     batch_size = batch_size or max(1, 1000 // k)
@@ -225,7 +229,8 @@ def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes
     for i in range(0, len(y_all), batch_size):
         xs = [_channels_last(prepare(x_all[i:i + batch_size])) for prepare in prepares]
         y = y_all[i:i + batch_size]
-        for c, (out, x) in enumerate(zip(_forward(model, xs, amp), xs)):
+        feeds = [task.inputs(x, g) for x, g in zip(xs, generators or [None] * k)]
+        for c, (out, x) in enumerate(zip(_forward(model, feeds, amp), xs)):
             loss_sum[c] += task.loss(out, x, y) * len(y)
             if task.classifies:
                 correct[c] += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
@@ -320,6 +325,7 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
     scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
     step_net = torch.compile(net) if config.compile else net
     order_gens, augment_gens = [seeded(s, ORDER) for s in seeds], [seeded(s, AUGMENT) for s in seeds]
+    input_gens = [seeded(s, INPUT, device) for s in seeds]
     pixels = data.shape[1] * data.shape[2]
     permutes = [transforms.permutation(config.permutation, pixels, seeded(s, PERMUTE)) for s in seeds]
     # evaluation draws fresh permutations from its own stream: the test split's size must
@@ -350,10 +356,13 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
     status, live = ["ok"] * k, list(range(k))  # live: the copies still training
     stopped: dict[int, dict] = {}  # a copy that diverged: its weights when it stopped
 
+    def eval_generators() -> list[torch.Generator]:  # the same draws at every evaluation
+        return [seeded(s, EVAL_INPUT, device) for s in seeds]
+
     def evaluations(epoch: int, lr: float) -> None:
         for split, (x, y) in tests.items():
             start = time.perf_counter()
-            metrics = evaluate_copies(net, x, y, test_prepares, task, classes, amp=amp)
+            metrics = evaluate_copies(net, x, y, test_prepares, task, classes, amp=amp, generators=eval_generators())
             for c in live:
                 m = metrics[c]
                 records[c].append(EpochRecord(epoch, split, m["loss"], m["accuracy"], lr, time.perf_counter() - start))
@@ -363,7 +372,8 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
     # epoch 0: the untrained model on both splits (the train split as it is, unaugmented)
     lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
-    for c, m in enumerate(evaluate_copies(net, train_x, train_y, test_prepares, task, classes, amp=amp)):
+    for c, m in enumerate(evaluate_copies(net, train_x, train_y, test_prepares, task, classes, amp=amp,
+                                          generators=eval_generators())):
         records[c].append(EpochRecord(0, "train", m["loss"], m["accuracy"], lr, time.perf_counter() - start))
     evaluations(0, lr)
     n = len(train_y)
@@ -378,7 +388,7 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
             idxs = [order[i:i + config.batch_size] for order in orders]
             xs = [_channels_last(prepare(train_x[idx])) for prepare, idx in zip(train_prepares, idxs)]
             ys = [train_y[idx] for idx in idxs]
-            outs = _forward(step_net, xs, amp)
+            outs = _forward(step_net, [task.inputs(x, g) for x, g in zip(xs, input_gens)], amp)
             # each copy's own mean loss; their sum gives each copy its own gradient
             losses = torch.stack([task.loss(out, x, y) for out, x, y in zip(outs, xs, ys)])
             optimizer.zero_grad(set_to_none=True)
@@ -422,7 +432,7 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
 def _result(task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed) -> RunResult:
     model = model.to(train_x.device, memory_format=torch.channels_last)
     latent_corr = latent_correlation(model, train_x[:LATENT_CORR_IMAGES], prepare) \
-        if task.name == "reconstruct" and status == "ok" else None
+        if task.measures_code and status == "ok" else None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()} if keep_model else None
     return RunResult(records, class_accuracy, status, latent_corr, state, packed=packed)
 

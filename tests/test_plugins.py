@@ -170,3 +170,18 @@ def test_a_plugins_executor_shows_progress_and_gives_the_in_process_table(tmp_pa
     listed = ablate(["list", "executors", "--json", "--plugin", "ablate_example_plugin"], tmp_path)
     assert {"name": "process-pool", "description": "a concurrent.futures process pool of 2 processes on this "
             "machine", "source": "ablate_example_plugin"} in json.loads(listed.stdout)
+
+
+def test_a_plugins_denoise_task_sees_noisy_inputs_from_the_runs_own_stream(tmp_path):
+    study = ["sweep", "--plugin", "ablate_example_plugin", "--task", "denoise", "--model", "autoencoder",
+             "--dataset", "synthetic", "--limit-train", "200", "--limit-test", "50", "--epochs", "2", "--vary",
+             "latent_dim=4,8", "--seeds", "2", "--device", "cpu"]
+    first = ablate([*study, "--out", "a.parquet"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = ablate([*study, "--out", "b.parquet"], tmp_path)
+    a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
+    numbers = ["variant", "seed", "epoch", "split", "loss"]
+    pd.testing.assert_frame_equal(a[numbers], b[numbers], check_exact=True)  # the noise is the run's own
+    assert set(a["task"]) == {"denoise"} and a["accuracy"].isna().all() and (a["status"] == "ok").all()
+    losses = a[a["split"] == "test"].pivot_table(index=["variant", "seed"], columns="epoch", values="loss")
+    assert (losses[2] < losses[0]).all()  # it learns to denoise

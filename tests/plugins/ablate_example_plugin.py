@@ -26,6 +26,16 @@ ablate.register_task(ablate.Task("smooth-classify", lambda out, x, y: F.cross_en
                                  classifies=True))
 
 
+def _noisy(x, generator):
+    """The model sees the image with noise from the run's own seeded stream; it is scored
+    against the clean image."""
+    return x + 0.3 * torch.randn(x.shape, generator=generator, device=x.device)
+
+
+ablate.register_task(ablate.Task("denoise", lambda out, x, y: F.mse_loss(out, x), classifies=False,
+                                 inputs=_noisy))
+
+
 @ablate.register_dataset("stripes", ["plain", "striped"], "generated 1x16x16 stripes, 400 images, two classes")
 def stripes(folders):
     """Images and labels only: ablate holds out a test split (20 % of each class, seeded)."""
