@@ -47,8 +47,8 @@ def test_list_plugins_says_who_added_what(tmp_path):
     result = ablate(["list", "plugins", "--json"], tmp_path, {"ABLATE_PLUGINS": "ablate_example_plugin"})
     assert result.returncode == 0, result.stderr
     added = {(r["kind"], r["name"]) for r in json.loads(result.stdout) if r["plugin"] == "ablate_example_plugin"}
-    assert added == {("study", "kernel"), ("model", "widenet"), ("task", "smooth-classify"), ("dataset", "stripes"),
-                     ("executor", "process-pool")}
+    assert added == {("study", "kernel"), ("model", "widenet"), ("task", "smooth-classify"), ("task", "denoise"),
+                     ("dataset", "stripes"), ("executor", "process-pool")}
     assert all(r["source"] == "ABLATE_PLUGINS" for r in json.loads(result.stdout))
 
 
