@@ -87,7 +87,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Architecture ablations of small image CNNs: one command per study, tidy Parquet out. Plugins add "
-         "studies, models, tasks and datasets: installed ones (entry-point group ablate.plugins), "
+         "studies, models, tasks, datasets and executors: installed ones (entry-point group ablate.plugins), "
          "ABLATE_PLUGINS=mod1,mod2, or --plugin MODULE on any command; `ablate list plugins` shows them.",
 )
 
@@ -235,7 +235,7 @@ def list_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """List the studies (the default), models, datasets, augmentations, normalisations,
-    permutations, schedulers, optimisers, tasks, or the plugins and what each added."""
+    permutations, schedulers, optimisers, tasks, executors, or the plugins and what each added."""
     rows = _listing(topic)
     if json_output:
         typer.echo(json.dumps(rows, indent=1))
