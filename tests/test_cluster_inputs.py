@@ -211,8 +211,9 @@ def test_a_listener_that_never_answers_is_refused_within_the_timeout(ablate, tmp
     assert accepted and took < 30
 
 
-def test_the_dask_address_option_has_a_name_apart_from_the_learning_rate_scheduler(ablate, tmp_path):
+def test_the_dask_address_option_has_a_name_apart_from_the_learning_rate_scheduler(ablate, tmp_path, monkeypatch):
     """--dask-scheduler, and its old name --scheduler for this release, with a note."""
+    monkeypatch.chdir(tmp_path)  # the default --out, results/linearity.parquet, is this test's own
     new = ablate([*STUDY, "--dask-scheduler", "tcp://"])
     old = ablate([*STUDY, "--scheduler", "tcp://"])
     for result in (new, old):

@@ -404,7 +404,8 @@ def test_task_is_an_option_of_every_study_and_the_model_must_fit_it(tmp_path, ab
     clean_refusal(ablate(["latent", *SMALL, "--task", "classify", "--out", tmp_path / "l.parquet"]),
                   "model 'autoencoder' (variant '4') gives outputs of shape (2, 3, 16, 16) for a batch of 2; task "
                   "classify needs (2, 10)")
-    clean_refusal(ablate(["linearity", *SMALL, "--task", "nosuch"]), "unknown task 'nosuch'")
+    clean_refusal(ablate(["linearity", *SMALL, "--task", "nosuch", "--out", tmp_path / "n.parquet"]),
+                  "unknown task 'nosuch'")
     out = tmp_path / "r.parquet"
     result = ablate(["sweep", *SMALL, "--epochs", "1", "--model", "autoencoder", "--task", "reconstruct",
                      "--vary", "latent_dim=4,8", "--out", out])
