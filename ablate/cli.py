@@ -49,8 +49,8 @@ class _OneLineErrors(TyperGroup):
             return super().main(args, prog_name, standalone_mode=False, **extra)
         args = sys.argv[1:] if args is None else list(args)
         ARGV[:] = args
-        args, named = plugins.split_arguments(args)
         try:
+            args, named = plugins.split_arguments(args)
             self.load_plugins(named)
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except (UsageError, EnvironmentFailure) as error:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 from ablate import registry
-from ablate.errors import EnvironmentFailure, describe_error
+from ablate.errors import EnvironmentFailure, UsageError, describe_error
 
 GROUP = "ablate.plugins"
 ENVIRONMENT = "ABLATE_PLUGINS"
@@ -106,7 +106,9 @@ def split_arguments(args: list[str]) -> tuple[list[str], list[str]]:
     rest, named, i = [], [], 0
     while i < len(args):
         arg = args[i]
-        if arg == "--plugin" and i + 1 < len(args):
+        if arg == "--plugin":
+            if i + 1 == len(args) or args[i + 1].startswith("-"):
+                raise UsageError("--plugin takes a MODULE, importable from the current directory: --plugin mymod")
             named.append(args[i + 1])
             i += 2
             continue

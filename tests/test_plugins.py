@@ -185,3 +185,9 @@ def test_a_plugins_denoise_task_sees_noisy_inputs_from_the_runs_own_stream(tmp_p
     assert set(a["task"]) == {"denoise"} and a["accuracy"].isna().all() and (a["status"] == "ok").all()
     losses = a[a["split"] == "test"].pivot_table(index=["variant", "seed"], columns="epoch", values="loss")
     assert (losses[2] < losses[0]).all()  # it learns to denoise
+
+
+def test_plugin_without_a_module_is_a_usage_error(tmp_path):
+    result = ablate(["linearity", "--plugin"], tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "ablate linearity: error: --plugin takes a MODULE, importable from the current directory: --plugin mymod")
