@@ -210,16 +210,16 @@ def _saved_models(path: Path, frame: pd.DataFrame, data_dir):
     its lowest seed."""
     import torch
 
-    from ablate import runner, transforms
+    from ablate import saved, transforms
     from ablate.data import load_dataset
 
     first = frame.sort_values("seed").drop_duplicates("variant")
     row = first.iloc[0]
-    config = runner.config_from_row(row)
+    config = saved.config_from_row(row)
     data = load_dataset(config.dataset, data_dir, config.limit_train, config.limit_test, config.image_size,
                         config.test_fraction or 0.2)
     normalize = transforms.normalizer(config.normalization, data.train_x)
-    models = [(r["variant"], runner.load_run_model(path, r, data)) for _, r in first.iterrows()]
+    models = [(r["variant"], saved.load_run_model(path, r, data)) for _, r in first.iterrows()]
     return data, lambda x: normalize(x.float() / 255), models, torch
 
 

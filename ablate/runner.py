@@ -3,7 +3,6 @@ through an executor, save each run as it returns."""
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import json
@@ -23,7 +22,7 @@ from ablate.errors import UsageError
 from ablate.executors import InProcess, Progress
 from ablate.results import StudyFile
 from ablate.studies import MAX_VARIANTS, Study
-from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column, column_types
+from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column_types
 from ablate.train import TASKS, RunConfig, RunResult, build_model, resolve, train_runs
 
 RUN_COLUMNS = {  # the columns of every study file: results, settings, and ablate's own models' arguments
@@ -587,43 +586,6 @@ def dry_run(prepared: Prepared) -> list[dict]:
             "seconds": left * per_image * (config.epochs * train_images + evaluated / 3),
         })
     return rows
-
-
-# ---------------------------------------------------------------- saved models
-
-
-def config_from_row(row: pd.Series) -> RunConfig:
-    """The configuration a results row records: its fields and the model's arguments."""
-    types = column_types()
-    values = {}
-    for field_name in RunConfig.__dataclass_fields__:
-        column_name = column(field_name)
-        if field_name == "model_args" or column_name not in row:
-            continue
-        value = row[column_name]
-        values[field_name] = None if pd.isna(value) else types[column_name](value)
-    config = RunConfig(**values)
-    knobs = arch.model_source(config.model).knobs
-    args = {}
-    for name, default in knobs.items():
-        if name in row and not pd.isna(row[name]):
-            value = row[name]
-            args[name] = ast.literal_eval(value) if isinstance(value, str) and not isinstance(default, str) \
-                else type(default)(value) if isinstance(default, (bool, int, float)) else value
-    return config.with_fields(**args)
-
-
-def load_run_model(path: Path, row: pd.Series, data: Dataset) -> torch.nn.Module:
-    """The final weights of the run of `row`, saved beside the results `path` (--save-models)."""
-    from safetensors.torch import load_file
-
-    weights = results.models_path(path) / f"{row['run_id']}.safetensors"
-    if not weights.exists():
-        raise UsageError(f"no saved weights for {row['variant']} seed {row['seed']} ({weights}): train the study "
-                         "with --save-models")
-    model = build_model(config_from_row(row), data.shape[0], len(data.classes), data.shape[1])
-    model.load_state_dict(load_file(weights))
-    return model.eval()
 
 
 def data_spec(prepared: Prepared, data_dir: Path | None):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate import runner, studies
+from ablate import runner, saved, studies
 from ablate.data import load_dataset
 from ablate.results import models_path
 from ablate.train import (TASKS, RunConfig, build_model, evaluate, latent_correlation, pretrained_encoder, resolve,
@@ -63,12 +63,12 @@ def test_saved_models_reload_bit_identical_and_give_the_recorded_test_loss(tmp_p
     out = tmp_path / "ae.parquet"
     assert ablate(["ae-depth", *TINY, "--depths", "1,2", "--save-models", "--out", out]).exit_code == 0
     frame = pd.read_parquet(out)
-    saved = sorted(p.stem for p in models_path(out).glob("*.safetensors"))
-    assert saved == sorted(frame["run_id"].unique())
+    kept = sorted(p.stem for p in models_path(out).glob("*.safetensors"))
+    assert kept == sorted(frame["run_id"].unique())
     data = load_dataset("synthetic", limit_train=200, limit_test=100)
     row = frame[(frame.epoch == 2) & (frame.split == "test") & (frame.variant == "2")].iloc[0]
-    model = runner.load_run_model(out, row, data)
-    again = runner.load_run_model(out, row, data)
+    model = saved.load_run_model(out, row, data)
+    again = saved.load_run_model(out, row, data)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     x = data.test_x.float() / 255  # normalization none

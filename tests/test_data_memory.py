@@ -5,7 +5,6 @@ import time
 
 import pytest
 import torch
-from PIL import Image
 
 from ablate import count, data
 from ablate.errors import UsageError

@@ -7,7 +7,6 @@ study plans, and a run_id survives a new field that keeps the old behaviour.
 
 import dataclasses
 import textwrap
-from pathlib import Path
 
 import pandas as pd
 import pytest

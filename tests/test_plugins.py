@@ -179,6 +179,7 @@ def test_a_plugins_denoise_task_sees_noisy_inputs_from_the_runs_own_stream(tmp_p
     first = ablate([*study, "--out", "a.parquet"], tmp_path)
     assert first.returncode == 0, first.stderr
     again = ablate([*study, "--out", "b.parquet"], tmp_path)
+    assert again.returncode == 0, again.stderr
     a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
     numbers = ["variant", "seed", "epoch", "split", "loss"]
     pd.testing.assert_frame_equal(a[numbers], b[numbers], check_exact=True)  # the noise is the run's own
