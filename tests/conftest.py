@@ -72,3 +72,25 @@ def fake_study():
         return path
 
     return make
+
+
+def late_failing_model(message: str) -> str:
+    """A user's module whose Net with explode=True raises `message` after a few training steps:
+    every check before training passes, and the run fails while it trains."""
+    return f'''
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels=3, num_classes=10, explode=False):
+        super().__init__()
+        self.explode, self.steps = explode, 0
+        self.fc = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+            if self.explode and self.steps > 3:
+                raise ValueError({message!r})
+        return self.fc(x)
+'''

@@ -14,28 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import NUMBERS
+from conftest import NUMBERS, late_failing_model
 
 STUDY = ["linearity", "--dataset", "synthetic", "--limit-train", "400", "--limit-test", "100", "--epochs", "2",
          "--batch-size", "50", "--device", "cpu", "--threads", "1", "--seeds", "2"]
 BIN = Path(sys.executable).parent
-FAILING_MODEL = '''
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, in_channels=3, num_classes=10, explode=False):
-        super().__init__()
-        self.explode, self.steps = explode, 0
-        self.fc = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
-
-    def forward(self, x):
-        if self.training:
-            self.steps += 1
-            if self.explode and self.steps > 3:  # the checks before training pass; training does not
-                raise ValueError("this model refuses to train\\nsecond line")
-        return self.fc(x)
-'''
+FAILING_MODEL = late_failing_model('this model refuses to train\nsecond line')
 
 
 @pytest.fixture(scope="module")

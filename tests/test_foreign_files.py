@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ablate import compare, report, results
 from ablate.results import per_class_path, read_metadata, write_frame
-from conftest import TINY
+from conftest import TINY, late_failing_model
 
 KEYS = ["study", "variant", "seed", "epoch", "split", "run_id", "config_id"]
 
@@ -265,23 +265,7 @@ def test_the_report_table_stars_both_signs(tmp_path, fake_study, ablate):
         assert row.count("] *") == 2, row  # Δ loss and Δ accuracy, one lower and one higher
 
 
-LATE_FAILING_MODEL = '''
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, in_channels=3, num_classes=10, explode=False):
-        super().__init__()
-        self.explode, self.steps = explode, 0
-        self.fc = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
-
-    def forward(self, x):
-        if self.training:
-            self.steps += 1
-            if self.explode and self.steps > 3:  # any check before training passes
-                raise ValueError("out of patience")
-        return self.fc(x)
-'''
+LATE_FAILING_MODEL = late_failing_model('out of patience')
 
 
 def test_a_study_whose_runs_fail_prints_a_summary_that_says_so(tmp_path, ablate, monkeypatch):
