@@ -52,10 +52,6 @@ def registered_models() -> list[ModelEntry]:
     return [entry for _, entry in MODELS.items()]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    return MODELS.get(name).build(**kwargs)
-
-
 ACTIVATIONS: Registry[Callable[[], nn.Module] | None] = Registry("activation")
 for _name, _module in {"relu": nn.ReLU, "none": None, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}.items():
     ACTIVATIONS.register(_name, _module)
@@ -210,18 +206,16 @@ def torchvision_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _torchvision_model(name: str) -> tuple[nn.Module, Shape]:
+def _torchvision_shape(name: str) -> Shape:
+    """The input a torchvision architecture was made for: its ImageNet weights' crop."""
     import torchvision
 
-    with warnings.catch_warnings():  # inception_v3 warns about a future change of its init
-        warnings.simplefilter("ignore", FutureWarning)
-        model = torchvision.models.get_model(name, weights=None)
     side = 224
     weights = torchvision.models.get_model_weights(name)
-    v1 = getattr(weights, "IMAGENET1K_V1", None)  # the resolution the architecture was made for
+    v1 = getattr(weights, "IMAGENET1K_V1", None)
     if v1 is not None:
         side = v1.transforms.keywords.get("crop_size", 224)
-    return model, (3, side, side)
+    return 3, side, side
 
 
 # ---------------------------------------------------------------- user modules
@@ -254,21 +248,6 @@ def _import_object(text: str):
             raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
-
-
-def _import_model(text: str) -> nn.Module:
-    obj = _import_object(text)
-    if isinstance(obj, nn.Module):
-        return obj
-    if not callable(obj):
-        raise UsageError(f"{text!r} is neither an nn.Module class nor a zero-argument factory")
-    try:
-        model = obj()
-    except TypeError as error:
-        raise UsageError(f"{text!r} must be callable with no arguments: {error}") from None
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"{text!r} returned {type(model).__name__}, not an nn.Module")
-    return model
 
 
 def describe_output(output, depth: int = 0) -> str:
@@ -356,21 +335,20 @@ def parse_shape(text: str) -> Shape:
 
 
 def load_model(text: str) -> tuple[nn.Module, Shape | None]:
-    """A model and its natural input shape (None when it has none) from a name, path or spec."""
+    """A model named in any of the four ways (`model_source`), built with its own defaults, and
+    its natural input shape (None when it has none), for counting. A module instance that a
+    user's file holds is taken as it is: counted, never trained."""
     text = text.strip()
-    if "(" in text:
-        return parse_spec(text), None
-    if ":" in text:
-        return _import_model(text), None
-    if text in MODELS:
-        return create_model(text), MODELS.get(text).input_shape
-    known = torchvision_models()
-    if text in known:
-        return _torchvision_model(text)
-    raise unknown_name(
-        "model", text, MODELS.names() + known, hint="`ablate list models` lists them all"
-    )
-
+    if ":" in text and "(" not in text and isinstance(_import_object(text), nn.Module):
+        return _import_object(text), None
+    source = model_source(text)
+    try:
+        model = source.make()
+    except TypeError as error:
+        raise UsageError(f"{text!r} must be callable with no arguments: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{text!r} returned {type(model).__name__}, not an nn.Module")
+    return model, source.input_shape
 
 
 # ---------------------------------------------------------------- models to train
@@ -401,6 +379,7 @@ class ModelSource:
     knobs: dict  # constructor arguments a user may set -> their defaults
     inputs: frozenset  # the MODEL_INPUTS `make` takes
     rgb: bool = False  # takes 3 input channels only (torchvision): 1-channel data is repeated
+    input_shape: Shape | None = None  # the input it was made for, where it has one
 
     def build(self, in_channels: int, num_classes: int, image_size: int, **knobs) -> nn.Module:
         given = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
@@ -439,21 +418,24 @@ def model_source(text: str) -> ModelSource:
         return ModelSource(text, lambda: parse_spec(text), {}, frozenset())
     if ":" in text:
         obj = _import_object(text)
-        if isinstance(obj, nn.Module) or not callable(obj):
+        if isinstance(obj, nn.Module):
             raise UsageError(f"{text!r} is an instance: to train it, name its class or a factory function, "
                              "so that every seed builds its own model")
+        if not callable(obj):
+            raise UsageError(f"{text!r} is neither an nn.Module class nor a factory function")
         return ModelSource(text, obj, *_knobs(obj))
     if text in MODELS:
-        return ModelSource(text, MODELS.get(text).build, *_knobs(MODELS.get(text).build))
+        entry = MODELS.get(text)
+        return ModelSource(text, entry.build, *_knobs(entry.build), input_shape=entry.input_shape)
     if text in torchvision_models():
         import torchvision
 
-        def make(num_classes):
-            with warnings.catch_warnings():
+        def make(num_classes=1000):
+            with warnings.catch_warnings():  # inception_v3 warns about a future change of its init
                 warnings.simplefilter("ignore", FutureWarning)
                 return torchvision.models.get_model(text, weights=None, num_classes=num_classes)
 
-        return ModelSource(text, make, {}, frozenset({"num_classes"}), rgb=True)
+        return ModelSource(text, make, {}, frozenset({"num_classes"}), rgb=True, input_shape=_torchvision_shape(text))
     raise unknown_name("model", text, MODELS.names() + torchvision_models(),
                        hint="`ablate list models` lists them all")
 

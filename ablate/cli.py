@@ -200,9 +200,10 @@ def _listing(topic: Topic) -> list[dict]:
         return [{"name": n, "description": e.description, "source": executors.EXECUTORS.owners[n]}
                 for n, e in executors.EXECUTORS.items()]
     if topic == Topic.tasks:
-        from ablate import train
+        from ablate.tasks import TASKS
 
-        return [{"name": n, "classifies": t.classifies, "source": train.TASKS.owners[n]} for n, t in train.TASKS.items()]
+        return [{"name": n, "metrics": ", ".join(m.name for m in t.metrics) or "loss only",
+                 "per-class accuracy": t.classifies, "source": TASKS.owners[n]} for n, t in TASKS.items()]
     if topic == Topic.schedulers:
         return [{"name": n, "description": s.description} for n, s in SCHEDULERS.items()]
     if topic == Topic.optimizers:
@@ -348,7 +349,7 @@ def _progress() -> Progress:
 def run_study(study: studies.Study, options: dict) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
-    from ablate import cluster, executors, results, runner, train
+    from ablate import cluster, estimate, executors, results, runner, train
 
     out = options["out"] or Path("results") / f"{study.name}.parquet"
     if options["plot"] is not None:
@@ -375,7 +376,7 @@ def run_study(study: studies.Study, options: dict) -> None:
     for note in prepared.notes:
         stderr.print(note, highlight=False)
     if options["dry_run"]:
-        report.print_wide(stdout, report.dry_run_table(runner.dry_run(prepared), study.name, out))
+        report.print_wide(stdout, report.dry_run_table(estimate.dry_run(prepared), study.name, out))
         if options["slurm"]:
             stdout.print(f"each of the {options['workers'] or 1} SLURM jobs would run:", highlight=False)
             sys.stdout.write(cluster.slurm_job_script(options["threads"], options["slurm_opts"]))
@@ -580,7 +581,7 @@ def plot_command(
                                             "and interpolation (autoencoders trained with --save-models); "
                                             "default: the study's natural one."),
     factor: Optional[str] = typer.Option(None, "--factor", help="The numeric column of --kind sweep."),
-    metric: str = typer.Option("loss", "--metric", help="What --kind sweep plots: loss, accuracy or latent_corr."),
+    metric: str = typer.Option("loss", "--metric", help="What --kind sweep plots: loss, latent_corr or a task's metric (accuracy, psnr)."),
     pair: str = typer.Option("8,4", "--pair", help="--kind interpolation: the classes (indices) of the two "
                                                    "test images."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset is, for the figures "

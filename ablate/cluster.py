@@ -82,19 +82,7 @@ def can_load(spec: DataSpec) -> bool:
     """Whether this process sees the dataset without downloading it (run on each worker)."""
     from ablate import data
 
-    if spec.name == "synthetic":
-        return True
-    try:
-        if spec.name.startswith(data.FOLDER_PREFIX):
-            return data._folder_root(spec.name).is_dir()
-        roots = data.search_dirs(spec.data_dir)
-        if spec.name == "cifar10":
-            return any((root / "cifar-10-batches-py").is_dir() for root in roots)
-        folders = data._idx_folders(spec.name, roots)
-        return any(all(data._find_idx(f, stem) for pair in data.IDX_FILES.values() for stem in pair)
-                   for f in folders)
-    except Exception:
-        return False
+    return data.on_disk(spec.name, spec.data_dir)
 
 
 def _on_worker(work: Callable, topic: str, plugin_modules: list[str], pack, data):

@@ -6,9 +6,8 @@ import math
 
 import pandas as pd
 
+from ablate import metrics as task_metrics
 from ablate.errors import UsageError, unknown_name
-
-METRICS = ("loss", "accuracy")  # of the test split
 
 
 def finished_runs(frame: pd.DataFrame, where: str | None = None, doing: str = "report") -> pd.DataFrame:
@@ -50,27 +49,33 @@ def failed_notes(frame: pd.DataFrame) -> list[str]:
 
 def pick_epochs(frame: pd.DataFrame, epoch: int | None = None, best: bool = False) -> pd.DataFrame:
     """The test rows of one epoch per run: the last one, `epoch`, or the one with the best
-    test accuracy (`best`); failed runs have none, and a usage error says when no run has."""
+    value of the task's first metric (`best`: accuracy, PSNR; the lowest loss for a task with
+    none); failed runs have none, and a usage error says when no run has."""
     test = finished_runs(frame)
     test = test[test["split"] == "test"]
     if test.empty:
         held = sorted(set(frame["split"].dropna())) if len(frame) else []
         raise UsageError(f"no test rows to report: the runs have rows of split {', '.join(held) or 'none'}; "
                          "ablate reports the split 'test'")
-    if best:  # a classifier's best accuracy; an autoencoder's lowest loss
-        metric = "accuracy" if test["accuracy"].notna().any() else "loss"
+    if best:
+        measured = task_metrics.present(test)
+        metric, higher = (measured[0].name, measured[0].higher_is_better) if measured else ("loss", False)
         scored = test[test[metric].notna()]  # a run diverged from its first epoch has no best
         if scored.empty:
-            raise UsageError("--best: no run has a test loss to choose its epoch by (every one diverged)")
-        pick = scored.groupby("run_id")[metric].idxmax() if metric == "accuracy" else \
-            scored.groupby("run_id")[metric].idxmin()
-        return test.loc[pick]
+            raise UsageError(f"--best: no run has a test {metric} to choose its epoch by (every one diverged)")
+        by_run = scored.groupby("run_id")[metric]
+        return test.loc[by_run.idxmax() if higher else by_run.idxmin()]
     if epoch is None:
-        return test[test["epoch"] == test.groupby("run_id")["epoch"].transform("max")]
+        return last_epochs(test)
     chosen = test[test["epoch"] == epoch]
     if chosen.empty:
         raise UsageError(f"--epoch {epoch}: the runs have epochs {test['epoch'].min()} to {test['epoch'].max()}")
     return chosen
+
+
+def last_epochs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last epoch (every split of it)."""
+    return frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
 
 
 def interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]:
@@ -102,7 +107,7 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
             raise UsageError(f"{study}: variant {first['variant']!r} seed {first['seed']} has {len(runs)} runs of "
                              f"one configuration ({', '.join(map(str, runs))}); a study holds one run per "
                              "variant and seed")
-        metrics = [m for m in METRICS if rows[m].notna().any()] or ["loss"]  # no accuracy for an autoencoder
+        metrics = ["loss", *(m.name for m in task_metrics.present(rows))]
         by_seed = {m: rows.pivot(index="seed", columns="variant", values=m) for m in metrics}
         for variant in variants:
             for metric in metrics:

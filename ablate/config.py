@@ -76,9 +76,6 @@ class RunConfig:
         args = {**dict(self.model_args), **{k: v for k, v in values.items() if k not in FIELDS}}
         return replace(self, **fields, model_args=tuple(sorted(args.items())))
 
-    def arg(self, name: str, default=None):
-        return dict(self.model_args).get(name, default)
-
 
 AMP = ("none", "bf16")  # the autocast dtypes a run may train in
 
@@ -97,7 +94,7 @@ DATA_FIELDS = ("dataset", "image_size", "test_fraction", "test_dataset", "limit_
 # The columns a run's outcome fills, beside its settings' (column_types) and its model's arguments.
 RESULT_COLUMNS = {
     "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float, "accuracy": float,
-    "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
+    "psnr": float, "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
     "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int,
 }
 
@@ -190,8 +187,11 @@ def column_types() -> dict[str, type]:
 
 def reserved_names() -> set[str]:
     """Names a model's constructor argument cannot be set or recorded under: the results'
-    columns and the settings (a model's `seed` or `lr` argument keeps its own default)."""
-    return set(RESULT_COLUMNS) | FIELDS | set(column_types()) | {"model_args"}
+    columns (a plugin's metrics too) and the settings (a model's `seed` or `lr` argument keeps
+    its own default)."""
+    from ablate.metrics import METRICS
+
+    return set(RESULT_COLUMNS) | set(METRICS) | FIELDS | set(column_types()) | {"model_args"}
 
 
 def checked(config: RunConfig, where: str = "") -> RunConfig:

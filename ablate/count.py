@@ -41,9 +41,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ablate import other_counters
 from ablate.arch import Shape, describe_error
 from ablate.count_rules import FORMULAS, RECURRENT, recurrent, recurrent_backward
-from ablate.errors import UsageError
+from ablate.errors import UsageError, first_line
 from ablate.fake_run import NeedsRealTensors, build_meta, run_forward  # ablate.count's public names too
-from ablate.fake_run import fake_state, first_line, on_meta
+from ablate.fake_run import fake_state, on_meta
 from ablate.receptive import Fields
 from ablate.tensor_tree import shapes, tensors
 

@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ablate.errors import UsageError, unknown_name
+from ablate.errors import UsageError, first_line, one_line, unknown_name
 from ablate.registry import Registry
 
 
@@ -526,8 +526,9 @@ def _reason(error: Exception) -> str:
         return "too large to decode in memory"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
-    text = (str(error).strip().splitlines() or [""])[0][:100]
-    return f"{type(error).__name__}: {text}" if not isinstance(error, OSError) or not text else text
+    if isinstance(error, OSError) and str(error).strip():
+        return first_line(error)[:100]
+    return one_line(error)[:100 + len(type(error).__name__) + 2]
 
 
 def _pixels(path: Path) -> torch.Tensor:
@@ -886,3 +887,20 @@ def load_test_dataset(
         if image_size is not None:
             x = resize(x, image_size)
         return short, match_channels(x, channels), y
+
+
+def on_disk(name: str, data_dir: Path | str | None) -> bool:
+    """Whether this machine holds dataset `name`'s files without downloading them (a cluster
+    sends the images only to workers that do not); False for a dataset it cannot tell of."""
+    if name == "synthetic":
+        return True
+    try:
+        if name.startswith(FOLDER_PREFIX):
+            return _folder_root(name).is_dir()
+        roots = search_dirs(Path(data_dir) if data_dir else None)
+        if name == "cifar10":
+            return any((root / "cifar-10-batches-py").is_dir() for root in roots)
+        return any(all(_find_idx(f, stem) for pair in IDX_FILES.values() for stem in pair)
+                   for f in _idx_folders(name, roots))
+    except Exception:  # noqa: BLE001 - a name or folder it cannot read: the worker is sent the images
+        return False

@@ -42,9 +42,17 @@ def _user_frame(error: BaseException) -> str:
     return f" (at {path}, line {frames[-1].lineno})"
 
 
-def describe_error(error: BaseException) -> str:
-    """An exception in one line: its type, the first line of its message, and the line of the
-    user's code that raised it."""
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message, or its type's name when it has none."""
     lines = str(error).strip().splitlines()
-    message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return message + ("" if isinstance(error, SyntaxError) else _user_frame(error))  # its own says where
+    return lines[0] if lines else type(error).__name__
+
+
+def one_line(error: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
+
+
+def describe_error(error: BaseException) -> str:
+    """`one_line`, and the line of the user's code that raised it."""
+    return one_line(error) + ("" if isinstance(error, SyntaxError) else _user_frame(error))  # its own says where

@@ -16,7 +16,7 @@ from torch._subclasses import fake_tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ablate.arch import Shape
-from ablate.errors import UsageError
+from ablate.errors import UsageError, first_line
 from ablate.tensor_tree import shapes
 
 T = TypeVar("T")
@@ -24,10 +24,6 @@ T = TypeVar("T")
 
 class NeedsRealTensors(UsageError):
     """The forward pass needs real values (data-dependent shapes): it cannot run on fake tensors."""
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def on_meta(model: nn.Module) -> bool:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ablate.errors import UsageError
-from ablate.fake_run import first_line
+from ablate.errors import first_line
 
 if TYPE_CHECKING:  # annotations only: count.py imports this module
     from ablate.count import Counts

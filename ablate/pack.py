@@ -205,3 +205,53 @@ def unpack(packed: nn.Module, copies: list[nn.Module]) -> None:
         rule = RULES.get(type(module))
         if rule is not None:
             _copy_into(packed.get_submodule(name), [c.get_submodule(name) for c in copies], rule.unpack)
+
+
+# ---------------------------------------------------------------- the seeds of one training
+
+# Independent random streams of a run, each seeded from the run's seed: the initial weights
+# and then dropout draw from torch's global generator, forked for the run and re-seeded.
+INIT, ORDER, AUGMENT, PERMUTE, EVAL_PERMUTE, DROPOUT, INPUT, EVAL_INPUT = range(8)
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    return seed * 1_000_003 + stream
+
+
+def seeded(seed: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device).manual_seed(stream_seed(seed, stream))
+
+
+class Seeds:
+    """The K seeds training together in `net` (K = 1: one model, `net` is its only copy): each
+    seed's generators, which seeds still train, and the weights a diverged one stopped with."""
+
+    def __init__(self, seeds: list[int], net: nn.Module, copies: list[nn.Module]):
+        self.seeds, self.net, self.copies = list(seeds), net, copies
+        self.status = ["ok"] * len(seeds)
+        self.live = list(range(len(seeds)))  # the copies still training
+        self._stopped: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def generators(self, stream: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
+        """One generator per seed for `stream`, each at its start."""
+        return [seeded(seed, stream, device) for seed in self.seeds]
+
+    def stop(self, c: int) -> None:
+        """Copy `c` diverged: it trains no more, and keeps the weights it has now, as its
+        unpacked run's would."""
+        self.status[c] = "diverged"
+        self.live.remove(c)
+        if len(self) > 1:
+            unpack(self.net, self.copies)
+            self._stopped[c] = copy.deepcopy(self.copies[c].state_dict())
+
+    def models(self) -> list[nn.Module]:
+        """Each seed's model with its final weights."""
+        if len(self) > 1:
+            unpack(self.net, self.copies)
+            for c, state in self._stopped.items():
+                self.copies[c].load_state_dict(state)
+        return self.copies

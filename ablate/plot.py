@@ -12,10 +12,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ablate.compare import finished_runs  # noqa: E402
+from ablate import metrics as task_metrics  # noqa: E402
+from ablate.compare import finished_runs, last_epochs  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
 from ablate.results import (  # noqa: E402
-    OUTCOME_COLUMNS, per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
+    outcome_columns, per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
 )
 
 KINDS = ("curves", "sweep", "classes", "variants", "reconstructions", "interpolation")
@@ -35,18 +36,19 @@ def _colors(variants: list[str]) -> dict[str, str]:
 
 
 def curves(frame: pd.DataFrame, path: Path) -> None:
-    """Loss and accuracy per epoch; train dashed, test solid; mean over seeds, band = ± std."""
+    """The loss and each of the task's metrics per epoch; train dashed, test solid; mean over
+    seeds, band = ± std."""
     variants = list(dict.fromkeys(frame["variant"]))
     colors = _colors(variants)
-    panels = [("loss", 1, "cross-entropy loss")]
-    if frame["accuracy"].notna().any():
-        panels.append(("accuracy", 100, "accuracy (%)"))
-    else:  # an autoencoder
-        panels = [("loss", 1, "reconstruction loss (MSE)")]
+    measured = task_metrics.present(frame)
+    tasks = set(frame["task"].dropna()) if "task" in frame else set()
+    loss = {"classify": "cross-entropy loss", "reconstruct": "reconstruction loss (MSE)"}
+    panels = [("loss", 1, loss[tasks.pop()] if len(tasks) == 1 and tasks <= set(loss) else "loss")]
+    panels += [(m.name, m.scale, m.label + (f" ({m.unit.strip()})" if m.unit else "")) for m in measured]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), constrained_layout=True,
                              squeeze=False)
     axes = axes[0]
-    stats = frame.groupby(["variant", "split", "epoch"])[["loss", "accuracy"]].agg(["mean", "std"])
+    stats = frame.groupby(["variant", "split", "epoch"])[[name for name, _, _ in panels]].agg(["mean", "std"])
     for ax, (metric, scale, label) in zip(axes, panels):
         for variant in variants:
             for split, style in (("train", "--"), ("test", "-")):
@@ -85,10 +87,11 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") ->
     if not pd.api.types.is_numeric_dtype(frame[factor]) or pd.api.types.is_bool_dtype(frame[factor]):
         raise UsageError(f"--factor {factor}: a sweep needs a numeric column; use --kind curves for the others")
     if metric not in frame or not pd.api.types.is_numeric_dtype(frame[metric]) or frame[metric].isna().all():
-        held = [m for m in ("loss", "accuracy", "latent_corr") if m in frame and frame[m].notna().any()]
+        known = ["loss", *task_metrics.METRICS, "latent_corr"]
+        held = [m for m in known if m in frame and frame[m].notna().any()]
         raise UsageError(f"--metric {metric}: this file has no values of it; it has "
-                         f"{', '.join(held) if held else 'no values of loss, accuracy or latent_corr'}")
-    final = frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
+                         f"{', '.join(held) if held else 'no values of ' + ', '.join(known)}")
+    final = last_epochs(frame)
     splits = (("train", "o--", "tab:blue"), ("test", "s-", "tab:orange"))
     if metric == "latent_corr":  # measured once per run, on train images
         splits = (("test", "s-", "tab:purple"),)
@@ -106,8 +109,9 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") ->
     values = final[factor].dropna()
     if len(values) and values.min() > 0 and values.max() / values.min() >= 100:
         ax.set_xscale("log")  # learning rates, batch sizes: decades apart
-    ax.set_ylabel({"loss": "final loss", "accuracy": "final accuracy",
-                   "latent_corr": "mean |Pearson r| between latent coordinates"}.get(metric, metric))
+    labels = {"loss": "final loss", "latent_corr": "mean |Pearson r| between latent coordinates",
+              **{name: f"final {m.label}" for name, m in task_metrics.METRICS.items()}}
+    ax.set_ylabel(labels.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(_title(frame) + ": mean ± 1 std")
@@ -116,18 +120,23 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") ->
 
 
 def variants(frame: pd.DataFrame, path: Path) -> None:
-    """Final test accuracy per variant, in the study's order, mean over seeds with its 95 %
-    t-interval and each seed's value: a ladder of steps reads left to right."""
+    """The task's first metric on the test split at the last epoch (accuracy, PSNR) per variant,
+    in the study's order, mean over seeds with its 95 % t-interval and each seed's value: a
+    ladder of steps reads left to right."""
     from ablate.compare import interval
 
-    final = frame[(frame.split == "test") & (frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max"))]
-    if final["accuracy"].isna().all():
-        raise UsageError("--kind variants draws the final test accuracy, and these runs have none (an "
-                         "autoencoder's, or no test rows): use --kind curves, or --kind sweep --metric loss")
+    final = last_epochs(frame)
+    final = final[final.split == "test"]
+    measured = task_metrics.present(final)
+    if not measured:
+        raise UsageError("--kind variants draws the final test value of the task's metric (accuracy, PSNR), and "
+                         "these runs have none (a task that reports only its loss, or no test rows): use --kind "
+                         "curves, or --kind sweep --metric loss")
+    metric = measured[0]
     names = list(dict.fromkeys(final["variant"]))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4.5), constrained_layout=True)
     for i, name in enumerate(names):
-        values = 100 * final[final.variant == name]["accuracy"]
+        values = metric.scale * final[final.variant == name][metric.name]
         low, high = interval(values)
         ax.bar(i, values.mean(), 0.6, color="tab:blue", alpha=0.35)
         if low == low:  # more than one seed
@@ -137,7 +146,7 @@ def variants(frame: pd.DataFrame, path: Path) -> None:
                     fontsize=8, va="center")
     ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names)) > 8 else 0, ha="right"
                   if max(map(len, names)) > 8 else "center")
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel(f"final test {metric.label}" + (f" ({metric.unit.strip()})" if metric.unit else ""))
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(_title(frame) + ": mean, 95 % t-interval, seeds as dots")
     fig.savefig(path)
@@ -285,7 +294,7 @@ def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = No
                              f"--kind ({', '.join(KINDS)})")
     factors = study.get("factors")
     if not isinstance(factors, list):  # no metadata: any setting, never a seed, an epoch or a result
-        factors = [c for c in frame.columns if c not in OUTCOME_COLUMNS | {"study", "variant", "latent_corr", "packed"}]
+        factors = [c for c in frame.columns if c not in outcome_columns() | {"study", "variant", "latent_corr", "packed"}]
     factors = tuple(map(str, factors))
     rows = None
     if kind == "classes":  # read before anything is drawn or made

@@ -119,8 +119,9 @@ def print_wide(console: Console, table: Table) -> None:
                 color_system=console.color_system, no_color=console.no_color).print(table)
 
 
-def _mean_std(values, percent: bool = False) -> str:
-    scale, digits, unit = (100, 2, " %") if percent else (1, 4, "")
+def _mean_std(values, metric=None) -> str:
+    """Mean ± std of `values`, as `metric` shows them (a loss: 4 digits)."""
+    scale, digits, unit = (metric.scale, 2, metric.unit) if metric is not None else (1, 4, "")
     if len(values) == 1:
         return f"{scale * values.iloc[0]:.{digits}f}{unit}"
     return f"{scale * values.mean():.{digits}f} ± {scale * values.std():.{digits}f}{unit}"
@@ -136,23 +137,20 @@ def _cell(value) -> str:
     return str(value)
 
 
-def final_epochs(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, split): the last epoch each run reached."""
-    last = frame.groupby("run_id")["epoch"].transform("max")
-    return frame[frame["epoch"] == last]
-
-
 def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
-    """Per variant: final train loss, test loss and, for classifiers, accuracy (mean ± std over
-    seeds), an autoencoder's latent correlation, and the difference of the means to the first
-    variant. Failed runs (one row, no epoch) are counted, never averaged."""
+    """Per variant: final train loss, test loss and the task's metrics (mean ± std over seeds),
+    an autoencoder's latent correlation, and the difference of the means to the first variant.
+    Failed runs (one row, no epoch) are counted, never averaged."""
+    from ablate import metrics as task_metrics
+    from ablate.compare import last_epochs
+
     failed = frame["status"] == "failed" if "status" in frame else frame["epoch"].isna()
-    final = final_epochs(frame[~failed & frame["epoch"].notna()])
+    final = last_epochs(frame[~failed & frame["epoch"].notna()])
     study = ", ".join(map(str, frame["study"].unique()))
     runs = frame.drop_duplicates("run_id")
     failed_runs = runs[failed.loc[runs.index]]
     seeds = final["seed"].nunique()
-    accuracy = final["accuracy"].notna().any()
+    measured = task_metrics.present(final[final.split == "test"])
     latent = "latent_corr" in final and final["latent_corr"].notna().any()
     title = (f"{study}: after {final['epoch'].max():g} epochs, {seeds} seed{'s' if seeds > 1 else ''}"
              + (" (mean ± std)" if seeds > 1 else "")) if len(final) else f"{study}: no run finished"
@@ -163,8 +161,8 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
                    + (f" (the first: {error.iloc[0]})" if len(error) else "")
                    + f" and {'are' if len(failed_runs) > 1 else 'is'} left out; --resume trains failed runs again")
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD)
-    columns = ["variant", *factors, "train loss", "test loss", *(["test accuracy"] if accuracy else []),
-               *(["latent corr"] if latent else []), "Δ test loss", *(["Δ test acc"] if accuracy else [])]
+    columns = ["variant", *factors, "train loss", "test loss", *(f"test {m.label}" for m in measured),
+               *(["latent corr"] if latent else []), "Δ test loss", *(f"Δ test {m.label}" for m in measured)]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     baseline = None
@@ -178,20 +176,21 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
             table.add_row(name, *(_cell(every[f].iloc[0]) for f in factors), *["—"] * empty)
             continue
         train_rows, test_rows = rows[rows.split == "train"], rows[rows.split == "test"]
-        means = test_rows["loss"].mean(), test_rows["accuracy"].mean()
+        means = [test_rows["loss"].mean(), *(test_rows[m.name].mean() for m in measured)]
         baseline = baseline or means
         name = variant + (" (diverged)" if (rows["status"] == "diverged").any() else "")
         name += f" ({len(lost)} failed)" if len(lost) else ""
         name += "  ← best test loss" if means[0] == best else ""
-        cells = [_mean_std(train_rows["loss"]), _mean_std(test_rows["loss"])]
-        if accuracy:
-            cells.append(_mean_std(test_rows["accuracy"], True))
+        cells = [_mean_std(train_rows["loss"]), _mean_std(test_rows["loss"]),
+                 *(_mean_std(test_rows[m.name], m) for m in measured)]
         if latent:
             cells.append(_mean_std(test_rows["latent_corr"].dropna()) if test_rows["latent_corr"].notna().any() else "—")
         if means is baseline:
-            deltas = ["—"] * (1 + accuracy)
+            deltas = ["—"] * len(means)
         else:
-            deltas = [f"{means[0] - baseline[0]:+.4f}"] + ([f"{100 * (means[1] - baseline[1]):+.2f} pt"] if accuracy else [])
+            deltas = [f"{means[0] - baseline[0]:+.4f}"] + [
+                f"{m.scale * (mean - base):+.2f}{' pt' if m.unit.strip() == '%' else m.unit}"
+                for m, mean, base in zip(measured, means[1:], baseline[1:])]
         table.add_row(name, *(_cell(rows[f].iloc[0]) for f in factors), *cells, *deltas)
     return table
 
@@ -218,14 +217,22 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
         caption = "no run has a test value there: every one diverged (its loss became NaN or infinite)"
     table = Table(title=f"{study}: test metrics at {epoch_label}, baseline {base!r}", caption=caption,
                   box=box.SIMPLE_HEAD)
-    accuracy = (rows.metric == "test_accuracy").any()  # not for an autoencoder
-    columns = ("variant", "seeds", "test loss", "test accuracy (%)", "Δ loss", "Δ accuracy (pt)")
-    for column in columns if accuracy else columns[:3] + columns[4:5]:
+    from ablate.metrics import METRICS
+
+    # the loss, then each of the task's metrics (accuracy in %, PSNR in dB) in the order summarize gives
+    named = [m.removeprefix("test_") for m in dict.fromkeys(rows.metric)]
+    shown = [(name, 1.0, 4, "", "") if name == "loss" or name not in METRICS else
+             (name, METRICS.get(name).scale, 2, METRICS.get(name).label, METRICS.get(name).unit.strip())
+             for name in named]
+    columns = ["variant", "seeds",
+               *(f"test {label or name}" + (f" ({unit})" if unit else "") for name, _, _, label, unit in shown),
+               *(f"Δ {label or name}" + (f" ({'pt' if unit == '%' else unit})" if unit else "")
+                 for name, _, _, label, unit in shown)]
+    for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     for variant, group in rows.groupby("variant", sort=False):
-        metrics = [(group[group.metric == "test_loss"].iloc[0], 1.0, 4)]
-        if accuracy:
-            metrics.append((group[group.metric == "test_accuracy"].iloc[0], 100.0, 2))
+        metrics = [(group[group.metric == f"test_{name}"].iloc[0], scale, digits)
+                   for name, scale, digits, _, _ in shown]
         deltas = []
         for row, scale, digits in metrics:
             if row["diff"] != row["diff"]:

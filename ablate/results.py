@@ -177,9 +177,10 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
                 "config_id": str}
         required = {**keys, "status": str, "loss": float, "accuracy": float}
         from ablate.config import column_types  # no torch: the settings' columns and their types
+        from ablate.metrics import METRICS
 
-        optional = {**column_types(), "lr": float, "seconds": float, "error": str, "latent_corr": float,
-                    "params": int, "flops": int, "device": str, "packed": int}
+        optional = {**column_types(), **dict.fromkeys(METRICS, float), "lr": float, "seconds": float, "error": str,
+                    "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int}
         never_null = ("study", "variant", "seed", "run_id", "config_id", "status")
     else:
         keys, required, optional, never_null = kinds, kinds, {}, tuple(c for c, k in kinds.items() if k is not float)
@@ -423,8 +424,12 @@ def failure_reason(error: Exception) -> str:
     return (strerror or (text.strip().splitlines() or [type(error).__name__])[0]).lower()
 
 
-OUTCOME_COLUMNS = {"seed", "epoch", "split", "loss", "accuracy", "lr", "seconds", "status", "run_id", "config_id",
-                   "params", "flops", "device"}
+def outcome_columns() -> set[str]:
+    """The columns a run's outcome fills (never one of its settings), a plugin's metrics too."""
+    from ablate.metrics import METRICS
+
+    return {"seed", "epoch", "split", "loss", "lr", "seconds", "status", "run_id", "config_id", "params", "flops",
+            "device", *METRICS}
 
 
 def separate_configurations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -437,7 +442,7 @@ def separate_configurations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str
         configs = rows.drop_duplicates("config_id").set_index("config_id")
         if len(configs) < 2:
             continue
-        settings = [c for c in configs.columns if c not in OUTCOME_COLUMNS | {"study", "variant"}]
+        settings = [c for c in configs.columns if c not in outcome_columns() | {"study", "variant"}]
         differ = [c for c in settings if configs[c].astype(str).nunique() > 1] or ["config_id"]
         for config_id, config in configs.iterrows():
             said = ", ".join(f"{c}={config_id if c == 'config_id' else config[c]}" for c in differ)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
@@ -11,7 +10,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ablate import arch, transforms
@@ -19,7 +17,7 @@ from ablate import pack as packing
 from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, RunConfig, checked, with_defaults
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
-from ablate.registry import Registry
+from ablate.tasks import TASKS, Task
 
 
 @dataclass
@@ -27,9 +25,13 @@ class EpochRecord:
     epoch: int
     split: str  # "train" or "test"
     loss: float
-    accuracy: float | None  # None where the task has no accuracy
+    metrics: dict[str, float]  # the task's metrics (Task.metrics): {"accuracy": 0.89}
     lr: float
     seconds: float  # wall time of this epoch's training (train) or evaluation (test)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
 
 
 @dataclass
@@ -42,60 +44,10 @@ class RunResult:
     error: str | None = None  # status "failed": the first line of the exception the run raised
     packed: int = 1  # how many seeds trained together in one packed model (ablate.pack)
 
+    @property
+    def last_epoch(self) -> int:
+        return self.epochs[-1].epoch
 
-# ---------------------------------------------------------------- tasks
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a run learns: its loss on a batch, whether outputs are class scores, and what a
-    model must output for it."""
-
-    name: str
-    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (output, x, y) -> mean
-    classifies: bool  # outputs are class scores: accuracy and per-class accuracy are measured
-    # (a model's output on a batch x of the data, the data) -> None, or what is wrong, as
-    # "gives <what it gave> for a batch of N; task T needs <what it takes>"
-    check_output: Callable[[object, torch.Tensor, Dataset], str | None] = lambda output, x, data: None
-    # what the model sees of a batch x (its loss is scored against x and the labels), drawing any
-    # randomness from the run's own generator: a denoising task adds noise here
-    inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor] = lambda x, generator: x
-    measures_code: bool = False  # after training, the model's encode() is measured (latent_corr)
-
-
-def _output_check(task: str, need: Callable[[torch.Tensor, Dataset], tuple], why: Callable[[Dataset], str]):
-    """A task's `check_output`: a floating-point tensor of the shape `need(x, data)`, any values
-    (NaN too: a run that diverges says so itself)."""
-
-    def check(output, x: torch.Tensor, data: Dataset) -> str | None:
-        shape = need(x, data)
-        tensor = isinstance(output, torch.Tensor) and output.is_floating_point()
-        if tensor and tuple(output.shape) == shape:
-            return None
-        wanted = str(shape) if tensor else f"a floating-point tensor of shape {shape}"
-        return (f"gives {arch.describe_output(output)} for a batch of {len(x)}; task {task} needs {wanted}: "
-                f"{why(data)}")
-
-    return check
-
-
-TASKS: Registry[Task] = Registry("task")
-
-
-def register_task(task: Task) -> Task:
-    """Add `task` under its name (a plugin's, or ablate's own)."""
-    return TASKS.register(task.name, task)
-
-
-register_task(Task(
-    "classify", lambda out, x, y: F.cross_entropy(out, y), True,
-    _output_check("classify", lambda x, data: (len(x), len(data.classes)),
-                  lambda data: f"one score per class of {data.name}")))
-# the output against the input, in the normalised space the run states (normalization none: [0, 1])
-register_task(Task(
-    "reconstruct", lambda out, x, y: F.mse_loss(out, x), False,
-    _output_check("reconstruct", lambda x, data: tuple(x.shape),
-                  lambda data: f"each image rebuilt, the shape of the input ({data.name})"), measures_code=True))
 
 LATENT_CORR_IMAGES = 4000  # report 001, Q3
 
@@ -182,19 +134,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# Independent random streams of a run, each seeded from the run's seed: the initial weights
-# and then dropout draw from torch's global generator, forked for the run and re-seeded.
-INIT, ORDER, AUGMENT, PERMUTE, EVAL_PERMUTE, DROPOUT, INPUT, EVAL_INPUT = range(8)
-
-
-def stream_seed(seed: int, stream: int) -> int:
-    return seed * 1_000_003 + stream
-
-
-def seeded(seed: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
-    return torch.Generator(device).manual_seed(stream_seed(seed, stream))
-
-
 def _forward(model: nn.Module, xs: list[torch.Tensor], amp: bool) -> list[torch.Tensor]:
     """`model` on the K copies' inputs side by side (K = 1: a model that is not packed), and
     each copy's output, in float32."""
@@ -210,21 +149,17 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, x_all, y_all, prepare, task: Task, num_classes: int, batch_size=1000) -> dict:
-    """Mean loss over the split and, for a classifier, accuracy and per-class accuracy (None
-    for a class with no image in the split)."""
-    return evaluate_copies(model, x_all, y_all, [prepare], task, num_classes, batch_size)[0]
-
-
-@torch.no_grad()
 def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes: int, batch_size=None,
                     amp: bool = False, generators: list | None = None) -> list[dict]:
-    """`evaluate` for each of the K copies of a packed model, copy k's images made by `prepares[k]`
-    and shown to it through `task.inputs` with `generators[k]`, in batches of 1000 images in all."""
+    """For each of the K copies of a packed model (K = 1: one model), its mean loss over the
+    split, its task's metrics and, for a task that classifies, its accuracy per class (None for
+    a class with no image in the split). Copy k's images are made by `prepares[k]` and shown to
+    it through `task.inputs` with `generators[k]`, in batches of 1000 images in all."""
     model.eval()
     k = len(prepares)
     batch_size = batch_size or max(1, 1000 // k)
     loss_sum = torch.zeros(k, device=x_all.device)
+    sums = torch.zeros(k, len(task.metrics), device=x_all.device)
     correct = torch.zeros(k, num_classes, device=x_all.device)
     for i in range(0, len(y_all), batch_size):
         xs = [_channels_last(prepare(x_all[i:i + batch_size])) for prepare in prepares]
@@ -232,15 +167,13 @@ def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes
         feeds = [task.inputs(x, g) for x, g in zip(xs, generators or [None] * k)]
         for c, (out, x) in enumerate(zip(_forward(model, feeds, amp), xs)):
             loss_sum[c] += task.loss(out, x, y) * len(y)
+            sums[c] += task.measure(out, x, y)
             if task.classifies:
                 correct[c] += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
-    metrics = [{"loss": loss, "accuracy": None, "class_accuracy": []} for loss in (loss_sum / len(y_all)).tolist()]
-    if task.classifies:
-        images = torch.bincount(y_all, minlength=num_classes).tolist()
-        for m, hits, accuracy in zip(metrics, correct.tolist(), (correct.sum(1) / len(y_all)).tolist()):
-            m["accuracy"] = accuracy
-            m["class_accuracy"] = [None if n == 0 else c / n for c, n in zip(hits, images)]
-    return metrics
+    images = torch.bincount(y_all, minlength=num_classes).tolist()
+    return [{"loss": loss, "metrics": task.finish(total, len(y_all)),
+             "class_accuracy": [None if n == 0 else c / n for c, n in zip(hits, images)] if task.classifies else []}
+            for loss, total, hits in zip((loss_sum / len(y_all)).tolist(), sums.tolist(), correct.tolist())]
 
 
 def _in_chunks(f, x, size=5000):
@@ -280,15 +213,17 @@ def train_runs(
             copies = [_model(config, data, seed, device) for seed in seeds]
             packed = None
             if pack and len(seeds) > 1:
-                dropout = [seeded(seed, DROPOUT, device) for seed in seeds]
+                dropout = [packing.seeded(seed, packing.DROPOUT, device) for seed in seeds]
                 packed = packing.pack(copies, dropout, _probe(data))
             if packed is not None:
-                return _train(config, data, seeds, packed, copies, device, on_batch, other_test, keep_model)
+                return _train(config, data, packing.Seeds(seeds, packed, copies), device, on_batch, other_test,
+                              keep_model)
             results, images = [], min(config.labels or len(data.train_y), len(data.train_y))
             for i, (seed, model) in enumerate(zip(seeds, copies)):
-                torch.manual_seed(stream_seed(seed, DROPOUT))
+                torch.manual_seed(packing.stream_seed(seed, packing.DROPOUT))
                 report = on_batch and functools.partial(_after, on_batch, i * config.epochs * images)
-                results += _train(config, data, [seed], model, [model], device, report, other_test, keep_model)
+                results += _train(config, data, packing.Seeds([seed], model, [model]), device, report, other_test,
+                                  keep_model)
             return results
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
@@ -301,7 +236,7 @@ def _after(on_batch, images_before: int, epoch: int, images: int, loss: float, s
 
 def _model(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> nn.Module:
     """The run's initial model: its weights drawn from the seed's init stream (or pretrained)."""
-    torch.manual_seed(stream_seed(seed, INIT))
+    torch.manual_seed(packing.stream_seed(seed, packing.INIT))
     model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
     if config.pretrain_epochs:
         model.encoder.load_state_dict(pretrained_encoder(config, data, seed, device))
@@ -315,23 +250,24 @@ def _probe(data: Dataset) -> torch.Tensor:
     return data.test_x[:2].float() / 255
 
 
-def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_model) -> list[RunResult]:
-    """Train `net`: one model (one seed), or the seeds' `copies` packed into one."""
-    task, k, amp = TASKS.get(config.task), len(seeds), config.amp == "bf16"
-    net = net.to(device, memory_format=torch.channels_last)
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, config)
-    schedule = SCHEDULERS.get(config.scheduler)
-    scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
-    step_net = torch.compile(net) if config.compile else net
-    order_gens, augment_gens = [seeded(s, ORDER) for s in seeds], [seeded(s, AUGMENT) for s in seeds]
-    input_gens = [seeded(s, INPUT, device) for s in seeds]
+@dataclass
+class _Feed:
+    """What the seeds of one training see: the splits on the device (normalised once where
+    nothing is augmented) and, per seed, how a batch of each is prepared."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    tests: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "test", and "test:NAME" for another test set
+    train_prepares: list[Callable]
+    test_prepares: list[Callable]
+
+
+def _feed(config: RunConfig, data: Dataset, seeds: packing.Seeds, device, other_test) -> _Feed:
     pixels = data.shape[1] * data.shape[2]
-    permutes = [transforms.permutation(config.permutation, pixels, seeded(s, PERMUTE)) for s in seeds]
+    permutes = [transforms.permutation(config.permutation, pixels, g) for g in seeds.generators(packing.PERMUTE)]
     # evaluation draws fresh permutations from its own stream: the test split's size must
     # not change what training sees (a fixed permutation is the same for both)
-    eval_permutes = [transforms.permutation(config.permutation, pixels, seeded(s, EVAL_PERMUTE)) for s in seeds] \
-        if config.permutation == "fresh" else permutes
+    eval_permutes = [transforms.permutation(config.permutation, pixels, g)
+                     for g in seeds.generators(packing.EVAL_PERMUTE)] if config.permutation == "fresh" else permutes
     augment = transforms.augmentation(config.augment)
     train_x, train_y = data.train_x, data.train_y
     if config.labels is not None:  # the labelled few; pretraining saw them all, without labels
@@ -344,89 +280,108 @@ def _train(config, data, seeds, net, copies, device, on_batch, other_test, keep_
     normalize = transforms.normalizer(config.normalization, train_x)
     unit = lambda x: x.float() / 255  # noqa: E731
     if augment is None:  # every image is the same each epoch: normalise once, up front
-        train_x = _in_chunks(lambda x: normalize(unit(x)), train_x)
-        tests = {split: (_in_chunks(lambda x: normalize(unit(x)), x), y) for split, (x, y) in tests.items()}
-        train_prepares, test_prepares = permutes, eval_permutes
-    else:
-        train_prepares = [lambda x, p=p, g=g: p(normalize(augment(unit(x), g))) for p, g in zip(permutes, augment_gens)]
-        test_prepares = [lambda x, p=p: p(normalize(unit(x))) for p in eval_permutes]
-    classes = len(data.classes)
-    records: list[list[EpochRecord]] = [[] for _ in seeds]
-    class_accuracy: list[list] = [[] for _ in seeds]
-    status, live = ["ok"] * k, list(range(k))  # live: the copies still training
-    stopped: dict[int, dict] = {}  # a copy that diverged: its weights when it stopped
+        once = lambda x: _in_chunks(lambda b: normalize(unit(b)), x)  # noqa: E731
+        return _Feed((once(train_x), train_y), {split: (once(x), y) for split, (x, y) in tests.items()},
+                     permutes, eval_permutes)
+    augment_gens = seeds.generators(packing.AUGMENT)
+    return _Feed((train_x, train_y), tests,
+                 [lambda x, p=p, g=g: p(normalize(augment(unit(x), g))) for p, g in zip(permutes, augment_gens)],
+                 [lambda x, p=p: p(normalize(unit(x))) for p in eval_permutes])
 
-    def eval_generators() -> list[torch.Generator]:  # the same draws at every evaluation
-        return [seeded(s, EVAL_INPUT, device) for s in seeds]
 
-    def evaluations(epoch: int, lr: float) -> None:
-        for split, (x, y) in tests.items():
-            start = time.perf_counter()
-            metrics = evaluate_copies(net, x, y, test_prepares, task, classes, amp=amp, generators=eval_generators())
-            for c in live:
-                m = metrics[c]
-                records[c].append(EpochRecord(epoch, split, m["loss"], m["accuracy"], lr, time.perf_counter() - start))
+def _train(config, data, seeds: packing.Seeds, device, on_batch, other_test, keep_model) -> list[RunResult]:
+    """Train `seeds.net`: one model (one seed), or the seeds' copies packed into one."""
+    task, k, amp = TASKS.get(config.task), len(seeds), config.amp == "bf16"
+    net = seeds.net.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad], config)
+    schedule = SCHEDULERS.get(config.scheduler)
+    scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
+    step = _Step(torch.compile(net) if config.compile else net, optimizer,
+                 scheduler if schedule.per_step else None, task, amp)
+    feed = _feed(config, data, seeds, device, other_test)
+    records: list[list[EpochRecord]] = [[] for _ in range(k)]
+    class_accuracy: list[list] = [[] for _ in range(k)]
+
+    def evaluations(epoch: int, lr: float, splits: dict) -> None:
+        for split, (x, y) in splits.items():
+            start = time.perf_counter()  # the same input draws at every evaluation: a fresh stream
+            results = evaluate_copies(net, x, y, feed.test_prepares, task, len(data.classes), amp=amp,
+                                      generators=seeds.generators(packing.EVAL_INPUT, device))
+            for c in seeds.live:
+                records[c].append(EpochRecord(epoch, split, results[c]["loss"], results[c]["metrics"], lr,
+                                              time.perf_counter() - start))
                 if split == "test":
-                    class_accuracy[c] = m["class_accuracy"]
+                    class_accuracy[c] = results[c]["class_accuracy"]
 
-    # epoch 0: the untrained model on both splits (the train split as it is, unaugmented)
-    lr = optimizer.param_groups[0]["lr"]
-    start = time.perf_counter()
-    for c, m in enumerate(evaluate_copies(net, train_x, train_y, test_prepares, task, classes, amp=amp,
-                                          generators=eval_generators())):
-        records[c].append(EpochRecord(0, "train", m["loss"], m["accuracy"], lr, time.perf_counter() - start))
-    evaluations(0, lr)
-    n = len(train_y)
+    # epoch 0: the untrained model on every split (the train split as it is, unaugmented)
+    evaluations(0, optimizer.param_groups[0]["lr"], {"train": feed.train, **feed.tests})
+    orders, inputs = seeds.generators(packing.ORDER), seeds.generators(packing.INPUT, device)
+    n = len(feed.train[1])
     for epoch in range(1, config.epochs + 1):
-        net.train()
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        orders = [torch.randperm(n, generator=g).to(device) for g in order_gens]
-        loss_sum = torch.zeros(k, device=device)
-        correct = torch.zeros(k, device=device)
-        for step, i in enumerate(range(0, n, config.batch_size)):
-            idxs = [order[i:i + config.batch_size] for order in orders]
-            xs = [_channels_last(prepare(train_x[idx])) for prepare, idx in zip(train_prepares, idxs)]
-            ys = [train_y[idx] for idx in idxs]
-            outs = _forward(step_net, [task.inputs(x, g) for x, g in zip(xs, input_gens)], amp)
-            # each copy's own mean loss; their sum gives each copy its own gradient
-            losses = torch.stack([task.loss(out, x, y) for out, x, y in zip(outs, xs, ys)])
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            if scheduler is not None and schedule.per_step:
-                scheduler.step()
-            loss_sum += losses.detach() * len(ys[0])
-            if task.classifies:
-                correct += torch.stack([(out.argmax(1) == y).sum() for out, y in zip(outs, ys)])
-            if on_batch is not None and step % 10 == 9:  # .item() is a sync point on a GPU
-                done = i + len(ys[0])
-                on_batch(epoch, k * ((epoch - 1) * n + done), loss_sum[live].mean().item() / done,
-                         k * done / (time.perf_counter() - start))
-        train_loss, train_seconds = [v / n for v in loss_sum.tolist()], time.perf_counter() - start
-        train_accuracy = [v / n for v in correct.tolist()] if task.classifies else [None] * k
-        for c in live:
-            records[c].append(EpochRecord(epoch, "train", train_loss[c], train_accuracy[c], lr, train_seconds))
+        lr, start = optimizer.param_groups[0]["lr"], time.perf_counter()
+        report = on_batch and functools.partial(_progress, on_batch, epoch, n, seeds, start)
+        losses, sums = step.epoch(feed, [torch.randperm(n, generator=g).to(device) for g in orders], inputs,
+                                  config.batch_size, report)
+        seconds = time.perf_counter() - start
+        for c in seeds.live:
+            records[c].append(EpochRecord(epoch, "train", losses[c], task.finish(sums[c], n), lr, seconds))
         if scheduler is not None and not schedule.per_step:
             scheduler.step()
-        evaluations(epoch, lr)
+        evaluations(epoch, lr, feed.tests)
         if on_batch is not None:
-            on_batch(epoch, k * epoch * n, sum(train_loss[c] for c in live) / len(live), k * n / train_seconds)
-        for c in list(live):  # a copy whose loss became NaN or infinite stops; the others go on
-            if not all(math.isfinite(r.loss) for r in records[c][-len(tests) - 1:]):
-                status[c] = "diverged"
-                live.remove(c)
-                if k > 1:  # the others train on; its weights stay as the unpacked run's would
-                    packing.unpack(net, copies)
-                    stopped[c] = copy.deepcopy(copies[c].state_dict())
-        if not live:
+            on_batch(epoch, k * epoch * n, sum(losses[c] for c in seeds.live) / len(seeds.live), k * n / seconds)
+        for c in list(seeds.live):  # a copy whose loss became NaN or infinite stops; the others go on
+            if not all(math.isfinite(r.loss) for r in records[c][-len(feed.tests) - 1:]):
+                seeds.stop(c)
+        if not seeds.live:
             break
-    if k > 1:
-        packing.unpack(net, copies)
-        for c, state in stopped.items():
-            copies[c].load_state_dict(state)
-    return [_result(task, model, records[c], class_accuracy[c], status[c], train_x, test_prepares[c],
-                    keep_model, k) for c, model in enumerate(copies)]
+    return [_result(task, model, records[c], class_accuracy[c], seeds.status[c], feed.train[0],
+                    feed.test_prepares[c], keep_model, k) for c, model in enumerate(seeds.models())]
+
+
+def _progress(on_batch, epoch: int, n: int, seeds: packing.Seeds, start: float, done: int, losses) -> None:
+    """`on_batch` within an epoch: `done` images of each seed trained, `losses` their sums."""
+    k = len(seeds)
+    on_batch(epoch, k * ((epoch - 1) * n + done), losses[seeds.live].mean().item() / done,
+             k * done / (time.perf_counter() - start))
+
+
+@dataclass
+class _Step:
+    """The optimiser's steps over the seeds' batches."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None  # stepped after every batch; None: none, or one stepped per epoch
+    task: Task
+    amp: bool
+
+    def epoch(self, feed: _Feed, orders: list[torch.Tensor], inputs: list[torch.Generator], batch_size: int,
+              report: Callable | None) -> tuple[list[float], list[list[float]]]:
+        """One epoch of each seed in its own order: each seed's mean training loss and the sums of
+        its task's metrics over the epoch's batches."""
+        self.net.train()
+        (train_x, train_y), k, n = feed.train, len(orders), len(orders[0])
+        loss_sum = torch.zeros(k, device=train_x.device)
+        sums = torch.zeros(k, len(self.task.metrics), device=train_x.device)
+        for step, i in enumerate(range(0, n, batch_size)):
+            idxs = [order[i:i + batch_size] for order in orders]
+            xs = [_channels_last(prepare(train_x[idx])) for prepare, idx in zip(feed.train_prepares, idxs)]
+            ys = [train_y[idx] for idx in idxs]
+            outs = _forward(self.net, [self.task.inputs(x, g) for x, g in zip(xs, inputs)], self.amp)
+            # each copy's own mean loss; their sum gives each copy its own gradient
+            losses = torch.stack([self.task.loss(out, x, y) for out, x, y in zip(outs, xs, ys)])
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            loss_sum += losses.detach() * len(ys[0])
+            with torch.no_grad():
+                sums += torch.stack([self.task.measure(out, x, y) for out, x, y in zip(outs, xs, ys)])
+            if report is not None and step % 10 == 9:  # .item() is a sync point on a GPU
+                report(i + len(ys[0]), loss_sum)
+        return [v / n for v in loss_sum.tolist()], sums.tolist()
 
 
 def _result(task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed) -> RunResult:

@@ -267,6 +267,3 @@ def augmentation(name: str) -> Augmentation | None:
 
     return chain
 
-
-def augmentation_names() -> list[str]:
-    return ["none", *AUGMENTATIONS]

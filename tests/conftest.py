@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import results, runner
+from ablate import planning, results
 from ablate.cli import app
 from ablate.data import load_dataset
 from ablate.results import write_frame
@@ -54,7 +54,7 @@ def fake_study():
             run_config = resolve(RunConfig().with_fields(**(config(v) if config else {})))
             columns = run_config.columns()
             for seed in seeds:
-                run = runner.Run(study, variant, seed, run_config)
+                run = planning.Run(study, variant, seed, run_config)
                 runs.append(run)
                 for epoch in range(1, epochs + 1):
                     for split in ("train", "test"):
@@ -68,7 +68,7 @@ def fake_study():
                         })
         write_frame(pd.DataFrame(rows), path,
                     {"study": {"name": study, "plot": plot, "factors": list(factors)}},
-                    results.arrow_schema(runner.run_columns(runs)))
+                    results.arrow_schema(planning.run_columns(runs)))
         return path
 
     return make

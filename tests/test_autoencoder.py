@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate import runner, saved, studies
+from ablate import planning, runner, saved, studies
 from ablate.data import load_dataset
 from ablate.results import models_path
-from ablate.train import (TASKS, RunConfig, build_model, evaluate, latent_correlation, pretrained_encoder, resolve,
+from ablate.tasks import TASKS
+from ablate.train import (RunConfig, build_model, evaluate_copies, latent_correlation, pretrained_encoder, resolve,
                           train_run)
 
 CPU = torch.device("cpu")
@@ -72,8 +73,8 @@ def test_saved_models_reload_bit_identical_and_give_the_recorded_test_loss(tmp_p
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
     x = data.test_x.float() / 255  # normalization none
-    loss = evaluate(model.to(memory_format=torch.channels_last), x, data.test_y, lambda b: b,
-                    TASKS.get("reconstruct"), 10)["loss"]
+    loss = evaluate_copies(model.to(memory_format=torch.channels_last), x, data.test_y, [lambda b: b],
+                           TASKS.get("reconstruct"), 10)[0]["loss"]
     assert loss == row["loss"]
 
 
@@ -97,7 +98,7 @@ def test_resume_keeps_the_weights_and_the_table_consistent(tmp_path, ablate):
 
 def test_transfer_freezes_exactly_the_encoder(tiny_data):
     study = studies.get_study("transfer", labels=20, pretrain_epochs=1)
-    runs = {r.variant: r for r in runner.plan(study, {"dataset": "synthetic", "epochs": 2}, 1)}
+    runs = {r.variant: r for r in planning.plan(study, {"dataset": "synthetic", "epochs": 2}, 1)}
     results = {name: train_run(run.config, tiny_data, 0, CPU, keep_model=True) for name, run in runs.items()}
     pretrained = pretrained_encoder(runs["frozen"].config, tiny_data, 0, CPU)
     encoder = lambda name: {k.removeprefix("encoder."): v for k, v in results[name].state.items()  # noqa: E731

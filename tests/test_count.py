@@ -124,8 +124,8 @@ def test_operator_without_rule_is_reported_not_hidden():
 
 
 def test_batch_multiplies_counts_not_shapes():
-    one = count_model(arch.create_model("tutorial"), (3, 32, 32))
-    four = count_model(arch.create_model("tutorial"), (3, 32, 32), batch=4)
+    one = count_model(arch.MODELS.get("tutorial").build(), (3, 32, 32))
+    four = count_model(arch.MODELS.get("tutorial").build(), (3, 32, 32), batch=4)
     assert four.macs == 4 * one.macs and four.flops == 4 * one.flops
     assert [r.output_shape for r in four.rows] == [r.output_shape for r in one.rows]
 
@@ -163,10 +163,10 @@ def test_threeconv_matches_the_report():
 
 
 def test_tutorial_variants():
-    linear = count_model(arch.create_model("tutorial", activation="none", fc1_features=240), (3, 32, 32))
+    linear = count_model(arch.MODELS.get("tutorial").build(activation="none", fc1_features=240), (3, 32, 32))
     assert not any(r.type == "ReLU" for r in linear.rows)
     assert {r.layer: r.params for r in linear.rows}["fc1"] == 400 * 240 + 240
-    wide = count_model(arch.create_model("tutorial", conv1_channels=36), (3, 32, 32))
+    wide = count_model(arch.MODELS.get("tutorial").build(conv1_channels=36), (3, 32, 32))
     assert {r.layer: r.params for r in wide.rows}["conv2"] == 16 * 36 * 25 + 16
 
 
@@ -377,7 +377,7 @@ def test_parse_shape(text):
 
 def test_shape_failure_names_the_layer():
     with pytest.raises(UsageError, match=r"layer 'fc1' \(Linear\) failed on input 144"):
-        count_model(arch.create_model("tutorial"), (3, 24, 24))
+        count_model(arch.MODELS.get("tutorial").build(), (3, 24, 24))
 
 
 # ---------------------------------------------------------------- recurrent layers
@@ -531,7 +531,7 @@ def fields(model, shape):
 
 
 def test_receptive_fields_of_the_tutorial_net():
-    rows = dict(fields(arch.create_model("tutorial"), (3, 32, 32)))
+    rows = dict(fields(arch.MODELS.get("tutorial").build(), (3, 32, 32)))
     # conv 5x5: 5; max-pool 2: 5 + 1 x 1 = 6, stride 2; conv 5: 6 + 4 x 2 = 14; pool: 14 + 1 x 2 = 16
     layers = ("conv1", "act1", "pool1", "conv2", "pool2")
     assert [rows[k] for k in layers] == ["5 (1)", "5 (1)", "6 (2)", "14 (2)", "16 (4)"]
@@ -656,7 +656,7 @@ def test_data_dependent_models_fall_back_to_a_real_forward(monkeypatch):
 
 def test_a_model_on_the_meta_device_is_counted_as_it_is():
     with torch.device("meta"):
-        model = arch.create_model("threeconv")
+        model = arch.MODELS.get("threeconv").build()
     counts = count_model(model, (3, 32, 32))
     assert counts.params == 1_191_170 and counts.param_bytes == 4 * 1_191_170
     assert all(p.is_meta for p in model.parameters())

@@ -166,6 +166,7 @@ def problems(command: str, deliberate: bool = False) -> list[str]:
     else:
         name, subcommand = tokens[0], COMMANDS[tokens[0]]
         allowed = options_of(subcommand)
+    allowed = allowed | {"--plugin"}  # taken before or after any command: read off the line before parsing
     found = []
     for token in tokens[1:]:
         bare = token.lstrip("[(")

@@ -11,7 +11,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from ablate import config, runner, studies
+from ablate import config, planning, studies
 from ablate.config import RunConfig
 from ablate.errors import UsageError
 from ablate.train import resolve
@@ -55,7 +55,7 @@ def test_every_setting_is_checked_against_its_type_and_range(name, value, messag
 def test_an_int_for_a_float_setting_is_the_same_run_as_the_float():
     as_int = resolve(RunConfig(lr=1)).with_fields()
     assert as_int.lr == 1.0 and isinstance(as_int.lr, float)
-    assert runner.Run("s", "v", 0, as_int).run_id == runner.Run("s", "v", 0, resolve(RunConfig(lr=1.0))).run_id
+    assert planning.Run("s", "v", 0, as_int).run_id == planning.Run("s", "v", 0, resolve(RunConfig(lr=1.0))).run_id
 
 
 def test_every_field_has_a_setting_and_a_column():
@@ -92,7 +92,7 @@ def test_a_variant_can_never_train_on_other_data_than_it_records():
     differs between variants (it loads one dataset for a study)."""
     study = studies.Study("s", "d", {"a": {"limit_train": 100}, "b": {"limit_train": 200}}, ("limit_train",))
     with pytest.raises(UsageError, match="variants 'a' and 'b' differ in limit_train: every variant of a study trains on the same"):
-        runner.plan(study, {}, 1)
+        planning.plan(study, {}, 1)
 
 
 @pytest.mark.parametrize("vary,message", [
@@ -282,17 +282,17 @@ class Later(RunConfig):
 def test_a_field_added_later_at_its_default_keeps_every_run_id():
     now = resolve(RunConfig(epochs=3))
     later = Later(**{f.name: getattr(now, f.name) for f in dataclasses.fields(now)})
-    assert runner.Run("s", "v", 1, later).run_id == runner.Run("s", "v", 1, now).run_id
-    assert runner.Run("s", "v", 1, later).config_id == runner.Run("s", "v", 1, now).config_id
-    assert runner.Run("s", "v", 1, dataclasses.replace(later, warmup_epochs=2)).run_id != \
-        runner.Run("s", "v", 1, now).run_id
+    assert planning.Run("s", "v", 1, later).run_id == planning.Run("s", "v", 1, now).run_id
+    assert planning.Run("s", "v", 1, later).config_id == planning.Run("s", "v", 1, now).config_id
+    assert planning.Run("s", "v", 1, dataclasses.replace(later, warmup_epochs=2)).run_id != \
+        planning.Run("s", "v", 1, now).run_id
 
 
 def test_resume_of_a_file_written_before_a_field_existed_trains_nothing(tmp_path, ablate, monkeypatch):
     out = tmp_path / "lin.parquet"
     assert ablate(["linearity", *TINY, "--out", out]).exit_code == 0  # written by "the previous version"
     before = out.read_bytes()
-    monkeypatch.setattr(runner, "RunConfig", Later)  # the next version: its RunConfig has one field more
+    monkeypatch.setattr(planning, "RunConfig", Later)  # the next version: its RunConfig has one field more
     result = ablate(["linearity", *TINY, "--out", out, "--resume"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == before
@@ -311,7 +311,7 @@ def test_the_fields_every_run_id_hashes_are_frozen():
 ])
 def test_run_ids_of_the_previous_release_are_unchanged(name, run_ids):
     """A change here re-identifies every saved run: --resume would train them all again."""
-    runs = runner.plan(studies.get_study(name), {"dataset": "synthetic", "epochs": 2}, 1)
+    runs = planning.plan(studies.get_study(name), {"dataset": "synthetic", "epochs": 2}, 1)
     assert [r.run_id for r in runs] == run_ids
 
 

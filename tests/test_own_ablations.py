@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate import arch, runner, studies
+from ablate import arch, planning, runner, studies
 from ablate.train import RunConfig, build_model, resolve
 
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "1",
@@ -144,7 +144,7 @@ def test_the_registry_nets_expose_their_knobs():
     assert net.conv2.weight.shape == (10, 6, 3, 3) and net.fc1.in_features == 10 * 6 * 6
     three = build_model(resolve(RunConfig(model="threeconv").with_fields(conv1_channels=8, fc1_features=50)), 1, 10)
     assert three.conv1.weight.shape == (8, 1, 5, 5) and three.fc2.in_features == 50
-    assert resolve(RunConfig(model="mlp")).arg("hidden") == (512,)
+    assert dict(resolve(RunConfig(model="mlp")).model_args)["hidden"] == (512,)
 
 
 def test_the_ladder_is_cumulative_and_its_steps_can_be_chosen():
@@ -152,7 +152,7 @@ def test_the_ladder_is_cumulative_and_its_steps_can_be_chosen():
     assert list(ladder.variants) == ["baseline", "+crop-flip", "+adam"]
     assert ladder.variants["+adam"] == {"augment": "crop-flip", "optimizer": "adam", "lr": 0.001,
                                         "momentum": None, "weight_decay": 0.0}
-    runs = runner.plan(ladder, {}, 1)
+    runs = planning.plan(ladder, {}, 1)
     assert {r.config.model for r in runs} == {"threeconv"}
     assert runs[-1].config.augment == "crop-flip" and runs[0].config.augment == "none"
 

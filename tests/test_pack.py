@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate import arch, pack, runner, train
+from ablate import arch, pack, planning, runner, train
 from ablate.train import RunConfig, build_model, resolve, train_runs
 
 CPU = torch.device("cpu")
@@ -216,7 +216,7 @@ def test_shared_weights_and_global_randomness_do_not_pack(tiny_data, user_models
 
 def test_a_failing_seed_fails_alone(tiny_data, user_models):
     config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50, model=f"{user_models}:Fragile"))
-    pack = tuple(runner.Run("study", "variant", seed, config) for seed in range(6))
+    pack = tuple(planning.Run("study", "variant", seed, config) for seed in range(6))
     results = runner.train_pack(pack, tiny_data, CPU)
     assert {r.status for r in results} == {"ok", "failed"}
     assert all(r.error == "ValueError: an unlucky seed" for r in results if r.status == "failed")

@@ -2,6 +2,7 @@
 ablate's public API, found by --plugin, $ABLATE_PLUGINS or an installed entry point. Each test
 runs ablate in its own process: a plugin's registrations are process-wide."""
 
+import io
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -186,6 +188,16 @@ def test_a_plugins_denoise_task_sees_noisy_inputs_from_the_runs_own_stream(tmp_p
     assert set(a["task"]) == {"denoise"} and a["accuracy"].isna().all() and (a["status"] == "ok").all()
     losses = a[a["split"] == "test"].pivot_table(index=["variant", "seed"], columns="epoch", values="loss")
     assert (losses[2] < losses[0]).all()  # it learns to denoise
+    # PSNR (peak 1) of the mean squared error per pixel: the loss, every image being of one size
+    assert np.allclose(a["psnr"], -10 * np.log10(a["loss"]), rtol=1e-5) and a["psnr"].notna().all()
+    assert "test PSNR" in first.stdout and "Δ test PSNR" in first.stdout
+    report = ablate(["report", "a.parquet", "--plugin", "ablate_example_plugin"], tmp_path)
+    assert report.returncode == 0 and "test PSNR (dB)" in report.stdout and "Δ PSNR (dB)" in report.stdout
+    csv = ablate(["report", "a.parquet", "--format", "csv"], tmp_path)
+    summary = pd.read_csv(io.StringIO(csv.stdout))
+    assert set(summary["metric"]) == {"test_loss", "test_psnr"}
+    final = a[(a["split"] == "test") & (a["epoch"] == 2)].groupby("variant", sort=False)["psnr"].mean()
+    assert summary[summary.metric == "test_psnr"]["mean"].tolist() == pytest.approx(final.tolist())
 
 
 def test_plugin_without_a_module_is_a_usage_error(tmp_path):

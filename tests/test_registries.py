@@ -13,7 +13,9 @@ from torch import nn
 from ablate import studies, transforms
 from ablate.config import OPTIMIZERS, SCHEDULERS, column
 from ablate.errors import UsageError
-from ablate.train import TASKS, RunConfig, build_model, make_optimizer, make_scheduler, resolve, train_runs
+from ablate import metrics
+from ablate.tasks import TASKS, Task
+from ablate.train import RunConfig, build_model, evaluate_copies, make_optimizer, make_scheduler, resolve, train_runs
 
 CPU = torch.device("cpu")
 
@@ -59,7 +61,6 @@ def test_augmentation_names_without_torch_are_the_registry():
     from ablate import config
 
     assert list(config.AUGMENTATION_NAMES) == transforms.AUGMENTATIONS.names()
-    assert transforms.augmentation_names() == ["none", *transforms.AUGMENTATIONS]
 
 
 # ---------------------------------------------------------------- normalisations and permutations
@@ -188,8 +189,40 @@ def test_every_tasks_loss_is_a_finite_mean_on_a_tiny_batch(name, tiny_data):
                                 test_x=tiny_data.test_x[:20], test_y=tiny_data.test_y[:20])
     (result,) = train_runs(config, small, [0], CPU)
     assert result.status == "ok" and all(math.isfinite(r.loss) for r in result.epochs)
-    assert all((r.accuracy is not None) == task.classifies for r in result.epochs)
+    assert all(set(r.metrics) == {m.name for m in task.metrics} for r in result.epochs)
     assert len(result.class_accuracy) == (len(tiny_data.classes) if task.classifies else 0)
+    # each metric over a split: its per-image values' mean, whatever the evaluation's batch size
+    (whole,) = evaluate_copies(model, x, y, [lambda b: b], task, len(tiny_data.classes), batch_size=4)
+    (parts,) = evaluate_copies(model, x, y, [lambda b: b], task, len(tiny_data.classes), batch_size=3)
+    assert parts["metrics"] == pytest.approx(whole["metrics"], rel=1e-5)
+    assert whole["metrics"] == pytest.approx(task.finish(task.measure(model(x), x, y).tolist(), 4), rel=1e-5)
+
+
+def test_the_metrics_by_hand():
+    out = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    assert metrics.accuracy.batch(out, None, torch.tensor([0, 0, 0])).item() == 2
+    x = torch.zeros(2, 1, 2, 2)
+    rebuilt = torch.full((2, 1, 2, 2), 0.1)
+    mean_mse = metrics.psnr.batch(rebuilt, x, None).item() / 2
+    assert mean_mse == pytest.approx(0.01) and metrics.psnr.finish(mean_mse) == pytest.approx(20.0)
+    assert metrics.psnr.finish(0.0) == math.inf and math.isnan(metrics.psnr.finish(math.nan))
+    assert metrics.psnr.finish(0.1) < metrics.psnr.finish(0.01)  # a smaller error: a higher PSNR
+    assert metrics.accuracy.shown(0.8945) == "89.45 %"
+
+
+def test_a_task_says_what_it_reports():
+    loss = TASKS.get("classify").loss
+    assert Task("a", loss, classifies=True).metrics == (metrics.accuracy,)
+    assert Task("b", loss).metrics == () and Task("b", loss).classifies is False
+    assert Task("c", loss, metrics=(metrics.accuracy,)).classifies is True
+    assert Task("d", loss, metrics=[metrics.psnr]).metrics == (metrics.psnr,)
+    assert TASKS.get("classify").metrics == (metrics.accuracy,) and TASKS.get("reconstruct").metrics == (metrics.psnr,)
+
+
+@pytest.mark.parametrize("name", ["seed", "loss", "lr", "accuracy", "latent_dim"])
+def test_a_metric_named_like_a_column_ablate_fills_is_refused(name):
+    with pytest.raises(UsageError, match=f"metric '{name}'"):
+        metrics.register(metrics.Metric(name, name, lambda out, x, y: out.sum()))
 
 
 # ---------------------------------------------------------------- studies

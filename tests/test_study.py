@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from ablate import runner, studies
+from ablate import planning, runner, studies
 from ablate.data import load_dataset
 from ablate.errors import UsageError
 from ablate.results import read_metadata
-from ablate.train import TASKS, RunConfig, RunResult, evaluate, resolve, train_run
+from ablate.tasks import TASKS
+from ablate.train import RunConfig, RunResult, evaluate_copies, resolve, train_run
 
 CPU = torch.device("cpu")
 
@@ -65,8 +66,8 @@ class Predicts(nn.Module):
 def test_per_class_accuracy_by_hand():
     y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # class 3 has no image
     x = torch.zeros(len(y), 1, 2, 2)
-    metrics = evaluate(Predicts(0), x, y, lambda b: b, TASKS.get("classify"), 4, batch_size=3)
-    assert metrics["accuracy"] == pytest.approx(0.4)
+    metrics = evaluate_copies(Predicts(0), x, y, [lambda b: b], TASKS.get("classify"), 4, batch_size=3)[0]
+    assert metrics["metrics"] == {"accuracy": pytest.approx(0.4)}
     assert metrics["class_accuracy"] == [1.0, 0.0, 0.0, None]  # None: no image, not 0 %
 
 
@@ -103,13 +104,13 @@ def test_every_field_is_changed_by_the_test():
 
 @pytest.mark.parametrize("field", sorted(CHANGED))
 def test_run_id_and_config_id_change_with_every_setting(field):
-    base = runner.Run("s", "v", 0, RunConfig())
+    base = planning.Run("s", "v", 0, RunConfig())
     other = dataclasses.replace(base, config=dataclasses.replace(RunConfig(), **{field: CHANGED[field]}))
     assert other.run_id != base.run_id and other.config_id != base.config_id
 
 
 def test_run_id_changes_with_study_variant_and_seed_config_id_not_with_seed():
-    base = runner.Run("s", "v", 0, RunConfig())
+    base = planning.Run("s", "v", 0, RunConfig())
     for other in (dataclasses.replace(base, study="t"), dataclasses.replace(base, variant="w")):
         assert other.run_id != base.run_id and other.config_id != base.config_id
     seed = dataclasses.replace(base, seed=1)
@@ -123,9 +124,9 @@ def test_model_arguments_are_filled_where_the_model_takes_them_and_null_elsewher
     threeconv = resolve(RunConfig(model="threeconv").with_fields(conv1_channels=8)).columns()
     assert (threeconv["conv1_channels"], threeconv["dropout"], threeconv["batchnorm"]) == (8, 0.0, False)
     assert "fc2_features" not in threeconv
-    rows, _ = runner.run_rows(runner.Run("s", "v", 0, resolve(RunConfig(model="threeconv"))),
+    rows, _ = runner.run_rows(planning.Run("s", "v", 0, resolve(RunConfig(model="threeconv"))),
                               RunResult([], [], "ok"), "cpu", load_dataset("synthetic", limit_train=10, limit_test=10))
-    assert set(runner.RUN_COLUMNS) >= {"fc2_features", "hidden", "conv3_channels"} and list(rows) == list(runner.RUN_COLUMNS)
+    assert set(planning.RUN_COLUMNS) >= {"fc2_features", "hidden", "conv3_channels"} and list(rows) == list(planning.RUN_COLUMNS)
 
 
 def test_a_setting_the_model_cannot_take_is_a_usage_error():
@@ -133,7 +134,7 @@ def test_a_setting_the_model_cannot_take_is_a_usage_error():
         resolve(RunConfig(model="threeconv").with_fields(fc2_features=10))
     study = dataclasses.replace(studies.get_study("regularization"), base={"model": "tutorial"})
     with pytest.raises(UsageError, match="variant 'base': model 'tutorial' does not take batchnorm"):
-        runner.plan(study, {}, 1)
+        planning.plan(study, {}, 1)
 
 
 # ---------------------------------------------------------------- the linearity study, end to end
@@ -149,7 +150,7 @@ def test_linearity_writes_tidy_parquet(tmp_path, ablate, tiny):
     frame = pd.read_parquet(tmp_path / "lin.parquet")
     assert len(frame) == 3 * 2 * 3 * 2  # variants x seeds x epochs (0, 1, 2) x splits
     assert list(frame["variant"].unique()) == ["relu", "linear", "linear-wide"]
-    assert list(frame.columns) == list(runner.RUN_COLUMNS)
+    assert list(frame.columns) == list(planning.RUN_COLUMNS)
     assert set(frame["split"]) == {"train", "test"}
     assert frame.groupby("variant")["fc1_features"].first().to_dict() == {
         "relu": 120, "linear": 120, "linear-wide": 240}

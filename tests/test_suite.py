@@ -11,7 +11,7 @@ import duckdb
 import polars
 import pyarrow.parquet as pq
 
-from ablate import runner, studies, transforms
+from ablate import planning, studies, transforms
 from ablate.count import count_model
 from ablate.data import load_dataset
 from ablate.train import RunConfig, build_model, resolve, train_run
@@ -37,7 +37,7 @@ def test_every_study_is_tested():
 def test_every_study_is_well_formed(name):
     study = studies.get_study(name, **({"vary": ["lr=0.01,0.1"]} if name == "sweep" else {}))
     assert study.name == name and len(study.variants) >= 2
-    assert len(runner.plan(study, {}, 2)) == 2 * len(study.variants)  # every variant resolves
+    assert len(planning.plan(study, {}, 2)) == 2 * len(study.variants)  # every variant resolves
     assert FACTOR[name] in study.factors
 
 
@@ -148,7 +148,7 @@ def test_list_topics(ablate, topic, name):
 def test_every_augmentation_is_named_in_the_help_and_the_readme(ablate):
     help_text = " ".join(ablate(["augment", "--help"]).stdout.split())
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for name in transforms.augmentation_names():
+    for name in ["none", *transforms.AUGMENTATIONS]:
         assert name in help_text, name
         assert f"`{name}`" in readme, name
 

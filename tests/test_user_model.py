@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from ablate import arch, runner
+from ablate import arch, checks, planning, runner
 from ablate.data import Dataset
 from ablate.errors import UsageError
 from ablate.train import RunConfig, resolve
@@ -48,7 +48,7 @@ def user_module(tmp_path, monkeypatch):
 
     yield write
     arch.model_source.cache_clear()
-    runner.model_size.cache_clear()
+    checks.model_size.cache_clear()
     for name in written:
         sys.modules.pop(name, None)
 
@@ -185,9 +185,9 @@ def test_models_that_train(ablate, tiny, tmp_path, user_module, forward):
 
 def test_a_reconstruction_of_another_shape(tiny_data, user_module):
     model = user_module(init="outputs = 10")
-    runs = [runner.Run("s", "v", 0, resolve(RunConfig(model=model, task="reconstruct")))]
+    runs = [planning.Run("s", "v", 0, resolve(RunConfig(model=model, task="reconstruct")))]
     with pytest.raises(UsageError) as error:
-        runner.check_outputs(runs, tiny_data)
+        checks.check_outputs(runs, tiny_data)
     assert str(error.value) == (f"model {model!r} gives outputs of shape (2, 10) for a batch of 2; task reconstruct "
                                 "needs (2, 3, 32, 32): each image rebuilt, the shape of the input (synthetic)")
 
@@ -208,9 +208,9 @@ def gray(data: Dataset) -> Dataset:
 @pytest.mark.parametrize("channels", [3, 1])  # 1: GrayToRGB for torchvision's
 def test_ablates_own_and_torchvision_models_pass(tiny_data, model, task, strip, channels):
     data = tiny_data if channels == 3 else gray(tiny_data)
-    runs = [runner.Run("s", "v", 0, resolve(RunConfig(model=model, task=task, strip_activations=strip)))]
+    runs = [planning.Run("s", "v", 0, resolve(RunConfig(model=model, task=task, strip_activations=strip)))]
     state = torch.random.get_rng_state()
-    runner.check_outputs(runs, data)
+    checks.check_outputs(runs, data)
     assert torch.equal(torch.random.get_rng_state(), state)  # no run's numbers change
 
 
@@ -219,16 +219,16 @@ def test_the_transfer_study_is_not_pretrained_by_the_check(tiny_data, monkeypatc
 
     monkeypatch.setattr(train, "pretrained_encoder", lambda *a: pytest.fail("the check pretrained"))
     config = resolve(RunConfig(model="latent-mlp", dataset="synthetic", pretrain_epochs=1, freeze_encoder=True))
-    runner.check_outputs([runner.Run("transfer", "frozen", 0, config)], tiny_data)
+    checks.check_outputs([planning.Run("transfer", "frozen", 0, config)], tiny_data)
 
 
 def test_one_model_per_configuration(tiny_data, monkeypatch):
     built = []
-    real = runner.build_model
-    monkeypatch.setattr(runner, "build_model", lambda *a: built.append(a) or real(*a))
-    runs = [runner.Run("sweep", f"lr={lr}", seed, resolve(RunConfig(model="tutorial", lr=lr)))
+    real = checks.build_model
+    monkeypatch.setattr(checks, "build_model", lambda *a: built.append(a) or real(*a))
+    runs = [planning.Run("sweep", f"lr={lr}", seed, resolve(RunConfig(model="tutorial", lr=lr)))
             for lr in (0.01, 0.1, 1.0) for seed in range(3)]
-    runner.check_outputs(runs, tiny_data)
+    checks.check_outputs(runs, tiny_data)
     assert len(built) == 2  # on the meta device (its size), then with real weights: once for 9 runs
 
 

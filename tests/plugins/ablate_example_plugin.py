@@ -32,7 +32,7 @@ def _noisy(x, generator):
     return x + 0.3 * torch.randn(x.shape, generator=generator, device=x.device)
 
 
-ablate.register_task(ablate.Task("denoise", lambda out, x, y: F.mse_loss(out, x), classifies=False,
+ablate.register_task(ablate.Task("denoise", lambda out, x, y: F.mse_loss(out, x), metrics=(ablate.psnr,),
                                  inputs=_noisy))
 
 

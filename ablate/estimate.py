@@ -1,0 +1,62 @@
+"""`--dry-run`: what a study would train, what its file holds, and how long the rest would take,
+from timing a few batches of each model. Nothing is trained or written."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ablate import results
+from ablate.checks import model_size
+from ablate.data import Dataset
+from ablate.runner import Prepared
+from ablate.tasks import TASKS
+from ablate.train import RunConfig, build_model
+
+
+def seconds_per_image(config: RunConfig, data: Dataset, device: torch.device, steps: int = 3) -> float:
+    """Training time per image of the run's model on `device`, from a few timed batches of
+    real images (after one untimed batch: allocation and first-call costs)."""
+    model = build_model(config, data.shape[0], len(data.classes), data.shape[1]).to(
+        device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)
+    x = (data.train_x[:config.batch_size].float() / 255).to(device).contiguous(memory_format=torch.channels_last)
+    y = data.train_y[:config.batch_size].to(device)
+    task = TASKS.get(config.task)
+    timings = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            task.loss(model(task.inputs(x, torch.Generator(device).manual_seed(0))), x, y).backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings.append(time.perf_counter() - start)
+    return min(timings[1:]) / len(y)
+
+
+def dry_run(prepared: Prepared) -> list[dict]:
+    """Per variant: its runs, what `--out` already holds, the model's size and an estimate of
+    the time left (training, and evaluation at a third of the training cost per image)."""
+    p = prepared
+    existing = results.existing_runs(p.out, p.resume, p.force)
+    done = set(existing.loc[existing["status"] != "failed", "run_id"]) if len(existing) else set()
+    train_images, test_images = len(p.data.train_y), len(p.data.test_y)
+    rows = []
+    for variant in dict.fromkeys(r.variant for r in p.runs):
+        runs = [r for r in p.runs if r.variant == variant]
+        config = runs[0].config
+        size = model_size(config, p.data.shape, len(p.data.classes))
+        left = sum(r.run_id not in done for r in runs)
+        per_image = seconds_per_image(config, p.data, p.device) if left else 0.0
+        evaluated = train_images + (config.epochs + 1) * test_images
+        rows.append({
+            "variant": variant, "seeds": len(runs), **{f: config.columns().get(f) for f in p.study.factors
+                                                        if f not in ("params", "flops")},
+            "params": size.params, "flops": size.flops, "epochs": config.epochs, "images": train_images,
+            "done": len(runs) - left, "left": left,
+            "seconds": left * per_image * (config.epochs * train_images + evaluated / 3),
+        })
+    return rows

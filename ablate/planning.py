@@ -1,0 +1,189 @@
+"""A study's plan: the variant x seed matrix of runs, their ids, the columns of its file, and
+whether a file's runs can be resumed with it. Nothing here trains or loads data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from ablate import arch, results
+from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column_types
+from ablate.errors import UsageError
+from ablate.studies import MAX_VARIANTS, Study
+from ablate.tasks import TASKS
+from ablate.train import RunConfig, resolve
+
+
+RUN_COLUMNS = {  # the columns of every study file: results, settings, and ablate's own models' arguments
+    **{k: RESULT_COLUMNS[k] for k in ("study", "variant", "seed", "epoch", "split", "loss", "accuracy", "psnr", "lr",
+                                      "seconds", "status", "error", "run_id", "config_id")},
+    **column_types(), **arch.registry_knobs(),
+    **{k: RESULT_COLUMNS[k] for k in ("latent_corr", "params", "flops", "device", "packed")},
+}
+
+
+def run_columns(runs: list[Run]) -> dict[str, type]:
+    """RUN_COLUMNS, a column for each metric of the runs' tasks, and one for each constructor
+    argument of the runs' models. A model
+    argument's column is typed by the values the study's runs give it (an int `activation`
+    of your model is an int column, whatever type ablate's own models give that name); where
+    two of its models give one name values of two types, the column holds their text."""
+    kinds: dict[str, set] = {}
+    configs = {r.config for r in runs}
+    measured = {m.name: float for config in configs for m in TASKS.get(config.task).metrics}  # a plugin's too
+    for config in configs:
+        defaults = arch.model_source(config.model).knobs  # the default's type too: 0 for a float dropout
+        for name, value in config.model_args:
+            kinds.setdefault(name, set()).update(
+                arch.knob_type(v) for v in (value, defaults.get(name)) if v is not None)
+    return {**RUN_COLUMNS, **measured, **{name: _common_type(types) for name, types in kinds.items() if types}}
+
+
+def _common_type(types: set) -> type:
+    if len(types) == 1:
+        return next(iter(types))
+    return float if types == {int, float} else str
+
+
+def typed_columns(values: dict, columns: dict[str, type]) -> dict:
+    """`values` as `columns` types them: what a model argument's column holds (its text in a
+    text column, an int as a float in a float column)."""
+    def typed(name, value):
+        kind = columns.get(name)
+        if value is None or kind is None or isinstance(value, kind):
+            return value
+        return float(value) if kind is float and isinstance(value, int) else str(value) if kind is str else value
+
+    return {k: typed(k, v) for k, v in values.items()}
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Run:
+    study: str
+    variant: str
+    seed: int
+    config: RunConfig
+
+    @property
+    def config_id(self) -> str:
+        """A hash of everything that decides the run's numbers but the seed."""
+        return _digest({"study": self.study, "variant": self.variant, **self.config.identity()})
+
+    @property
+    def run_id(self) -> str:
+        """A hash of everything that decides the run's numbers."""
+        return _digest({"study": self.study, "variant": self.variant, "seed": self.seed, **self.config.identity()})
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} seed {self.seed}"
+
+
+MAX_RUNS = 100_000  # a study larger than this is a typo, not a plan (and MAX_VARIANTS variants)
+
+
+def plan(study: Study, options: dict, seeds: int) -> list[Run]:
+    """Every variant under seeds 0..seeds-1, each configuration checked. Options left as
+    None keep the defaults; a variant's own fields win over the options, and the options
+    over the study's base. Names that are not RunConfig fields are the model's arguments.
+    Every run of a study trains on the same data: a variant may not change it."""
+    if len(study.variants) > MAX_VARIANTS:
+        raise UsageError(f"{len(study.variants):,} variants; a study takes at most {MAX_VARIANTS:,}: give fewer values")
+    if len(study.variants) * seeds > MAX_RUNS:
+        raise UsageError(f"{len(study.variants):,} variants x {seeds:,} seeds = {len(study.variants) * seeds:,} runs; "
+                         f"a study takes at most {MAX_RUNS:,} runs: split it, or give fewer values or seeds")
+    given = {k: v for k, v in options.items() if v is not None}
+    study_settings(study, options)  # the options checked, before any variant
+    runs = []
+    for variant, fields in study.variants.items():
+        try:
+            config = resolve(RunConfig().with_fields(**{**study.base, **given, **fields}))
+        except UsageError as error:
+            raise UsageError(f"variant {variant!r}: {error}") from None
+        changed = [f for f in DATA_FIELDS if runs and getattr(config, f) != getattr(runs[0].config, f)]
+        if changed:
+            raise UsageError(f"variants {runs[0].variant!r} and {variant!r} differ in {', '.join(changed)}: every "
+                             "variant of a study trains on the same data; give the data settings once, for the "
+                             "whole study")
+        runs += [Run(study.name, variant, seed, config) for seed in range(seeds)]
+    return runs
+
+
+# ---------------------------------------------------------------- against the file
+
+
+def _value(v):
+    return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v
+
+
+def study_settings(study: Study, options: dict) -> dict:
+    """The columns of the study's own settings, before any variant: its base and the options."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return {"study": study.name, **resolve(RunConfig().with_fields(**{**study.base, **given})).columns()}
+
+
+def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tuple[str, ...] = (),
+                    settings: dict | None = None) -> None:
+    """Refuse to add `runs` to a file whose runs were made with other settings: a file holds
+    one study, one configuration per variant, and in every variant the same value of each of
+    the study's own `settings` (study_settings: its budget, data, model) that no variant
+    changes and that is not one of its `factors`."""
+    if existing.empty:
+        return
+    columns_ = run_columns(runs)
+    planned = pd.DataFrame([{"study": r.study, "variant": r.variant, **typed_columns(r.config.columns(), columns_)}
+                            for r in runs])
+    columns = [c for c in planned.columns if c in existing.columns]
+    held = existing[columns].drop_duplicates()
+    differences = {}
+    for _, row in held[held["variant"].isin(set(planned["variant"]))].iterrows():  # each variant: its own rows
+        now = planned[planned["variant"] == row["variant"]].iloc[0]
+        for name in columns:
+            if name not in differences and _value(row[name]) != _value(now[name]):
+                differences[name] = ([_value(row[name])], _value(now[name]))
+    settings = settings if settings is not None else {"study": runs[0].study}
+    fixed = [c for c in columns if c in settings and c not in factors and held[c].nunique(dropna=False) == 1
+             and (planned[c].map(_value) == _value(settings[c])).all()]
+    for name in fixed:  # the study's own settings, in new variants too: the same as in the file
+        now, before = _value(planned[name].iloc[0]), _value(held[name].iloc[0])
+        if name not in differences and before != now:
+            differences[name] = ([before], now)
+    if differences:
+        said = "; ".join(f"{c}: {', '.join(map(str, before))} in the file, {now} now"
+                         for c, (before, now) in differences.items())
+        raise UsageError(f"--resume: {str(path)!r} holds runs made with other settings ({said}); "
+                         "give the same options (--threads too), another --out, or --force to replace it")
+
+
+def results_schema(runs: list[Run], existing: pd.DataFrame, path: Path) -> pa.Schema:
+    """The columns the study's file will have: those of the planned runs, and any other the
+    file holds (a run of another model) with its type. Every planned run's row is checked
+    against it now, before anything trains: a value the file could not hold is refused here,
+    never after a run has trained."""
+    columns = run_columns(runs)
+    schema = results.arrow_schema(columns)
+    if len(existing):
+        held = results.read_schema(path)
+        for name in held.names:
+            kind = held.field(name).type
+            if name in schema.names and not pa.types.is_null(kind) and kind != schema.field(name).type:
+                raise UsageError(f"--resume: column {name!r} of {str(path)!r} holds {kind} values; the planned runs "
+                                 f"give it {schema.field(name).type}: give another --out")
+            if name not in schema.names:
+                schema = schema.append(pa.field(name, kind))
+    rows = pd.DataFrame([{"run_id": r.run_id, **typed_columns(r.config.columns(), columns)}
+                         for r in {r.config_id: r for r in runs}.values()])
+    try:
+        pa.Table.from_pandas(rows.reindex(columns=schema.names), schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
+        raise UsageError(f"a setting does not fit its column: {error}") from None
+    return schema
