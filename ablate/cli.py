@@ -542,7 +542,7 @@ class PlotKind(str, Enum):
 def report_command(
     paths: list[Path] = typer.Argument(..., help="Study files (.parquet) written by ablate."),
     epoch: Optional[int] = typer.Option(None, "--epoch", min=1, help="Compare at this epoch (default: the last)."),
-    best: bool = typer.Option(False, "--best", help="Compare each run at its epoch of best test accuracy."),
+    best: bool = typer.Option(False, "--best", help="Compare each run at its epoch of the best test value of its task's first metric (accuracy, PSNR; the lowest loss for a task with none)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant to compare with (default: the first)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format"),
 ):
