@@ -339,12 +339,15 @@ def load_model(text: str) -> tuple[nn.Module, Shape | None]:
     its natural input shape (None when it has none), for counting. A module instance that a
     user's file holds is taken as it is: counted, never trained."""
     text = text.strip()
-    if ":" in text and "(" not in text and isinstance(_import_object(text), nn.Module):
-        return _import_object(text), None
+    user = ":" in text and "(" not in text
+    if user and isinstance(obj := _import_object(text), nn.Module):
+        return obj, None
     source = model_source(text)
     try:
         model = source.make()
     except TypeError as error:
+        if not user:
+            raise
         raise UsageError(f"{text!r} must be callable with no arguments: {error}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"{text!r} returned {type(model).__name__}, not an nn.Module")

@@ -410,7 +410,7 @@ def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, option
         if isinstance(interrupted, runner.Interrupted):
             saved, planned = interrupted.saved, interrupted.planned
         else:  # while a cluster started or stopped: what the file holds
-            done = set(results.read_results(prepared.out)["run_id"]) if prepared.out.exists() else set()
+            done = set(results.read_results(prepared.out)["run_id"]) if results.study_exists(prepared.out) else set()
             saved, planned = [r for r in prepared.runs if r.run_id in done], len(prepared.runs)
         listed = ", ".join(f"{r.variant}/{r.seed}" for r in saved) or "none"
         stderr.print(f"interrupted: {len(saved)} of {planned} runs are saved in "
@@ -546,8 +546,9 @@ def report_command(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant to compare with (default: the first)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format"),
 ):
-    """Mean, std and 95 % t-interval over seeds of the test loss and accuracy per variant, and
-    the paired difference to a baseline variant with its interval."""
+    """Mean, std and 95 % t-interval over seeds of the test loss and the task's metrics
+    (accuracy, PSNR) per variant, and the paired difference to a baseline variant with its
+    interval."""
     import pandas as pd
 
     from ablate import compare, results
@@ -577,7 +578,7 @@ def plot_command(
     out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
     kind: Optional[PlotKind] = typer.Option(None, "--kind", help="curves (per epoch), sweep (a final metric "
                                             "against a numeric factor), classes (per-class accuracy), variants "
-                                            "(final test accuracy per variant, with intervals), reconstructions "
+                                            "(the task's final test metric per variant, with intervals), reconstructions "
                                             "and interpolation (autoencoders trained with --save-models); "
                                             "default: the study's natural one."),
     factor: Optional[str] = typer.Option(None, "--factor", help="The numeric column of --kind sweep."),

@@ -27,7 +27,10 @@ class Metric:
     unit: str = ""  # after the shown value: "%", " dB"
     higher_is_better: bool = True
 
-    def shown(self, value: float, digits: int = 2) -> str:
+    def shown(self, value: float, digits: int = 2, delta: bool = False) -> str:
+        """89.45 %; a difference +0.30 pt."""
+        if delta:
+            return f"{self.scale * value:+.{digits}f}{' pt' if self.unit.strip() == '%' else self.unit}"
         return f"{self.scale * value:.{digits}f}{self.unit}"
 
 
@@ -60,6 +63,20 @@ def register(metric: Metric) -> None:
     METRICS.register(metric.name, metric)
 
 
+TASK_METRICS: dict[str, list[str]] = {}  # a registered task's name -> its metrics' names, in its order
+
+
 def present(frame) -> list[Metric]:
-    """The metrics a results frame holds values of, in the order they were registered."""
-    return [m for name, m in METRICS.items() if name in frame and frame[name].notna().any()]
+    """The metrics a results frame holds values of: those of its runs' tasks in each task's
+    order (the first is the one `report --best` goes by), then any other, as registered."""
+    tasks = frame["task"].dropna().unique() if "task" in frame else []
+    ordered = [*(name for task in tasks for name in TASK_METRICS.get(task, [])), *METRICS]
+    return [METRICS.get(name) for name in dict.fromkeys(ordered)
+            if name in METRICS and name in frame and frame[name].notna().any()]
+
+
+def heading(metric: Metric, delta: bool = False) -> str:
+    """"accuracy (%)", "PSNR (dB)"; of a difference, "accuracy (pt)"."""
+    unit = metric.unit.strip()
+    unit = "pt" if delta and unit == "%" else unit
+    return metric.label + (f" ({unit})" if unit else "")

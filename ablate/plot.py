@@ -41,10 +41,10 @@ def curves(frame: pd.DataFrame, path: Path) -> None:
     variants = list(dict.fromkeys(frame["variant"]))
     colors = _colors(variants)
     measured = task_metrics.present(frame)
-    tasks = set(frame["task"].dropna()) if "task" in frame else set()
-    loss = {"classify": "cross-entropy loss", "reconstruct": "reconstruction loss (MSE)"}
-    panels = [("loss", 1, loss[tasks.pop()] if len(tasks) == 1 and tasks <= set(loss) else "loss")]
-    panels += [(m.name, m.scale, m.label + (f" ({m.unit.strip()})" if m.unit else "")) for m in measured]
+    tasks = list(frame["task"].dropna().unique()) if "task" in frame else []
+    losses = {"classify": "cross-entropy loss", "reconstruct": "reconstruction loss (MSE)"}  # ablate's own tasks
+    panels = [("loss", 1, losses.get(tasks[0], "loss") if len(tasks) == 1 else "loss")]
+    panels += [(m.name, m.scale, task_metrics.heading(m)) for m in measured]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), constrained_layout=True,
                              squeeze=False)
     axes = axes[0]
@@ -146,7 +146,7 @@ def variants(frame: pd.DataFrame, path: Path) -> None:
                     fontsize=8, va="center")
     ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names)) > 8 else 0, ha="right"
                   if max(map(len, names)) > 8 else "center")
-    ax.set_ylabel(f"final test {metric.label}" + (f" ({metric.unit.strip()})" if metric.unit else ""))
+    ax.set_ylabel(f"final test {task_metrics.heading(metric)}")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(_title(frame) + ": mean, 95 % t-interval, seeds as dots")
     fig.savefig(path)

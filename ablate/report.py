@@ -121,10 +121,11 @@ def print_wide(console: Console, table: Table) -> None:
 
 def _mean_std(values, metric=None) -> str:
     """Mean ± std of `values`, as `metric` shows them (a loss: 4 digits)."""
-    scale, digits, unit = (metric.scale, 2, metric.unit) if metric is not None else (1, 4, "")
+    if metric is None:
+        return f"{values.iloc[0]:.4f}" if len(values) == 1 else f"{values.mean():.4f} ± {values.std():.4f}"
     if len(values) == 1:
-        return f"{scale * values.iloc[0]:.{digits}f}{unit}"
-    return f"{scale * values.mean():.{digits}f} ± {scale * values.std():.{digits}f}{unit}"
+        return metric.shown(values.iloc[0])
+    return f"{metric.scale * values.mean():.2f} ± {metric.shown(values.std())}"
 
 
 def _cell(value) -> str:
@@ -189,8 +190,7 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
             deltas = ["—"] * len(means)
         else:
             deltas = [f"{means[0] - baseline[0]:+.4f}"] + [
-                f"{m.scale * (mean - base):+.2f}{' pt' if m.unit.strip() == '%' else m.unit}"
-                for m, mean, base in zip(measured, means[1:], baseline[1:])]
+                m.shown(mean - base, delta=True) for m, mean, base in zip(measured, means[1:], baseline[1:])]
         table.add_row(name, *(_cell(rows[f].iloc[0]) for f in factors), *cells, *deltas)
     return table
 
@@ -217,22 +217,18 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
         caption = "no run has a test value there: every one diverged (its loss became NaN or infinite)"
     table = Table(title=f"{study}: test metrics at {epoch_label}, baseline {base!r}", caption=caption,
                   box=box.SIMPLE_HEAD)
-    from ablate.metrics import METRICS
+    from ablate.metrics import METRICS, heading
 
     # the loss, then each of the task's metrics (accuracy in %, PSNR in dB) in the order summarize gives
     named = [m.removeprefix("test_") for m in dict.fromkeys(rows.metric)]
-    shown = [(name, 1.0, 4, "", "") if name == "loss" or name not in METRICS else
-             (name, METRICS.get(name).scale, 2, METRICS.get(name).label, METRICS.get(name).unit.strip())
-             for name in named]
-    columns = ["variant", "seeds",
-               *(f"test {label or name}" + (f" ({unit})" if unit else "") for name, _, _, label, unit in shown),
-               *(f"Δ {label or name}" + (f" ({'pt' if unit == '%' else unit})" if unit else "")
-                 for name, _, _, label, unit in shown)]
+    known = [METRICS.get(name) if name in METRICS else None for name in named]
+    columns = ["variant", "seeds", *(f"test {heading(m) if m else name}" for name, m in zip(named, known)),
+               *(f"Δ {heading(m, delta=True) if m else name}" for name, m in zip(named, known))]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     for variant, group in rows.groupby("variant", sort=False):
-        metrics = [(group[group.metric == f"test_{name}"].iloc[0], scale, digits)
-                   for name, scale, digits, _, _ in shown]
+        metrics = [(group[group.metric == f"test_{name}"].iloc[0], m.scale if m else 1.0, 2 if m else 4)
+                   for name, m in zip(named, known)]
         deltas = []
         for row, scale, digits in metrics:
             if row["diff"] != row["diff"]:

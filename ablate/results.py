@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import tempfile
+import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,6 +24,8 @@ SUFFIXES = (".parquet", ".csv")
 ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 PER_CLASS_FOLDER = "_per_class"  # readers of a folder skip names starting with _ or .
 MODELS_FOLDER = "_models"
+PARTS_FOLDER = "_parts"
+CLASSES_PART = ".classes.parquet"  # RUN_ID.classes.parquet beside RUN_ID.parquet in a parts folder
 
 
 def arrow_schema(columns: dict[str, type]) -> pa.Schema:
@@ -133,14 +136,52 @@ def write_frame(frame: pd.DataFrame, path: Path, metadata: dict | None = None, s
 
 
 def read_schema(path: Path) -> pa.Schema:
-    """The columns of a Parquet file and their types, without its metadata."""
-    return pq.read_schema(path).remove_metadata()
+    """The columns of a Parquet file and their types, without its metadata; of a study file,
+    the runs saved beside it too (`parts_path`): a column only they hold is the study's."""
+    path = Path(path)
+    files = ([path] if path.exists() else []) + run_parts(path)
+    schema = pq.read_schema(files[0]).remove_metadata()
+    for file in files[1:]:
+        held = pq.read_schema(file)
+        for name in held.names:
+            if name not in schema.names:
+                schema = schema.append(held.field(name))
+    return schema
 
 
 def read_metadata(path: Path) -> dict:
-    """The ablate metadata stored in a Parquet file by `write_frame`."""
+    """The ablate metadata stored in a Parquet file by `write_frame` (of a study file not yet
+    written, its newest saved run's)."""
+    path = Path(path)
+    if not path.exists() and run_parts(path):
+        path = max(run_parts(path), key=lambda p: p.stat().st_mtime)
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"ablate", b"{}"))
+
+
+def parts_path(path: Path) -> Path:
+    """results/linearity.parquet -> results/_parts/linearity/: each run's rows as it is saved
+    (RUN_ID.parquet, and RUN_ID.classes.parquet written before it), until they are compacted
+    into the study file. Every reader of ablate's sees them; readers of a folder skip it."""
+    path = Path(path)
+    return path.parent / PARTS_FOLDER / path.name.removesuffix(".parquet")
+
+
+def run_parts(path: Path) -> list[Path]:
+    """The saved runs of study file `path` not yet compacted into it, in file-name order."""
+    folder = parts_path(path)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.endswith(CLASSES_PART))
+
+
+def class_part(run_part: Path) -> Path:
+    return run_part.with_name(run_part.name.removesuffix(".parquet") + CLASSES_PART)
+
+
+def study_exists(path: Path) -> bool:
+    """Whether study file `path` holds runs: the file, or runs saved beside it."""
+    return Path(path).exists() or bool(run_parts(path))
 
 
 def per_class_path(path: Path) -> Path:
@@ -156,19 +197,34 @@ def models_path(path: Path) -> Path:
     return path.parent / MODELS_FOLDER / path.name.removesuffix(".parquet")
 
 
+def _read_parquet(path: Path, parts: list[Path]) -> pd.DataFrame:
+    """The file at `path` (if any) with the rows of `parts`, each part's runs in place of any
+    rows the file holds of them (a run saved again, or saved and compacted before a kill)."""
+    frames = []
+    for file in ([Path(path)] if Path(path).is_file() else []) + list(parts):
+        try:
+            frames.append(pd.read_parquet(file))
+        except Exception as error:
+            raise UsageError(f"{str(file)!r} is not a readable Parquet file ({type(error).__name__})") from None
+    if len(frames) == 1:
+        return frames[0]
+    newer = set().union(*(set(f["run_id"]) for f in frames[1:] if "run_id" in f)) if len(frames) > 1 else set()
+    if Path(path).is_file() and "run_id" in frames[0]:
+        frames[0] = frames[0][~frames[0]["run_id"].isin(newer)]
+    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+
+
 def read_results(path: Path, kinds: dict[str, type] | None = None,
-                 what: str = "an ablate study result") -> pd.DataFrame:
+                 what: str = "an ablate study result", parts: list[Path] = ()) -> pd.DataFrame:
     """A study file written by ablate, checked whole against what its readers need: every
     column they read, holding what ablate writes there (`kinds`: {column: int, float, str
     or bool}, every one required, for another of ablate's tables). Anything else is a usage
     error naming the columns and what ablate expects; numbers stored as objects (an
     all-null column) come back as floats."""
-    if not Path(path).is_file():
+    parts = run_parts(path) if kinds is None else parts
+    if not Path(path).is_file() and not parts:
         raise UsageError(f"no such file: {str(path)!r}")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as error:
-        raise UsageError(f"{str(path)!r} is not a readable Parquet file ({type(error).__name__})") from None
+    frame = _read_parquet(path, parts)
     if not isinstance(frame.index, pd.RangeIndex):  # an index another tool stored: its named levels are columns
         frame = frame.reset_index(drop=all(level is None for level in frame.index.names))
     name = repr(str(path))
@@ -243,7 +299,8 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
                          + (", epoch and split in every row but a failed run's" if kinds is None else ""))
     if kinds is None:
         identity = ["run_id", "epoch", "split"]
-        rows = frame.loc[finished, [*identity, "study", "variant", "seed", "status", "loss", "accuracy"]]
+        measured = [c for c in ("accuracy", *METRICS) if c in frame]
+        rows = frame.loc[finished, [*identity, "study", "variant", "seed", "status", "loss", *dict.fromkeys(measured)]]
         rows = rows.drop_duplicates()
         twice = rows[rows.duplicated(identity, keep=False)]
         if len(twice):
@@ -260,11 +317,12 @@ def read_per_class(path: Path) -> pd.DataFrame:
     """The per-class rows written beside the study file `path` (empty when there are none),
     checked as `read_results` checks a study file."""
     per_class = per_class_path(path)
-    if not per_class.exists():
+    parts = [class_part(p) for p in run_parts(path) if class_part(p).exists()]  # a run's rows say it is saved
+    if not per_class.exists() and not parts:
         return pd.DataFrame(columns=PER_CLASS_SCHEMA.names)
     kinds = {"study": str, "seed": int, "run_id": str, "class_index": int, "class_name": str, "accuracy": float}
     try:
-        return read_results(per_class, kinds, "ablate's per-class rows")
+        return read_results(per_class, kinds, "ablate's per-class rows", parts)
     except UsageError as error:
         raise UsageError(f"{error}; move it away to go on") from None
 
@@ -276,7 +334,7 @@ def existing_runs(path: Path, resume: bool, force: bool) -> pd.DataFrame:
     check_writable(path, (".parquet",))
     if resume and force:
         raise UsageError("give --resume (keep the runs in --out) or --force (replace them), not both")
-    if not path.exists() or force:
+    if not study_exists(path) or force:
         return pd.DataFrame()
     if not resume:
         raise UsageError(f"{str(path)!r} exists: add --resume to finish its study, --force to "
@@ -287,8 +345,11 @@ def existing_runs(path: Path, resume: bool, force: bool) -> pd.DataFrame:
 
 
 class StudyFile:
-    """The Parquet pair of one study (runs, and per-class rows under _per_class/), rewritten
-    by atomic replace after every finished run.
+    """The Parquet pair of one study (runs, and per-class rows under _per_class/). Each finished
+    run is saved at once: into the study file by atomic replace while that is cheap, else as a
+    part file of its own (`parts_path`), at a cost that does not grow with the study, the
+    parts being compacted into the study file every so often (`_compacting_due`) and when it
+    is closed. A kill at any moment loses no saved run: every reader merges the parts.
 
     An existing file is refused unless `resume` (keep its runs, skip their run_ids) or
     `force` (replace it when the first new run finishes). While it is open, a lock file
@@ -297,12 +358,16 @@ class StudyFile:
     everything else first.
     """
 
+    PATIENCE = 20
+    MAX_PARTS = 1000  # what a reader merges at most
+
     def __init__(self, path: Path, schema: pa.Schema, resume: bool = False, force: bool = False,
                  save_models: bool = False, order: dict[str, int] | None = None):
         self.path = Path(path)
         self.order = order or {}  # run_id -> its place in the table
         self.schema = schema
         self.per_class = per_class_path(self.path)
+        self.parts = parts_path(self.path)
         self.models = models_path(self.path) if save_models else None
         existing_runs(self.path, resume, force)  # refuses before anything is created
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,16 +379,49 @@ class StudyFile:
                 f"another ablate is writing {str(self.path)!r}: wait for it to finish, or give another --out"
             ) from None
         try:
-            for folder in (self.path.parent, self.per_class.parent):  # what a killed writer left
-                for stale in folder.glob(f".{self.path.name}.*.tmp"):
+            for folder in (self.path.parent, self.per_class.parent, self.parts):  # what a killed writer left
+                for stale in folder.glob(f".{self.path.name}.*.tmp") if folder != self.parts else folder.glob(".*.tmp"):
                     stale.unlink()
-            self.runs = existing_runs(self.path, resume, force)
-            self.class_rows = read_per_class(self.path) if len(self.runs) else pd.DataFrame()
+            # --force: the old study (its file and parts) is replaced when the first new run is saved
+            self._replaced = run_parts(self.path) if force and study_exists(self.path) else None
+            self.metadata = None  # the newest run's, for the study file
+            # each save: (its runs' rows, their per-class rows); the first, what the files held
+            runs = existing_runs(self.path, resume, force)
+            self._saves = [(runs, read_per_class(self.path) if len(runs) else pd.DataFrame())]
+            self._done = set(runs["run_id"][runs["status"] != "failed"]) if len(runs) else set()
+            self._on_disk = [] if force else run_parts(self.path)  # part files the study file does not hold yet
+            self._compacted_at, self._compact_seconds = time.monotonic(), 0.0
             if self.models is not None:
                 self._match_models()
         except BaseException:
-            self.close()
+            self.lock.release()
             raise
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """Every row of the study's saved runs, in the table's order (`order`)."""
+        return self._merged()[0]
+
+    @property
+    def class_rows(self) -> pd.DataFrame:
+        return self._merged()[1]
+
+    def _merged(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The saves as one (runs, per-class rows) pair, a run's newest save in place of any
+        before it; computed once after each save, not at every save."""
+        if len(self._saves) > 1:
+            newest = {}  # run_id -> the save that saved it last
+            for i, (runs, _) in enumerate(self._saves):
+                if len(runs):
+                    newest.update(dict.fromkeys(runs["run_id"].unique(), i))
+            merged = []
+            for column, names in ((0, self.schema.names), (1, PER_CLASS_SCHEMA.names)):
+                kept = [save[column][save[column]["run_id"].map(newest) == i]
+                        for i, save in enumerate(self._saves) if len(save[column])]
+                merged.append(self._ordered(pd.concat(kept, ignore_index=True)) if kept else
+                              pd.DataFrame(columns=names))
+            self._saves = [tuple(merged)]
+        return self._saves[0]
 
     def _match_models(self) -> None:
         """Keep the weights and the table consistent: weights of a run the table does not
@@ -337,9 +435,10 @@ class StudyFile:
             (self.models / f"{run_id}.safetensors").unlink()
         missing = self.done() - saved
         if missing:
-            self.runs = self.runs[~self.runs["run_id"].isin(missing)]
-            if len(self.class_rows):
-                self.class_rows = self.class_rows[~self.class_rows["run_id"].isin(missing)]
+            runs, class_rows = self._merged()
+            self._saves = [(runs[~runs["run_id"].isin(missing)],
+                            class_rows[~class_rows["run_id"].isin(missing)] if len(class_rows) else class_rows)]
+            self._done -= missing
 
     def save_model(self, run_id: str, state: dict, label: str) -> None:
         """A run's final weights, written atomically after its rows: a run whose weights could
@@ -363,36 +462,75 @@ class StudyFile:
                     os.unlink(tmp)
 
     def close(self) -> None:
-        self.lock.release()
+        """Compact what is saved beside the study file into it, and let go of the file."""
+        try:
+            if self._on_disk:
+                self.compact()
+        finally:
+            self.lock.release()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, kind, error, traceback):
+        try:
+            self.close()
+        except EnvironmentFailure:
+            if kind is None:  # else the error that ended the study is the one to tell: the parts keep the runs
+                raise
 
     def done(self) -> set[str]:
         """The runs that need no training: a failed run (its model raised) is tried again."""
-        if not len(self.runs):
-            return set()
-        return set(self.runs["run_id"][self.runs["status"] != "failed"])
+        return set(self._done)
 
     def add(self, runs: pd.DataFrame, class_rows: pd.DataFrame, metadata: dict, label: str) -> None:
-        """Add one run's rows, in place of any it had (`label` names it in errors). Both files
-        are written, then both replaced: a failure (a full disk) leaves them, and this
-        object, as they were."""
-        run_ids = set(runs["run_id"])
-        kept = self.class_rows[~self.class_rows["run_id"].isin(run_ids)] if len(self.class_rows) else None
-        new_class_rows = pd.concat([kept, class_rows], ignore_index=True) if kept is not None else class_rows
-        held = self.runs[~self.runs["run_id"].isin(run_ids)] if len(self.runs) else None
-        new_runs = pd.concat([held, runs], ignore_index=True) if held is not None and len(held) else runs
-        new_runs, new_class_rows = self._ordered(new_runs), self._ordered(new_class_rows)
+        """Save one run's rows, in place of any it had (`label` names it in errors): into the
+        study file when compacting is due, else as its part files (per-class rows first). Each
+        file is written whole before it takes its name; a failure (a full disk) leaves every
+        saved run, and this object, as they were."""
+        self.metadata = metadata
+        run_id = runs["run_id"].iloc[0]
+        if self._replaced is not None or self._compacting_due():
+            self.compact([(runs, class_rows)], label)  # --force: the first run replaces the old study
+        else:
+            part = self.parts / f"{run_id}.parquet"
+            try:
+                self.parts.mkdir(parents=True, exist_ok=True)
+                write_frames([(class_rows, class_part(part), PER_CLASS_SCHEMA), (runs, part, self.schema)], metadata)
+            except OSError as error:
+                self._failed(error, label)
+            self._saves.append((runs, class_rows))
+            self._on_disk.append(part)
+        self._done.discard(run_id)
+        if (runs["status"] != "failed").any():
+            self._done.add(run_id)
+
+    def _compacting_due(self) -> bool:
+        """Rewriting the study file costs what it holds: it is done when there is none yet, when
+        the time since the last rewrite is PATIENCE times what that one took (so that rewriting
+        is at most about 1/PATIENCE of the time spent saving), or when MAX_PARTS wait."""
+        return (not self.path.exists() or len(self._on_disk) >= self.MAX_PARTS
+                or time.monotonic() - self._compacted_at >= self.PATIENCE * self._compact_seconds)
+
+    def compact(self, saves: list = (), label: str = "the study file") -> None:
+        """Write every saved run (and `saves`) into the study file and its per-class file (both
+        written, then both replaced), then remove the part files it now holds."""
+        start = time.monotonic()
+        before = self._saves
+        self._saves = [*(before if self._replaced is None else [(pd.DataFrame(), pd.DataFrame())]), *saves]
+        runs, class_rows = self._merged()
         try:
-            write_frames([(new_class_rows, self.per_class, PER_CLASS_SCHEMA),
-                          (new_runs, self.path, self.schema)], metadata)
+            write_frames([(class_rows, self.per_class, PER_CLASS_SCHEMA), (runs, self.path, self.schema)],
+                         self.metadata if self.metadata is not None else read_metadata(self.path))
         except OSError as error:
+            self._saves = before
             self._failed(error, label)
-        self.runs, self.class_rows = new_runs, new_class_rows
+        for part in [*self._on_disk, *(self._replaced or [])]:
+            for file in (class_part(part), part):
+                with contextlib.suppress(FileNotFoundError):
+                    file.unlink()
+        self._on_disk, self._replaced = [], None
+        self._compacted_at, self._compact_seconds = time.monotonic(), time.monotonic() - start
 
     def _ordered(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Rows by the runs' places (runs of the file it was not told about first), each run's

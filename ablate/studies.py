@@ -441,7 +441,7 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
 def from_toml(path: Path, model: str | None = None) -> Study:
     """A study kept in a file: name, description, [base], and [variants.NAME] tables or a
     [vary] / [grid] table of NAME = [values]. Data settings go in [base] only; the values'
-    types and ranges are checked with every other run's (runner.plan)."""
+    types and ranges are checked with every other run's (planning.plan)."""
     from ablate import arch  # imports torch: only a study file being read needs it
 
     text = _read(path)

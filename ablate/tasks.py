@@ -26,9 +26,6 @@ class Task:
     # outputs are class scores: the test split's accuracy per class is measured too (the
     # per-class file); None: the task's metrics decide (it classifies when it reports accuracy)
     classifies: bool | None = None
-    # beside the loss, each a column of the results measured on every split and epoch; None: accuracy
-    # for a task that classifies, none otherwise
-    metrics: tuple[Metric, ...] | None = None
     # (a model's output on a batch x of the data, the data) -> None, or what is wrong, as
     # "gives <what it gave> for a batch of N; task T needs <what it takes>"
     check_output: Callable[[object, torch.Tensor, Dataset], str | None] = lambda output, x, data: None
@@ -36,6 +33,9 @@ class Task:
     # randomness from the run's own generator: a denoising task adds noise here
     inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor] = lambda x, generator: x
     measures_code: bool = False  # after training, the model's encode() is measured (latent_corr)
+    # beside the loss, each a column of the results measured on every split and epoch, the first
+    # the one `report --best` goes by; None: accuracy for a task that classifies, none otherwise
+    metrics: tuple[Metric, ...] | None = None
 
     def __post_init__(self):
         if self.metrics is None:
@@ -78,15 +78,18 @@ def register_task(task: Task) -> Task:
     """Add `task` under its name (a plugin's, or ablate's own), and its metrics."""
     for metric in task.metrics:
         metrics.register(metric)
-    return TASKS.register(task.name, task)
+    TASKS.register(task.name, task)
+    metrics.TASK_METRICS[task.name] = [m.name for m in task.metrics]
+    return task
 
 
 register_task(Task(
-    "classify", lambda out, x, y: F.cross_entropy(out, y), True, (metrics.accuracy,),
+    "classify", lambda out, x, y: F.cross_entropy(out, y), True,
     output_check("classify", lambda x, data: (len(x), len(data.classes)),
-                 lambda data: f"one score per class of {data.name}")))
+                 lambda data: f"one score per class of {data.name}"), metrics=(metrics.accuracy,)))
 # the output against the input, in the normalised space the run states (normalization none: [0, 1])
 register_task(Task(
-    "reconstruct", lambda out, x, y: F.mse_loss(out, x), False, (metrics.psnr,),
+    "reconstruct", lambda out, x, y: F.mse_loss(out, x), False,
     output_check("reconstruct", lambda x, data: tuple(x.shape),
-                 lambda data: f"each image rebuilt, the shape of the input ({data.name})"), measures_code=True))
+                 lambda data: f"each image rebuilt, the shape of the input ({data.name})"), measures_code=True,
+    metrics=(metrics.psnr,)))

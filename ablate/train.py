@@ -29,10 +29,6 @@ class EpochRecord:
     lr: float
     seconds: float  # wall time of this epoch's training (train) or evaluation (test)
 
-    @property
-    def accuracy(self) -> float | None:
-        return self.metrics.get("accuracy")
-
 
 @dataclass
 class RunResult:
@@ -292,13 +288,14 @@ def _feed(config: RunConfig, data: Dataset, seeds: packing.Seeds, device, other_
 def _train(config, data, seeds: packing.Seeds, device, on_batch, other_test, keep_model) -> list[RunResult]:
     """Train `seeds.net`: one model (one seed), or the seeds' copies packed into one."""
     task, k, amp = TASKS.get(config.task), len(seeds), config.amp == "bf16"
-    net = seeds.net.to(device, memory_format=torch.channels_last)
+    net = seeds.net = seeds.net.to(device, memory_format=torch.channels_last)
+    feed = _feed(config, data, seeds, device, other_test)
+    n = len(feed.train[1])  # with --labels, the labelled few
     optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad], config)
     schedule = SCHEDULERS.get(config.scheduler)
-    scheduler = make_scheduler(optimizer, config, math.ceil(len(data.train_y) / config.batch_size))
+    scheduler = make_scheduler(optimizer, config, math.ceil(n / config.batch_size))
     step = _Step(torch.compile(net) if config.compile else net, optimizer,
                  scheduler if schedule.per_step else None, task, amp)
-    feed = _feed(config, data, seeds, device, other_test)
     records: list[list[EpochRecord]] = [[] for _ in range(k)]
     class_accuracy: list[list] = [[] for _ in range(k)]
 
@@ -316,7 +313,6 @@ def _train(config, data, seeds: packing.Seeds, device, on_batch, other_test, kee
     # epoch 0: the untrained model on every split (the train split as it is, unaugmented)
     evaluations(0, optimizer.param_groups[0]["lr"], {"train": feed.train, **feed.tests})
     orders, inputs = seeds.generators(packing.ORDER), seeds.generators(packing.INPUT, device)
-    n = len(feed.train[1])
     for epoch in range(1, config.epochs + 1):
         lr, start = optimizer.param_groups[0]["lr"], time.perf_counter()
         report = on_batch and functools.partial(_progress, on_batch, epoch, n, seeds, start)

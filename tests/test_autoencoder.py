@@ -109,7 +109,7 @@ def test_transfer_freezes_exactly_the_encoder(tiny_data):
     assert not any(torch.equal(encoder("scratch")[k], pretrained[k]) for k in pretrained if k.endswith("weight"))
     assert not all(torch.equal(head("frozen")[k], head("finetune")[k]) for k in head("frozen"))  # the head learns
     for result in results.values():
-        assert len([r for r in result.epochs if r.split == "test"]) == 3 and result.epochs[-1].accuracy is not None
+        assert len([r for r in result.epochs if r.split == "test"]) == 3 and result.epochs[-1].metrics["accuracy"] is not None
 
 
 def test_transfer_trains_on_the_labelled_few(tmp_path, ablate, monkeypatch):

@@ -273,3 +273,16 @@ def test_every_studys_variants_are_valid_runs_and_its_factors_are_columns(name):
             assert row[column(field)] == value, (variant, field)
         missing = set(study.factors) - set(row) - {"params", "flops"}
         assert not missing, (variant, missing)  # the summary's columns are the rows'
+
+
+def test_a_tasks_first_metric_decides_best_and_comes_first(monkeypatch):
+    import pandas as pd
+
+    from ablate import compare
+
+    monkeypatch.setitem(metrics.TASK_METRICS, "two-metrics", ["psnr", "accuracy"])
+    frame = pd.DataFrame({"task": "two-metrics", "run_id": "r", "status": "ok", "split": "test", "study": "s",
+                          "epoch": [1, 2], "loss": [1.0, 2.0], "accuracy": [0.9, 0.1], "psnr": [10.0, 20.0]})
+    assert [m.name for m in metrics.present(frame)] == ["psnr", "accuracy"]
+    assert compare.pick_epochs(frame, best=True)["epoch"].tolist() == [2]  # the higher PSNR, not accuracy
+    assert [m.name for m in metrics.present(frame.assign(task="classify"))] == ["accuracy", "psnr"]
