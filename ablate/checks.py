@@ -169,3 +169,9 @@ def check_memory(runs: list[Run], data: Dataset, device: torch.device) -> None:
                 f"variant {run.variant!r} needs about {(model + images) / 1e9:,.1f} GB to train ({size.params:,} "
                 f"parameters and the activations of a batch of {run.config.batch_size}: {model / 1e9:,.1f} GB; "
                 f"the images as floats: {images / 1e9:,.1f} GB); {free / 1e9:,.1f} GB are free on {device.type}")
+
+
+def pack_size(group: list[Run], data: Dataset, device: torch.device) -> int:
+    """How many of a configuration's runs train together: as many as fit in memory at once."""
+    fit = int(0.8 * available_memory(device) // training_bytes(group[0].config, data))
+    return max(1, min(len(group), fit))

@@ -36,6 +36,21 @@ stderr = Console(stderr=True, soft_wrap=True)  # one message, one line, however 
 ARGV: list[str] = []  # the arguments of this invocation, for the files' provenance
 
 
+def _pack_auto(args: list[str]) -> list[str]:
+    """`--pack auto` (and `--pack=auto`), the default said out loud: the flag pair --pack /
+    --no-pack forces packing either way, and without either ablate measures."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == "--":
+            return out + args[i:]
+        if args[i] == "--pack=auto" or (args[i] == "--pack" and i + 1 < len(args) and args[i + 1] == "auto"):
+            i += 1 if args[i] == "--pack=auto" else 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
+
+
 class _OneLineErrors(TyperGroup):
     """Usage errors print one line, `ablate params: error: ...`, and exit 2, no traceback;
     failures of the machine (a full disk) print one line and exit 1.
@@ -51,6 +66,7 @@ class _OneLineErrors(TyperGroup):
         ARGV[:] = args
         try:
             args, named = plugins.split_arguments(args)
+            args = _pack_auto(args)
             self.load_plugins(named)
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except (UsageError, EnvironmentFailure) as error:
@@ -296,8 +312,11 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
         "--deterministic", help="Use torch's deterministic algorithms (bit-identical reruns on GPUs too).")),
     "pack": (Optional[bool], None, typer.Option(
         "--pack/--no-pack", help="Train the seeds of a variant together as one packed model (grouped convs, "
-                                 "batched matmuls) when its layers allow; recorded as the column packed. Default: "
-                                 "on a GPU yes; on a CPU no (there it pays only for small steps, see the README).")),
+                                 "batched matmuls) when its layers allow, or one after another; recorded as the "
+                                 "column packed. Default (--pack auto): a few training steps of each way are timed "
+                                 "on the variant's own model, data and batch, and the faster is taken and "
+                                 "remembered on this machine (a variant too short for it to pay: packed on a GPU, "
+                                 "not on a CPU); the file's metadata says which and why.")),
     "amp": (Amp, Amp.none, typer.Option(help="bf16: the forward pass and loss in bfloat16 (torch.autocast); "
                                              "a column.")),
     "compile": (bool, False, typer.Option(

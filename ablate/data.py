@@ -120,12 +120,16 @@ class Dataset:
         return tuple(self.train_x.shape[1:])
 
 
+def cache_dir() -> Path:
+    """ablate's cache: $XDG_CACHE_HOME/ablate or ~/.cache/ablate."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ablate"
+
+
 def search_dirs(data_dir: Path | None) -> list[Path]:
     dirs = [Path(data_dir)] if data_dir else []
     if os.environ.get("ABLATE_DATA"):
         dirs.append(Path(os.environ["ABLATE_DATA"]))
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ablate"
-    return dirs + [cache]
+    return dirs + [cache_dir()]
 
 
 # ---------------------------------------------------------------- MNIST-style IDX files

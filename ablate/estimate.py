@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ablate import results
+from ablate import autopack, results
 from ablate.checks import model_size
 from ablate.data import Dataset
 from ablate.runner import Prepared
@@ -44,19 +44,23 @@ def dry_run(prepared: Prepared) -> list[dict]:
     existing = results.existing_runs(p.out, p.resume, p.force)
     done = set(existing.loc[existing["status"] != "failed", "run_id"]) if len(existing) else set()
     train_images, test_images = len(p.data.train_y), len(p.data.test_y)
+    choices = autopack.choose([r for r in p.runs if r.run_id not in done], p.data, p.device, p.pack)
     rows = []
     for variant in dict.fromkeys(r.variant for r in p.runs):
         runs = [r for r in p.runs if r.variant == variant]
         config = runs[0].config
         size = model_size(config, p.data.shape, len(p.data.classes))
         left = sum(r.run_id not in done for r in runs)
+        choice = choices.get(runs[0].config_id)
         per_image = seconds_per_image(config, p.data, p.device) if left else 0.0
+        if choice is not None and choice.packed and choice.ratio:
+            per_image /= choice.ratio
         evaluated = train_images + (config.epochs + 1) * test_images
         rows.append({
             "variant": variant, "seeds": len(runs), **{f: config.columns().get(f) for f in p.study.factors
                                                         if f not in ("params", "flops")},
             "params": size.params, "flops": size.flops, "epochs": config.epochs, "images": train_images,
-            "done": len(runs) - left, "left": left,
+            "done": len(runs) - left, "left": left, "seeds train": choice.said() if choice else "—",
             "seconds": left * per_image * (config.epochs * train_images + evaluated / 3),
         })
     return rows

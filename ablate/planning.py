@@ -187,3 +187,11 @@ def results_schema(runs: list[Run], existing: pd.DataFrame, path: Path) -> pa.Sc
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
         raise UsageError(f"a setting does not fit its column: {error}") from None
     return schema
+
+
+def configurations(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs of each configuration (config_id), seeds apart, in the study's order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.config_id, []).append(run)
+    return groups

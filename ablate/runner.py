@@ -3,6 +3,7 @@ as it returns."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ablate import results
-from ablate.checks import available_memory, check_memory, check_model, check_outputs, model_size, training_bytes
+from ablate import autopack, results
+from ablate.checks import check_memory, check_model, check_outputs, model_size, pack_size
 from ablate.data import Dataset, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError, one_line
 from ablate.executors import InProcess, Progress
-from ablate.planning import (RUN_COLUMNS, Run, check_resumable, plan, results_schema, run_columns, study_settings,
-                             typed_columns)
+from ablate.planning import (RUN_COLUMNS, Run, check_resumable, configurations, plan, results_schema, run_columns,
+                             study_settings, typed_columns)
 from ablate.results import StudyFile
 from ablate.studies import Study
 from ablate.train import RunResult, train_runs
@@ -56,18 +57,13 @@ Pack = tuple[Run, ...]  # runs of one configuration, seeds apart, that train tog
 Work = Callable[[Pack, Dataset], list[RunResult]]
 
 
-def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool = True) -> list[Pack]:
+def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool | dict[str, bool] = True) -> list[Pack]:
     """The runs in the groups they train in: the seeds of one configuration together, as many
     as fit in memory at once (ablate.pack trains them as one model when it can), or each run
-    alone without `pack`."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.config_id, []).append(run)
+    alone where `pack` (one for all, or one per config_id) says not to."""
     out = []
-    for group in groups.values():
-        size = 1
-        if pack:
-            size = max(1, int(0.8 * available_memory(device) // training_bytes(group[0].config, data)))
+    for config_id, group in configurations(runs).items():
+        size = pack_size(group, data, device) if (pack if isinstance(pack, bool) else pack.get(config_id)) else 1
         out += [tuple(group[i:i + size]) for i in range(0, len(group), size)]
     return out
 
@@ -107,7 +103,7 @@ def execute(
     executor: Executor | None = None,
     on_run: Callable[[Run, str], None] | None = None,
     other_test=None,
-    pack: bool = True,
+    pack: bool | dict[str, bool] = True,
     report: Callable[[Progress], None] = lambda progress: None,
 ) -> None:
     """Train the runs not yet in `store`, saving each one as soon as its pack finishes (then
@@ -141,7 +137,7 @@ class Prepared:
     resume: bool
     force: bool
     save_models: bool = False
-    pack: bool = False  # the seeds of a variant train together (ablate.pack)
+    pack: bool | None = None  # --pack/--no-pack: the seeds of a variant train together (ablate.pack); None: auto
     other_test: tuple | None = None  # (name, images, labels) of --test-dataset
     notes: list[str] = field(default_factory=list)  # what the user should know before training
     schema: pa.Schema | None = None  # the results file's columns: the planned runs' and the file's
@@ -185,8 +181,6 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
         check_outputs(runs, data)  # one real batch through each model: it runs, and gives what the task needs
         check_memory(runs, data, device)
-        if pack is None:  # packing pays where per-step costs dominate: on GPUs, not on a CPU (benchmarks/speed.py)
-            pack = device.type == "cuda"
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
                     schema, settings)
 
@@ -203,15 +197,30 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
     with StudyFile(p.out, p.schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
         check_resumable(store.runs, p.runs, p.out, p.study.factors, p.settings)  # a writer may have finished since
         results_schema(p.runs, store.runs, p.out)
+        todo = p.todo(store.done())
+        choices = autopack.choose(todo, p.data, p.device, p.pack)  # before any seed trains: timed where it pays
+        metadata = {**metadata, "packing": packing_record(p, choices)}
         if on_start is not None:
-            on_start(p.todo(store.done()))
+            on_start(todo)
         try:
-            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test, p.pack, report)
+            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test,
+                    {config_id: choice.packed for config_id, choice in choices.items()}, report)
         except KeyboardInterrupt:
             raise Interrupted([r for r in p.runs if r.run_id in store.done()], len(p.runs)) from None
         planned = {r.run_id for r in p.runs}
         return (store.runs[store.runs["run_id"].isin(planned)],
                 store.class_rows[store.class_rows["run_id"].isin(planned)])
+
+
+def packing_record(prepared: Prepared, choices: dict) -> dict:
+    """The file's metadata `packing`: per variant, whether its seeds trained packed, the
+    measured speed-up and why (autopack.Choice); a variant trained before keeps its record."""
+    before = {}
+    if prepared.resume and prepared.out.exists():
+        with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none kept
+            before = results.read_metadata(prepared.out).get("packing") or {}
+    variants = {r.config_id: r.variant for r in prepared.runs}
+    return {**before, **{variants[c]: choice.record() for c, choice in choices.items()}}
 
 
 def data_spec(prepared: Prepared, data_dir: Path | None):

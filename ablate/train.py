@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -203,7 +204,8 @@ def train_runs(
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if config.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-    torch.use_deterministic_algorithms(config.deterministic)
+    if config.deterministic != was_deterministic:  # the call imports torch._inductor (a second): only to change
+        torch.use_deterministic_algorithms(config.deterministic)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             copies = [_model(config, data, seed, device) for seed in seeds]
@@ -222,7 +224,8 @@ def train_runs(
                                   keep_model)
             return results
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+        if config.deterministic != was_deterministic:
+            torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _after(on_batch, images_before: int, epoch: int, images: int, loss: float, speed: float) -> None:
@@ -378,6 +381,44 @@ class _Step:
             if report is not None and step % 10 == 9:  # .item() is a sync point on a GPU
                 report(i + len(ys[0]), loss_sum)
         return [v / n for v in loss_sum.tolist()], sums.tolist()
+
+
+def packing_speedup(config: RunConfig, data: Dataset, k: int, device: torch.device, steps: int = 3) -> float | None:
+    """How many times faster `k` seeds of `config` train packed into one model than one after
+    another: `steps` training steps of the packed model on real batches against as many of one
+    copy (times k), interleaved, each after one untimed step (allocation, first calls), the
+    fastest of each. None where the model does not pack. No run sees any of it: the global
+    random state is forked and the models are thrown away."""
+    task, amp = TASKS.get(config.task), config.amp == "bf16"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or threads)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            copies = [_model(config, data, seed, device) for seed in range(k)]
+            packed = packing.pack([copy.deepcopy(c) for c in copies], [packing.seeded(s, packing.DROPOUT, device)
+                                                                       for s in range(k)], _probe(data))
+            if packed is None:
+                return None
+            x = (data.train_x[:config.batch_size].float() / 255).to(device)
+            y = data.train_y[:config.batch_size].to(device)
+            nets = {1: copies[0].to(device, memory_format=torch.channels_last),
+                    k: packed.to(device, memory_format=torch.channels_last)}
+            timings: dict[int, list[float]] = {1: [], k: []}
+            optimizers = {n: make_optimizer([p for p in net.parameters() if p.requires_grad], config)
+                          for n, net in nets.items()}
+            for _ in range(steps + 1):
+                for n, net in nets.items():
+                    start = time.perf_counter()
+                    outs = _forward(net, [_channels_last(x)] * n, amp)
+                    optimizers[n].zero_grad(set_to_none=True)
+                    torch.stack([task.loss(out, x, y) for out in outs]).sum().backward()
+                    optimizers[n].step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    timings[n].append(time.perf_counter() - start)
+            return k * min(timings[1][1:]) / min(timings[k][1:])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _result(task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed) -> RunResult:

@@ -1,8 +1,10 @@
 """Training speed of the tutorial net: the PyTorch tutorial's DataLoader pipeline, ablate's
 loop (with and without the fresh pixel permutation) and the compute floor, same model, batch
 size and threads, in interleaved rounds; K seeds packed into one model against the same K one
-after another; and a whole study as a process, ablate against the tutorial's way
-(benchmarks/tutorial_way.py). Prints images/s (median over rounds) and ratios.
+after another; whole studies with --pack auto against --no-pack; the first second of a
+study (the imports); and a whole study as a process, ablate against the tutorial's way
+(benchmarks/tutorial_way.py). Prints images/s (median over rounds) and ratios. The study
+file's saving is benchmarks/ledger.py's.
 
     .venv/bin/python benchmarks/speed.py [--batch-size 128] [--images 20000] [--rounds 3]
 
@@ -128,6 +130,64 @@ def processes(rounds: int) -> None:
           f" (benchmarks/tutorial_way.py): {ratio:.2f} x its wall time, median of {rounds} rounds")
 
 
+AUTO = {  # --pack auto against --no-pack, whole studies of 3 seeds: the tutorial net at 128, the autoencoder at 32
+    "tutorial net, batch 128": ["linearity", "--dataset", "synthetic", "--epochs", "2", "--limit-train", "10000",
+                                "--limit-test", "1000", "--seeds", "3"],
+    "autoencoder, batch 32": ["latent", "--dims", "10", "--epochs", "2", "--limit-train", "10000", "--limit-test",
+                              "1000", "--seeds", "3"],
+}
+
+
+def auto_packing(rounds: int) -> None:
+    """Wall time of each AUTO study with --no-pack, and with --pack auto measuring afresh (its
+    remembered decisions set aside for the run, then put back): auto's probe is in its time."""
+    from ablate.data import cache_dir, on_disk
+
+    ablate = Path(sys.executable).with_name("ablate")
+    remembered = cache_dir() / "packing.json"
+    print("\n--pack auto (measuring afresh, its probe included) against --no-pack, whole processes, "
+          f"median of {rounds} rounds")
+    print(f"{'study':<26} {'--no-pack s':>11} {'auto s':>7} {'no-pack / auto':>15}  auto chose")
+    for name, study in AUTO.items():
+        study = study + ["--dataset", "fashion-mnist" if on_disk("fashion-mnist", None) else "synthetic"] \
+            if "--dataset" not in study else study
+        times = {"no-pack": [], "auto": []}
+        chose = ""
+        with tempfile.TemporaryDirectory() as folder:
+            out = f"{folder}/s.parquet"
+            for _ in range(rounds):
+                times["no-pack"].append(whole_process([str(ablate), *study, "--no-pack", "--out", out, "--force"]))
+                kept = remembered.read_bytes() if remembered.exists() else None
+                remembered.unlink(missing_ok=True)
+                try:
+                    times["auto"].append(whole_process([str(ablate), *study, "--out", out, "--force"]))
+                finally:
+                    remembered.unlink(missing_ok=True)
+                    if kept is not None:
+                        remembered.write_bytes(kept)
+                from ablate.results import read_metadata
+
+                chose = ", ".join(f"{v}: {'packed' if c['packed'] else 'one by one'} ({c['ratio'] or 0:.2f} x)"
+                                  for v, c in read_metadata(out)["packing"].items())
+        no_pack, auto = statistics.median(times["no-pack"]), statistics.median(times["auto"])
+        print(f"{name:<26} {no_pack:>11.1f} {auto:>7.1f} {no_pack / auto:>15.2f}  {chose}")
+
+
+def first_second() -> None:
+    """Where a study's first seconds go: the imports, and the whole of a tiny study."""
+    ablate = Path(sys.executable).with_name("ablate")
+    runs = {"python -c 'import torch'": [sys.executable, "-c", "import torch"],
+            "ablate --help": [str(ablate), "--help"],
+            "ablate linearity, 1 epoch of 500 images": [str(ablate), "linearity", "--dataset", "synthetic",
+                                                        "--epochs", "1", "--limit-train", "500", "--limit-test",
+                                                        "100"]}
+    print("\nthe first second: whole processes, best of 3")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, command in runs.items():
+            extra = ["--out", f"{folder}/t.parquet", "--force"] if "linearity" in command else []
+            print(f"  {name:<42} {min(whole_process(command + extra) for _ in range(3)):5.2f} s")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
@@ -137,7 +197,8 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial pipeline")
     parser.add_argument("--packs", default="3,5", help="the K seeds packed into one model, compared")
     parser.add_argument("--pack-images", type=int, default=5000, help="images per seed in the packing rounds")
-    parser.add_argument("--skip-processes", action="store_true", help="leave out the whole-process comparison")
+    parser.add_argument("--skip-processes", action="store_true",
+                        help="leave out the whole-process comparisons (auto packing, the first second, the tutorial's way)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = cifar_shaped(args.images)
@@ -178,6 +239,8 @@ def main():
             print(f"{model:<12} {config.batch_size:>5} {k:>3} {statistics.median(alone):>17,.0f} "
                   f"{statistics.median(packed):>13,.0f} {ratio:>6.2f}")
     if not args.skip_processes:
+        auto_packing(args.rounds)
+        first_second()
         processes(args.rounds)
 
 

@@ -27,6 +27,16 @@ def ablate():
     return lambda args: cli.invoke(app, [str(a) for a in args])
 
 
+@pytest.fixture(autouse=True)
+def packing_decisions(tmp_path_factory, monkeypatch):
+    """--pack auto remembers its decisions in a file of each test's own, not the machine's cache."""
+    from ablate import autopack
+
+    path = tmp_path_factory.mktemp("cache") / "packing.json"
+    monkeypatch.setattr(autopack, "_path", lambda: path)
+    return path
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

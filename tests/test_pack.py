@@ -214,6 +214,12 @@ def test_shared_weights_and_global_randomness_do_not_pack(tiny_data, user_models
     assert _losses(packed) == _losses(train_runs(config, tiny_data, SEEDS, CPU, pack=False))
 
 
+@pytest.mark.parametrize("name", ["Tied", "Noisy", "Viewed"])
+def test_auto_packing_measures_nothing_for_a_model_that_does_not_pack(tiny_data, user_models, name):
+    config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50, model=f"{user_models}:{name}"))
+    assert train.packing_speedup(config, tiny_data, 3, CPU, 3) is None
+
+
 def test_a_failing_seed_fails_alone(tiny_data, user_models):
     config = resolve(RunConfig(dataset="synthetic", epochs=1, batch_size=50, model=f"{user_models}:Fragile"))
     pack = tuple(planning.Run("study", "variant", seed, config) for seed in range(6))

@@ -1,0 +1,94 @@
+"""--pack auto, the default: a variant's seeds train packed or one by one, whichever a few timed
+steps on its own model, data and batch say is faster; the decision is remembered on the
+machine, so the same command trains the same way (and gives the same numbers) again."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from ablate import autopack, planning, results, train
+from ablate.train import RunConfig, resolve
+
+CPU = torch.device("cpu")
+
+
+def runs(seeds=3, **fields):
+    config = resolve(RunConfig(dataset="synthetic").with_fields(**fields))
+    return [planning.Run("s", "v", seed, config) for seed in range(seeds)]
+
+
+@pytest.fixture
+def big_data():
+    from ablate.data import load_dataset
+
+    return load_dataset("synthetic", limit_train=4000, limit_test=100)  # 32 steps of 128 an epoch
+
+
+def timed_as(monkeypatch, ratio):
+    calls = []
+    monkeypatch.setattr(train, "packing_speedup", lambda *a: calls.append(a) or ratio)
+    return calls
+
+
+@pytest.mark.parametrize("ratio, packed", [(1.4, True), (0.7, False)])
+def test_the_faster_way_is_taken_and_remembered(monkeypatch, big_data, packing_decisions, ratio, packed):
+    planned = runs(epochs=5)
+    calls = timed_as(monkeypatch, ratio)
+    (choice,) = autopack.choose(planned, big_data, CPU, None).values()
+    assert (choice.packed, choice.ratio, choice.why) == (packed, ratio, "measured")
+    assert calls[0][2] == 3 and 3 <= calls[0][4] <= 10  # 3 seeds; 3 to 10 timed steps of each way
+    assert list(json.loads(packing_decisions.read_text()).values()) == [{"packed": packed, "ratio": ratio}]
+    timed_as(monkeypatch, 1 / ratio)  # measured again, it would go the other way: it is not measured again
+    (again,) = autopack.choose(planned, big_data, CPU, None).values()
+    assert (again.packed, again.why) == (packed, "remembered")
+    other = runs(epochs=5, batch_size=64)  # another batch size: another decision
+    assert autopack.choose(other, big_data, CPU, None)[other[0].config_id].why == "measured"
+
+
+def test_a_variant_too_short_to_pay_for_the_probe_takes_the_devices_default(monkeypatch, big_data):
+    calls = timed_as(monkeypatch, 2.0)
+    (choice,) = autopack.choose(runs(epochs=1, batch_size=4000), big_data, CPU, None).values()
+    assert not choice.packed and choice.why.startswith("too short to measure (1 steps)") and not calls
+    budget = 20 * (4 * 4) // 3 + 1  # steps at which 3 timed steps of each way cost 5 % of 3 seeds' training
+    (choice,) = autopack.choose(runs(epochs=budget, batch_size=4000), big_data, CPU, None).values()
+    assert choice.why == "measured" and calls
+    (choice,) = autopack.choose(runs(epochs=budget - 2, batch_size=4000), big_data, CPU, None).values()
+    assert choice.why.startswith("too short")
+
+
+def test_the_flags_force_it_and_one_seed_is_never_packed(monkeypatch, big_data):
+    calls = timed_as(monkeypatch, 2.0)
+    assert [c.said() for c in autopack.choose(runs(epochs=5), big_data, CPU, True).values()] == ["packed (--pack)"]
+    assert [c.said() for c in autopack.choose(runs(epochs=5), big_data, CPU, False).values()] == \
+        ["one by one (--no-pack)"]
+    assert [c.why for c in autopack.choose(runs(1, epochs=5), big_data, CPU, None).values()] == ["one seed"]
+    assert not calls
+
+
+def test_the_probe_times_real_training_and_changes_no_run(tiny_data):
+    config = resolve(RunConfig(dataset="synthetic", batch_size=16))
+    before, threads = torch.get_rng_state(), torch.get_num_threads()
+    ratio = train.packing_speedup(config, tiny_data, 3, CPU, 3)
+    assert 0.05 < ratio < 20 and torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
+
+
+def test_a_study_records_each_variants_choice_and_trains_that_way(tmp_path, ablate, tiny, monkeypatch):
+    ratios = iter([1.5, 0.5])
+    monkeypatch.setattr(train, "packing_speedup", lambda *a: next(ratios))
+    monkeypatch.setattr(autopack, "BUDGET", 1e9)  # the tiny study is long enough to measure
+    out = tmp_path / "a.parquet"
+    result = ablate(["conv1", *tiny, "--channels", "2,4", "--seeds", "2", "--pack", "auto", "--out", out])
+    assert result.exit_code == 0, result.output
+    meta = results.read_metadata(out)["packing"]
+    assert meta == {"2": {"packed": True, "ratio": 1.5, "why": "measured"},
+                    "4": {"packed": False, "ratio": 0.5, "why": "measured"}}
+    frame = pd.read_parquet(out)
+    assert frame.groupby("variant")["packed"].unique().to_dict() == {"2": [2], "4": [1]}
+    again = tmp_path / "b.parquet"  # the same command: the same decisions, the same numbers
+    assert ablate(["conv1", *tiny, "--channels", "2,4", "--seeds", "2", "--out", again]).exit_code == 0
+    assert results.read_metadata(again)["packing"]["2"]["why"] == "remembered"
+    pd.testing.assert_series_equal(pd.read_parquet(again)["loss"], frame["loss"])
+    dry = ablate(["conv1", *tiny, "--channels", "2,4", "--seeds", "2", "--dry-run"])
+    assert "packed (1.50 x, remembered)" in dry.stdout and "one by one (0.50 x, remembered)" in dry.stdout
