@@ -564,6 +564,8 @@ def report_command(
     best: bool = typer.Option(False, "--best", help="Compare each run at its epoch of the best test value of its task's first metric (accuracy, PSNR; the lowest loss for a task with none)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant to compare with (default: the first)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format"),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write the report as one self-contained page "
+                                        "(.html): what was compared, the summary, the figures, the provenance."),
 ):
     """Mean, std and 95 % t-interval over seeds of the test loss and the task's metrics
     (accuracy, PSNR) per variant, and the paired difference to a baseline variant with its
@@ -574,6 +576,8 @@ def report_command(
 
     if epoch is not None and best:
         raise UsageError("give --epoch or --best, not both")
+    if html is not None:
+        results.check_writable(html, (".html", ".htm"))
     frames = [results.read_results(p) for p in paths]
     frame, notes = results.separate_configurations(pd.concat(frames, ignore_index=True))
     for note in notes:
@@ -585,10 +589,15 @@ def report_command(
         sys.stdout.write(summary.to_csv(index=False))
     elif format == OutputFormat.json:
         sys.stdout.write(summary.to_json(orient="records", indent=1) + "\n")
-    else:
-        label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
+    label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
+    if format == OutputFormat.table:
         for study in summary["study"].unique():
             report.print_wide(stdout, report.comparison_table(summary, study, label))
+    if html is not None:
+        from ablate import html_report
+
+        html_report.write(paths, frame, summary, label, html)
+        stderr.print(f"report: {html}", highlight=False)
 
 
 @app.command("plot")

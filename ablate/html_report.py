@@ -1,0 +1,205 @@
+"""`ablate report FILE... --html PAGE`: the studies of the files as one self-contained page to
+share: what was compared, the summary with its intervals, the figures (inline SVG) and where
+the numbers came from. Nothing on the page is fetched: no script, font or image from outside.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ablate import metrics, results
+from ablate.errors import EnvironmentFailure, UsageError
+
+STYLE = """
+:root { color-scheme: light dark; --fg: #1d1f23; --bg: #fff; --muted: #5f6670; --line: #d8dce1; --mark: #b3261e; }
+@media (prefers-color-scheme: dark) { :root { --fg: #e6e8eb; --bg: #15171a; --muted: #a0a7b0; --line: #353a40;
+  --mark: #ff8a80; } svg { background: #fff; border-radius: 4px; } }
+body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg);
+  margin: 0 auto; padding: 1rem; max-width: 70rem; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; border-top: 1px solid var(--line); padding-top: 1rem; }
+.muted, caption { color: var(--muted); font-size: 0.9rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.3rem 0.6rem; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+caption { caption-side: bottom; text-align: left; padding-top: 0.3rem; }
+.significant { color: var(--mark); font-weight: 600; }
+figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
+code { font-size: 0.9em; overflow-wrap: anywhere; }
+@media print { body { max-width: none; } h2 { break-before: page; } figure { break-inside: avoid; } }
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[str]], caption: str = "", classes: list[list[str]] | None = None) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td{f' class={chr(34)}{c}{chr(34)}' if c else ''}>{_e(v)}</td>"
+                                    for v, c in zip(row, (classes[i] if classes else [""] * len(row))))
+                   + "</tr>" for i, row in enumerate(rows))
+    cap = f"<caption>{_e(caption)}</caption>" if caption else ""
+    return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _number(value: float, scale: float, digits: int) -> str:
+    return "—" if value is None or value != value else f"{scale * value:.{digits}f}"
+
+
+def _summary(rows: pd.DataFrame) -> str:
+    """The comparison of one study: per variant and metric, mean ± std [95 % interval] and the
+    paired difference to the baseline with its interval; * where the interval excludes 0."""
+    header = ["variant", "metric", "seeds", "mean", "std", "95 % interval", "Δ to baseline", "Δ 95 % interval", ""]
+    body, marks = [], []
+    for _, r in rows.iterrows():
+        name = r["metric"].removeprefix("test_")
+        known = metrics.METRICS.get(name) if name in metrics.METRICS else None
+        scale, digits = (known.scale, 2) if known else (1.0, 4)
+        label = f"test {metrics.heading(known) if known else name}"
+        interval = "—" if r["ci_low"] != r["ci_low"] else \
+            f"[{_number(r['ci_low'], scale, digits)}, {_number(r['ci_high'], scale, digits)}]"
+        diff_interval = "—" if r["diff_ci_low"] != r["diff_ci_low"] else \
+            f"[{_number(r['diff_ci_low'], scale, digits)}, {_number(r['diff_ci_high'], scale, digits)}]"
+        diff = "—" if r["diff"] != r["diff"] else f"{scale * r['diff']:+.{digits}f}"
+        significant = bool(r["significant"]) and r["diff"] == r["diff"]
+        body.append([r["variant"], label, str(int(r["seeds"])), _number(r["mean"], scale, digits),
+                     _number(r["std"], scale, digits), interval, diff, diff_interval, "*" if significant else ""])
+        marks.append([""] * 6 + ["significant" if significant else ""] * 3)
+    base = rows["baseline"].iloc[0]
+    return _table(header, body, f"mean and std over seeds, Student t 95 % intervals; Δ: the paired difference to "
+                                f"the baseline {base!r} over the seeds both have, * where its interval excludes 0",
+                  marks)
+
+
+def _compared(frame: pd.DataFrame, study: dict) -> str:
+    """What was compared: each variant's factors, its seeds, and the settings every run shares."""
+    factors = [f for f in study.get("factors", []) if f in frame]
+    variants = []
+    for variant, rows in frame.groupby("variant", sort=False):
+        first = rows.iloc[0]
+        seeds = ", ".join(str(s) for s in sorted(rows["seed"].dropna().unique()))
+        variants.append([variant, *(_e_value(first[f]) for f in factors), seeds])
+    shared = [c for c in ("task", "dataset", "model", "epochs", "batch_size", "base_lr", "optimizer", "scheduler",
+                          "limit_train", "limit_test", "augment", "normalization") if c in frame and c not in factors
+              and frame[c].astype(str).nunique() == 1]
+    said = ", ".join(f"{c} {_e_value(frame[c].iloc[0])}" for c in shared)
+    return _table(["variant", *factors, "seeds"], variants) + f"<p class='muted'>every run: {_e(said)}</p>"
+
+
+def _e_value(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _problems(frame: pd.DataFrame) -> str:
+    """Failed and diverged runs, each with the first line of its error."""
+    runs = frame.drop_duplicates("run_id")
+    bad = runs[runs["status"].isin(["failed", "diverged"])]
+    if bad.empty:
+        return "<p class='muted'>every run finished (status ok)</p>"
+    rows = [[r["variant"], str(r["seed"]), r["status"],
+             r["error"] if "error" in r and isinstance(r["error"], str) else "its loss became NaN or infinite"]
+            for _, r in bad.iterrows()]
+    return _table(["variant", "seed", "status", "first line of the error"], rows,
+                  "failed runs are left out of every number above; --resume trains them again")
+
+
+def _figures(path: Path, study: dict) -> str:
+    """The study's natural figure, its learning curves, its per-class accuracy where the study
+    shows it, and an autoencoder's reconstructions and interpolation where its weights were
+    saved, as inline SVG; a figure that cannot be drawn says why instead."""
+    from ablate import plot
+
+    kinds = [study.get("plot", "curves"), "curves", *(["classes"] if study.get("per_class") else [])]
+    if results.models_path(path).is_dir() and any(results.models_path(path).glob("*.safetensors")):
+        kinds += ["reconstructions", "interpolation"]
+    out = []
+    for kind in dict.fromkeys(kinds):
+        with tempfile.TemporaryDirectory() as folder:
+            svg = Path(folder) / f"{kind}.svg"
+            try:
+                plot.draw(path, svg, kind)
+            except UsageError as error:
+                out.append(f"<p class='muted'>figure {_e(kind)}: {_e(error)}</p>")
+                continue
+            text = svg.read_text()
+        text = text[text.index("<svg"):]  # the XML prologue and DOCTYPE go: the page is HTML
+        out.append(f"<figure>{text}<figcaption class='muted'>{_e(kind)}</figcaption></figure>")
+    return "".join(out)
+
+
+def _provenance(meta: dict, path: Path, seeds: int) -> str:
+    command = meta.get("command", "")
+    rows = [["command", command], ["ablate", meta.get("ablate_version", "")],
+            ["torch", meta.get("torch_version", "")], ["torchvision", meta.get("torchvision_version", "")],
+            ["device", meta.get("device", "")], ["started", meta.get("created", "")], ["file", str(path)]]
+    packing = meta.get("packing") or {}
+    if packing:
+        rows.append(["seeds packed", ", ".join(f"{v}: {'packed' if c.get('packed') else 'one by one'} "
+                                                f"({c.get('why', '')})" for v, c in packing.items())])
+    body = _table(["", ""], [[k, v] for k, v in rows if v])
+    if command:
+        more = f"{command} --seeds {seeds + 2} --resume" if "--seeds" not in command else f"{command} --resume"
+        body += (f"<p>To reproduce it: <code>{_e(command)}</code>; to add seeds to it, the same command with more "
+                 f"<code>--seeds</code> and <code>--resume</code>: <code>{_e(more)}</code></p>")
+    return body
+
+
+def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str) -> str:
+    """The HTML of the report of the studies in `paths` (`frame`: their rows, configurations
+    separated; `summary`: compare.summarize of the chosen epochs; `label`: which epoch)."""
+    sections = []
+    for path in paths:
+        meta = {}
+        try:
+            meta = results.read_metadata(path)
+        except (ValueError, OSError):
+            pass
+        study = meta.get("study") if isinstance(meta.get("study"), dict) else {}
+        names = list(dict.fromkeys(results.read_results(path)["study"]))
+        for name in names:
+            rows = summary[summary["study"] == name]
+            if rows.empty:
+                continue
+            runs = frame[frame["study"] == name]
+            seeds = runs["seed"].nunique()
+            sections.append(
+                f"<section><h2>{_e(name)}</h2><p>{_e(study.get('description', ''))}</p>"
+                f"<h3>What was compared</h3>{_compared(runs, study)}"
+                f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows)}"
+                f"<h3>Runs that did not finish well</h3>{_problems(runs)}"
+                f"<h3>Figures</h3>{_figures(path, study)}"
+                f"<h3>Where the numbers came from</h3>{_provenance(meta, path, seeds)}</section>")
+    title = "ablate report: " + ", ".join(dict.fromkeys(summary["study"]))
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{''.join(sections)}</body></html>\n")
+
+
+def write(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str, out: Path) -> None:
+    """The page, written atomically to `out` (.html)."""
+    out = Path(out)
+    results.check_writable(out, (".html", ".htm"))
+    text = page(paths, frame, summary, label)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as readable as any other page
+        os.replace(tmp, out)
+    except OSError as error:
+        raise EnvironmentFailure(f"{results.failure_reason(error)} while writing {str(out)!r}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
