@@ -7,7 +7,9 @@ import errno
 import json
 import os
 import shlex
+import signal
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -488,6 +490,10 @@ class StudyFile:
         study file when compacting is due, else as its part files (per-class rows first). Each
         file is written whole before it takes its name; a failure (a full disk) leaves every
         saved run, and this object, as they were."""
+        with _whole():
+            self._add(runs, class_rows, metadata, label)
+
+    def _add(self, runs: pd.DataFrame, class_rows: pd.DataFrame, metadata: dict, label: str) -> None:
         self.metadata = metadata
         run_id = runs["run_id"].iloc[0]
         if self._replaced is not None or self._compacting_due():
@@ -547,6 +553,23 @@ class StudyFile:
             f"{reason} while saving {what or label}: {saved} run{'s' if saved != 1 else ''} "
             f"{'are' if saved != 1 else 'is'} saved in {self.path}; {remedy} and run the same command with "
             "--resume") from None
+
+
+@contextlib.contextmanager
+def _whole():
+    """A Ctrl-C while a run is being saved takes effect once the save is whole, so that the
+    files and what the study says it saved agree (signal handlers run in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if caught and previous is not signal.SIG_IGN:
+        raise KeyboardInterrupt
 
 
 def failure_reason(error: Exception) -> str:
