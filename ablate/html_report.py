@@ -40,10 +40,14 @@ def _e(value) -> str:
     return html.escape(str(value))
 
 
+def _cell(value: str, kind: str = "") -> str:
+    return f'<td class="{kind}">{_e(value)}</td>' if kind else f"<td>{_e(value)}</td>"
+
+
 def _table(header: list[str], rows: list[list[str]], caption: str = "", classes: list[list[str]] | None = None) -> str:
+    """A table of text cells; `classes`: a CSS class per cell ("" for none)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{f' class={chr(34)}{c}{chr(34)}' if c else ''}>{_e(v)}</td>"
-                                    for v, c in zip(row, (classes[i] if classes else [""] * len(row))))
+    body = "".join("<tr>" + "".join(_cell(v, c) for v, c in zip(row, classes[i] if classes else [""] * len(row)))
                    + "</tr>" for i, row in enumerate(rows))
     cap = f"<caption>{_e(caption)}</caption>" if caption else ""
     return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
