@@ -92,3 +92,11 @@ def test_a_study_records_each_variants_choice_and_trains_that_way(tmp_path, abla
     pd.testing.assert_series_equal(pd.read_parquet(again)["loss"], frame["loss"])
     dry = ablate(["conv1", *tiny, "--channels", "2,4", "--seeds", "2", "--dry-run"])
     assert "packed (1.50 x, remembered)" in dry.stdout and "one by one (0.50 x, remembered)" in dry.stdout
+
+
+def test_an_unreadable_decision_file_is_measured_again(monkeypatch, big_data, packing_decisions):
+    packing_decisions.write_text("not json {")
+    timed_as(monkeypatch, 1.4)
+    (choice,) = autopack.choose(runs(epochs=5), big_data, CPU, None).values()
+    assert (choice.packed, choice.why) == (True, "measured")
+    assert list(json.loads(packing_decisions.read_text()).values()) == [{"packed": True, "ratio": 1.4}]
