@@ -110,7 +110,8 @@ def _problems(frame: pd.DataFrame) -> str:
     if bad.empty:
         return "<p class='muted'>every run finished (status ok)</p>"
     rows = [[r["variant"], str(r["seed"]), r["status"],
-             r["error"] if "error" in r and isinstance(r["error"], str) else "its loss became NaN or infinite"]
+             (r["error"].strip().splitlines() or [""])[0] if isinstance(r.get("error"), str)
+             else "its loss became NaN or infinite"]
             for _, r in bad.iterrows()]
     return _table(["variant", "seed", "status", "first line of the error"], rows,
                   "failed runs are left out of every number above; --resume trains them again")

@@ -87,3 +87,30 @@ def test_a_page_that_cannot_be_written_is_one_line(studied, ablate):
     result = ablate(["report", studied, "--html", "page.txt"])
     assert result.exit_code == 2 and "must end in .html or .htm" in result.output
     assert not (studied.parent / "page.txt").exists()
+
+
+def test_the_page_lists_failed_and_diverged_runs_with_their_first_error_line(tmp_path, ablate, fake_study):
+    path = fake_study(tmp_path / "s.parquet", variants=("alpha", "beta", "gamma"))
+    frame = pd.read_parquet(path)
+    one = lambda variant, seed: (frame["variant"] == variant) & (frame["seed"] == seed)  # noqa: E731
+    failed = frame[one("beta", 2)].drop_duplicates("run_id").assign(
+        epoch=None, split=None, loss=None, accuracy=None, status="failed", error="RuntimeError: boom\nsecond line")
+    diverged = frame[one("gamma", 1)].assign(status="diverged", loss=float("nan"))
+    frame = pd.concat([frame[~one("beta", 2) & ~one("gamma", 1)], failed, diverged], ignore_index=True)
+    frame.to_parquet(path)
+    result = ablate(["report", path, "--html", tmp_path / "page.html"])
+    assert result.exit_code == 0, result.output
+    page = Page((tmp_path / "page.html").read_text())
+    problems = next(t for t in page.tables if t[0] == ["variant", "seed", "status", "first line of the error"])
+    assert sorted(problems[1:]) == [["beta", "2", "failed", "RuntimeError: boom"],
+                                    ["gamma", "1", "diverged", "its loss became NaN or infinite"]]
+    summary = next(t for t in page.tables if t[0][:4] == ["variant", "metric", "seeds", "mean"])
+    seeds = {(row[0], row[1]): row[2] for row in summary[1:]}
+    assert seeds[("alpha", "test accuracy (%)")] == "3" and seeds[("beta", "test accuracy (%)")] == "2"
+
+
+def test_a_page_of_runs_that_all_finished_says_so(studied, ablate):
+    assert ablate(["report", studied, "--html", "page.html"]).exit_code == 0
+    page = Page((studied.parent / "page.html").read_text())
+    assert not any(t[0] == ["variant", "seed", "status", "first line of the error"] for t in page.tables)
+    assert "every run finished" in (studied.parent / "page.html").read_text()
