@@ -27,6 +27,19 @@ def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count
         raise UsageError(f"model {config.model!r} failed before training: {arch.describe_error(error)}") from None
 
 
+@functools.cache
+def trainable_params(config: RunConfig, shape: tuple[int, ...], classes: int) -> int:
+    """How many of the run's parameters its optimiser trains (counted on the meta device)."""
+    from ablate.fake_run import build_meta
+    from ablate.train import freeze
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_meta(lambda: build_model(config, shape[0], classes, shape[1])) or \
+            build_model(config, shape[0], classes, shape[1])
+    freeze(model, config, shape, classes)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def available_memory(device: torch.device) -> float:
     """Bytes free for training on `device` (infinite when the system does not say)."""
     if device.type == "cuda":
@@ -58,6 +71,34 @@ def check_model(run: Run, data: Dataset) -> list[str]:
                          "(activations called as functions in forward cannot be replaced)")
     said = ", ".join(f"{n} {name}" for name, n in replaced.items())
     return [f"variant {run.variant!r}: {sum(replaced.values())} activation modules replaced by identity ({said})"]
+
+
+def check_weights(run: Run, data: Dataset) -> list[str]:
+    """--weights: they are read (downloaded once) and fit the model but its head; say what was
+    replaced, and the preprocessing taken from them."""
+    config = run.config
+    if config.weights is None:
+        return []
+    from ablate import weights
+    from ablate.fake_run import build_meta
+    from ablate.train import load_weights
+
+    shape, classes = data.shape, len(data.classes)
+    with torch.random.fork_rng(devices=[]):
+        model = build_meta(lambda: build_model(config, shape[0], classes, shape[1])) or \
+            build_model(config, shape[0], classes, shape[1])
+    try:
+        notes = [f"variant {run.variant!r}: {load_weights(model, config, shape, classes)}"]
+    except UsageError as error:
+        raise UsageError(f"variant {run.variant!r}: {error}") from None
+    pre = weights.preprocessing(config.model, config.weights)
+    if pre is not None:
+        used = config.image_size == pre.image_size and config.normalization == pre.normalization
+        notes.append(f"variant {run.variant!r}: the weights expect {pre.describe()}; "
+                     + ("the data is resized and normalised so" if used else
+                        f"given image size {config.image_size or 'of the data'}, normalization "
+                        f"{config.normalization}"))
+    return notes
 
 
 PROBE_IMAGES = 2  # the real images a model's output is checked on before training

@@ -299,6 +299,15 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
         help="folder:PATH without train/ and test/: the class-stratified part held out for testing (default 0.2).")),
     "test_dataset": (Optional[str], None, typer.Option(
         help="Also evaluate on this dataset (folder:PATH or a name, same classes): rows with split test:NAME.")),
+    "weights": (Optional[str], None, typer.Option(
+        help="Start from pretrained weights: a torchvision weights name of the --model (DEFAULT, IMAGENET1K_V1, ...; "
+             "downloaded once into ~/.cache/ablate/weights), or a file (.safetensors, or a .pt/.pth state dict) for "
+             "any model. The head (every layer whose shape depends on the class count) is new, for the data's "
+             "classes; torchvision weights also set the image size and normalisation they expect, unless the "
+             "study sets them.")),
+    "trainable": (Optional[str], None, typer.Option(
+        help="all (the default), or head: train only the head, everything else frozen and in eval mode (a probe). "
+             "A column, as is trainable_params.")),
     "epochs": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.epochs}, or the study's own.")),
     "seeds": (int, 1, typer.Option(min=1, help="Train every variant under seeds 0..K-1.")),
     "batch_size": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.batch_size}.")),
@@ -354,8 +363,9 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
                           "train and write nothing.")),
 }
 # The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
-TRAINING_OPTIONS = ("model", "task", "dataset", "image_size", "test_fraction", "test_dataset", "epochs", "batch_size", "lr",
-                    "limit_train", "limit_test", "deterministic", "threads", "amp", "compile")
+TRAINING_OPTIONS = ("model", "task", "dataset", "image_size", "test_fraction", "test_dataset", "weights", "trainable",
+                    "epochs", "batch_size", "lr", "limit_train", "limit_test", "deterministic", "threads", "amp",
+                    "compile")
 
 
 def _progress() -> Progress:

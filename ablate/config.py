@@ -35,6 +35,8 @@ class RunConfig:
     labels: int | None = None  # train on this many class-balanced labelled images (the rest: pretraining only)
     pretrain_epochs: int | None = None  # first train an autoencoder on the train split, unlabelled; take its encoder
     freeze_encoder: bool | None = None  # with pretraining: the encoder's weights stay as pretrained
+    weights: str | None = None  # pretrained weights (ablate.weights): a torchvision name or a file; the head is new
+    trainable: str = "all"  # all, or head: only the class-dependent head trains (a probe); the rest in eval mode
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.02
@@ -78,6 +80,7 @@ class RunConfig:
 
 
 AMP = ("none", "bf16")  # the autocast dtypes a run may train in
+TRAINABLE = ("all", "head")  # what of the model trains
 
 FIELDS = set(RunConfig.__dataclass_fields__) - {"model_args"}
 # The fields every run_id hashes, whatever their value: those of ablate 0.1 (amp and compile
@@ -95,7 +98,8 @@ DATA_FIELDS = ("dataset", "image_size", "test_fraction", "test_dataset", "limit_
 RESULT_COLUMNS = {
     "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float, "accuracy": float,
     "psnr": float, "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
-    "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int,
+    "latent_corr": float, "params": int, "trainable_params": int, "flops": int, "device": str,
+    "packed": int,
 }
 
 

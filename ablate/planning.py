@@ -23,7 +23,8 @@ RUN_COLUMNS = {  # the columns of every study file: results, settings, and ablat
     **{k: RESULT_COLUMNS[k] for k in ("study", "variant", "seed", "epoch", "split", "loss", "accuracy", "psnr", "lr",
                                       "seconds", "status", "error", "run_id", "config_id")},
     **column_types(), **arch.registry_knobs(),
-    **{k: RESULT_COLUMNS[k] for k in ("latent_corr", "params", "flops", "device", "packed")},
+    **{k: RESULT_COLUMNS[k] for k in ("latent_corr", "params", "trainable_params", "flops", "device",
+                                      "packed")},
 }
 
 
@@ -103,10 +104,11 @@ def plan(study: Study, options: dict, seeds: int) -> list[Run]:
                          f"a study takes at most {MAX_RUNS:,} runs: split it, or give fewer values or seeds")
     given = {k: v for k, v in options.items() if v is not None}
     study_settings(study, options)  # the options checked, before any variant
+    base = {**weights_preprocessing(study, {**study.base, **given}), **study.base}
     runs = []
     for variant, fields in study.variants.items():
         try:
-            config = resolve(RunConfig().with_fields(**{**study.base, **given, **fields}))
+            config = resolve(RunConfig().with_fields(**{**base, **given, **fields}))
         except UsageError as error:
             raise UsageError(f"variant {variant!r}: {error}") from None
         changed = [f for f in DATA_FIELDS if runs and getattr(config, f) != getattr(runs[0].config, f)]
@@ -128,7 +130,36 @@ def _value(v):
 def study_settings(study: Study, options: dict) -> dict:
     """The columns of the study's own settings, before any variant: its base and the options."""
     given = {k: v for k, v in options.items() if v is not None}
-    return {"study": study.name, **resolve(RunConfig().with_fields(**{**study.base, **given})).columns()}
+    settings = {**study.base, **given}
+    return {"study": study.name, **resolve(RunConfig().with_fields(**weights_preprocessing(study, settings),
+                                                                   **settings)).columns()}
+
+
+def weights_preprocessing(study: Study, settings: dict) -> dict:
+    """The image size and normalisation the --weights of the study's variants expect, where
+    they define them and the study does not set them: every variant (one trained from scratch
+    too) sees the same data, so weights that expect two sizes are refused unless one is given.
+    Weights whose mean and std ablate has no name for keep the study's normalisation."""
+    from ablate import weights
+
+    expected = {}
+    for fields in study.variants.values():
+        merged = {**settings, **fields}
+        model = merged.get("model") or RunConfig().model
+        if merged.get("weights"):
+            weights.check(model, merged["weights"])
+            if (pre := weights.preprocessing(model, merged["weights"])) is not None:
+                expected.setdefault(model, pre)
+    sides = {model: pre.image_size for model, pre in expected.items()}
+    if len(set(sides.values())) > 1 and "image_size" not in settings:
+        said = ", ".join(f"{model} {side}" for model, side in sides.items())
+        raise UsageError(f"the models' weights expect images of different sizes ({said}): every variant sees the "
+                         "same data; give --image-size")
+    if not expected:
+        return {}
+    first = next(iter(expected.values()))
+    defaults = {"image_size": first.image_size, "normalization": first.normalization}
+    return {k: v for k, v in defaults.items() if v is not None and k not in settings}
 
 
 def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tuple[str, ...] = (),

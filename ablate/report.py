@@ -153,7 +153,10 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
     seeds = final["seed"].nunique()
     measured = task_metrics.present(final[final.split == "test"])
     latent = "latent_corr" in final and final["latent_corr"].notna().any()
-    title = (f"{study}: after {final['epoch'].max():g} epochs, {seeds} seed{'s' if seeds > 1 else ''}"
+    epochs = sorted(final["epoch"].unique())
+    when = f"after {epochs[0]:g} epochs" if len(epochs) == 1 else \
+        f"after each run's last epoch ({', '.join(f'{e:g}' for e in epochs)})"
+    title = (f"{study}: {when}, {seeds} seed{'s' if seeds > 1 else ''}"
              + (" (mean ± std)" if seeds > 1 else "")) if len(final) else f"{study}: no run finished"
     caption = None
     if len(failed_runs):

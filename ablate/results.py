@@ -238,7 +238,8 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
         from ablate.metrics import METRICS
 
         optional = {**column_types(), **dict.fromkeys(METRICS, float), "lr": float, "seconds": float, "error": str,
-                    "latent_corr": float, "params": int, "flops": int, "device": str, "packed": int}
+                    "latent_corr": float, "params": int, "trainable_params": int, "flops": int, "device": str,
+                    "packed": int}
         never_null = ("study", "variant", "seed", "run_id", "config_id", "status")
     else:
         keys, required, optional, never_null = kinds, kinds, {}, tuple(c for c, k in kinds.items() if k is not float)
@@ -589,8 +590,8 @@ def outcome_columns() -> set[str]:
     """The columns a run's outcome fills (never one of its settings), a plugin's metrics too."""
     from ablate.metrics import METRICS
 
-    return {"seed", "epoch", "split", "loss", "lr", "seconds", "status", "run_id", "config_id", "params", "flops",
-            "device", *METRICS}
+    return {"seed", "epoch", "split", "loss", "lr", "seconds", "status", "run_id", "config_id", "params",
+            "trainable_params", "flops", "device", *METRICS}
 
 
 def separate_configurations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

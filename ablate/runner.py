@@ -14,7 +14,8 @@ import pyarrow as pa
 import torch
 
 from ablate import autopack, results
-from ablate.checks import check_memory, check_model, check_outputs, model_size, pack_size
+from ablate.checks import (check_memory, check_model, check_outputs, check_weights, model_size, pack_size,
+                           trainable_params)
 from ablate.data import Dataset, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError, one_line
 from ablate.executors import InProcess, Progress
@@ -36,7 +37,8 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
     size = model_size(run.config, data.shape, len(data.classes))
     common = {**head, "status": result.status, "error": result.error, **ids,
               **typed_columns(run.config.columns(), columns),
-              "params": size.params, "flops": size.flops, "device": device, "packed": result.packed}
+              "params": size.params, "trainable_params": trainable_params(run.config, data.shape, len(data.classes)),
+              "flops": size.flops, "device": device, "packed": result.packed}
     rows = pd.DataFrame([
         {**common, "epoch": r.epoch, "split": r.split, "loss": r.loss, **r.metrics, "lr": r.lr,
          "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.last_epoch else None}
@@ -178,7 +180,8 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         other_test = None
         if config.test_dataset is not None:
             other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
-        notes = [note for run in {r.variant: r for r in runs}.values() for note in check_model(run, data)]
+        notes = [note for run in {r.variant: r for r in runs}.values()
+                 for note in (*check_model(run, data), *check_weights(run, data))]
         check_outputs(runs, data)  # one real batch through each model: it runs, and gives what the task needs
         check_memory(runs, data, device)
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,

@@ -547,25 +547,75 @@ def ae_depth(depths: str = "1,2,3") -> Study:
                  base=AUTOENCODER_BASE, plot="curves")
 
 
+PROBE_EPOCHS = 300  # full-batch Adam steps of the transfer probe: its test accuracy settles by 100 (Fashion-MNIST)
+
+
 @register_study("transfer", labels="Labelled train images (class-balanced) the classifier learns from (at most "
                 "the train split's size).",
                 pretrain_epochs="Epochs of the autoencoder's training on the whole train split, unlabelled.",
+                probe_epochs="Epochs of the probe: one linear layer on the frozen code, a logistic regression trained "
+                "on all the labelled images at once (full batch, Adam lr 0.01, L2 1/labels) until its test accuracy "
+                "has settled.",
                 epochs="Epochs of the classifier's training on the labelled images (default 10); the "
-                "autoencoder's pretraining takes --pretrain-epochs.",
-                batch_size="Batch size of the classifier's training (default 20); pretraining takes 32.",
-                lr="Learning rate of the classifier's AdamW (default 0.001); pretraining takes 0.001.")
-def transfer(labels: int = 80, pretrain_epochs: int = 20) -> Study:
-    if labels < 1 or pretrain_epochs < 1:
-        raise UsageError(f"--labels and --pretrain-epochs must be >= 1, got {labels} and {pretrain_epochs}")
+                "autoencoder's pretraining takes --pretrain-epochs, the probe --probe-epochs.",
+                batch_size="Batch size of the classifier's training (default 20); pretraining takes 32, the probe "
+                "all the labelled images.",
+                lr="Learning rate of the classifier's AdamW (default 0.001); pretraining takes 0.001, the probe 0.01.")
+def transfer(labels: int = 80, pretrain_epochs: int = 20, probe_epochs: int = PROBE_EPOCHS) -> Study:
+    if labels < 1 or pretrain_epochs < 1 or probe_epochs < 1:
+        raise UsageError(f"--labels, --pretrain-epochs and --probe-epochs must be >= 1, got {labels}, "
+                         f"{pretrain_epochs} and {probe_epochs}")
+    pretrained = {"pretrain_epochs": pretrain_epochs, "freeze_encoder": True}
     return Study(
         "transfer",
         "Report 001, Q4: an MLP (latent -> 20 -> 30 -> 10) on the code of an autoencoder pretrained per seed without "
-        "labels, trained on a few labelled images: encoder frozen, fine-tuned, or trained from scratch (random init).",
-        variants={"frozen": {"pretrain_epochs": pretrain_epochs, "freeze_encoder": True},
-                  "finetune": {"pretrain_epochs": pretrain_epochs, "freeze_encoder": False},
-                  "scratch": {}},
-        factors=("pretrain_epochs", "freeze_encoder"),
+        "labels, trained on a few labelled images: encoder frozen, fine-tuned, or trained from scratch (random init); "
+        "and a linear probe of the frozen code, trained to convergence: what the code holds.",
+        variants={"frozen": pretrained,
+                  "finetune": {**pretrained, "freeze_encoder": False},
+                  "scratch": {},
+                  # a logistic regression on the code: Adam on its loss plus the L2 penalty of scikit-learn's
+                  # default (C = 1: weight decay 1 / labels on the mean loss), every labelled image in each step
+                  "probe": {**pretrained, "model": "latent-linear", "epochs": probe_epochs, "batch_size": labels,
+                            "optimizer": "adam", "lr": 0.01, "momentum": None, "weight_decay": 1 / labels}},
+        factors=("model", "pretrain_epochs", "freeze_encoder", "epochs"),
         base={"model": "latent-mlp", "dataset": "mnist", "labels": labels, "epochs": 10, "batch_size": 20,
               "optimizer": "adamw", **optimizer_defaults("adamw"), "normalization": "none"},
         per_class=True,
     )
+
+
+# ---------------------------------------------------------------- pretrained networks (report 004, task IV)
+
+
+FINETUNE_MODES = {  # variant -> what it sets: the weights' own name is filled in
+    "scratch": {"weights": None, "trainable": "all"},
+    "probe": {"trainable": "head"},
+    "finetune": {"trainable": "all"},
+}
+
+
+@register_study("finetune", models="Compare several pretrained networks in one study, comma-separated (report 004: "
+                "resnet18,resnet34,resnext50_32x4d); default: --model.",
+                model="The network (default resnet18): a torchvision classifier, or any model ablate builds when "
+                "--weights is a file.",
+                weights="Its pretrained weights: a torchvision weights name (default DEFAULT, the best torchvision "
+                "has; downloaded once) or a file (.safetensors, .pt/.pth state dict).",
+                epochs="Default: 5.", batch_size="Default: 32.", lr="SGD with momentum 0.9; default 0.001.")
+def finetune(model: str | None = None, weights: str | None = None, models: str | None = None) -> Study:
+    if models and model:
+        raise UsageError("give --model or --models, not both")
+    names = parse_list(models, "model") if models else [model or "resnet18"]
+    spec = weights or "DEFAULT"  # checked with each model when planned (planning.weights_preprocessing)
+    base = {"model": names[0], "weights": spec, "epochs": 5, "batch_size": 32, "optimizer": "momentum",
+            "lr": 0.001, "momentum": 0.9}
+    variants = {(f"{name}/{mode}" if len(names) > 1 else mode): {"model": name, **fields}
+                for name in names for mode, fields in FINETUNE_MODES.items()}
+    return Study("finetune", "Pretrained weights against none (report 004, task IV): each network trained from "
+                 "scratch (the same architecture, random weights), as a probe (every layer frozen and in eval mode "
+                 "but a new head) and fine-tuned (every layer trained, from the weights). The head is new in both, "
+                 "for the data's classes; torchvision weights set the image size and normalisation they expect. "
+                 "Each variant's trainable parameters are the column trainable_params.",
+                 variants=variants, factors=(("model",) if len(names) > 1 else ()) + ("trainable", "weights",
+                                                                                        "trainable_params"),
+                 base=base, per_class=True)

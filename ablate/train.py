@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ablate import arch, transforms
+from ablate import arch, transforms, weights
 from ablate import pack as packing
-from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, RunConfig, checked, with_defaults
+from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, with_defaults
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
 from ablate.tasks import TASKS, Task
@@ -81,6 +81,10 @@ def resolve(config: RunConfig) -> RunConfig:
     transforms.augmentation(config.augment)
     if config.amp not in AMP:
         raise unknown_name("amp", config.amp, AMP)
+    if config.trainable not in TRAINABLE:
+        raise unknown_name("trainable", config.trainable, TRAINABLE)
+    if config.weights is not None:
+        weights.check(config.model, config.weights)
     source = arch.model_source(config.model)
     unknown = [k for k, _ in config.model_args if k not in source.knobs]
     if unknown:
@@ -234,14 +238,63 @@ def _after(on_batch, images_before: int, epoch: int, images: int, loss: float, s
 
 
 def _model(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> nn.Module:
-    """The run's initial model: its weights drawn from the seed's init stream (or pretrained)."""
+    """The run's initial model: its weights drawn from the seed's init stream (or pretrained:
+    an autoencoder's encoder, or --weights with a fresh head), frozen where the run says."""
     torch.manual_seed(packing.stream_seed(seed, packing.INIT))
     model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
     if config.pretrain_epochs:
         model.encoder.load_state_dict(pretrained_encoder(config, data, seed, device))
-        if config.freeze_encoder:
-            model.encoder.requires_grad_(False)
+    if config.weights is not None:
+        load_weights(model, config, data.shape, len(data.classes))
+    freeze(model, config, data.shape, len(data.classes))
     return model
+
+
+def freeze(model: nn.Module, config: RunConfig, shape: tuple[int, ...], classes: int) -> nn.Module:
+    """What of `model` the run does not train: a pretrained encoder (freeze_encoder), or all but
+    the head (--trainable head)."""
+    if config.pretrain_epochs and config.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    if config.trainable == "head":
+        head = set(head_entries(config, shape, classes))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in head)
+    return model
+
+
+@functools.cache
+def class_dependent(config: RunConfig, shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
+    """The state entries of the run's model that depend on the class count (ablate.weights)."""
+    return tuple(weights.class_dependent(lambda n: build_model(config, shape[0], n, shape[1]), classes))
+
+
+@functools.cache
+def head_entries(config: RunConfig, shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
+    """The entries --trainable head trains: the class-dependent ones, or the last layer's."""
+    from ablate.fake_run import build_meta
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_meta(lambda: build_model(config, shape[0], classes, shape[1])) or \
+            build_model(config, shape[0], classes, shape[1])
+    return tuple(weights.head_entries(model, list(class_dependent(config, shape, classes))))
+
+
+def load_weights(model: nn.Module, config: RunConfig, shape: tuple[int, ...], classes: int) -> str:
+    """`config.weights` into `model` (its head kept as initialised); what was replaced, in words."""
+    state = weights.state_dict(config.model, config.weights)
+    return weights.load(model, state, list(class_dependent(config, shape, classes)), weights.describe(config.weights))
+
+
+def train_mode(net: nn.Module, config: RunConfig) -> None:
+    """`net` in training mode; with --trainable head, every part with no trainable parameter
+    stays in eval mode (batch norm keeps its statistics, dropout is off): a probe changes
+    nothing but its head."""
+    net.train()
+    if config.trainable == "head":
+        for module in net.modules():
+            parameters = list(module.parameters())
+            if parameters and not any(p.requires_grad for p in parameters):
+                module.eval()
 
 
 def _probe(data: Dataset) -> torch.Tensor:
@@ -298,7 +351,7 @@ def _train(config, data, seeds: packing.Seeds, device, on_batch, other_test, kee
     schedule = SCHEDULERS.get(config.scheduler)
     scheduler = make_scheduler(optimizer, config, math.ceil(n / config.batch_size))
     step = _Step(torch.compile(net) if config.compile else net, optimizer,
-                 scheduler if schedule.per_step else None, task, amp)
+                 scheduler if schedule.per_step else None, task, amp, functools.partial(train_mode, net, config))
     records: list[list[EpochRecord]] = [[] for _ in range(k)]
     class_accuracy: list[list] = [[] for _ in range(k)]
 
@@ -354,12 +407,13 @@ class _Step:
     scheduler: object | None  # stepped after every batch; None: none, or one stepped per epoch
     task: Task
     amp: bool
+    train_mode: Callable[[], None]  # puts the net in training mode (train_mode)
 
     def epoch(self, feed: _Feed, orders: list[torch.Tensor], inputs: list[torch.Generator], batch_size: int,
               report: Callable | None) -> tuple[list[float], list[list[float]]]:
         """One epoch of each seed in its own order: each seed's mean training loss and the sums of
         its task's metrics over the epoch's batches."""
-        self.net.train()
+        self.train_mode()
         (train_x, train_y), k, n = feed.train, len(orders), len(orders[0])
         loss_sum = torch.zeros(k, device=train_x.device)
         sums = torch.zeros(k, len(self.task.metrics), device=train_x.device)

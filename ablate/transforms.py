@@ -52,6 +52,18 @@ def standard(train: torch.Tensor) -> Callable[[Batch], Batch]:
     return _affine(pixels.mean(1).float(), pixels.std(1).float(), train.device)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@NORMALIZATIONS.register("imagenet")
+def imagenet(train: torch.Tensor) -> Callable[[Batch], Batch]:
+    """ImageNet's mean and std, as torchvision's pretrained weights expect (1 channel: their means)"""
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    if train.shape[1] != 3:  # a gray image, repeated to 3 channels by the model: one value for all
+        mean, std = mean.mean().expand(train.shape[1]), std.mean().expand(train.shape[1])
+    return _affine(mean, std, train.device)
+
+
 @NORMALIZATIONS.register("zca")
 def zca(train: torch.Tensor, epsilon: float = 1e-2, fit_images: int = 10_000) -> Callable[[Batch], Batch]:
     """ZCA whitening fitted on the train split: decorrelated pixels of unit variance"""

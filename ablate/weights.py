@@ -18,9 +18,9 @@ from torch import nn
 from ablate import arch
 from ablate.errors import UsageError, first_line, unknown_name
 from ablate.fake_run import build_meta
+from ablate.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FILE_SUFFIXES = (".safetensors", ".pt", ".pth")
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # the mean and std of torchvision's weights
 
 
 def is_file(spec: str) -> bool:
@@ -52,6 +52,15 @@ def torchvision_weights(model: str, spec: str):
     return enum[name]
 
 
+def check(model: str, spec: str) -> None:
+    """`spec` names weights: a file's path, or torchvision weights of `model` (not read yet)."""
+    if not spec.strip():
+        raise UsageError("--weights is empty: give a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a "
+                         f"weights file ({', '.join(FILE_SUFFIXES)})")
+    if not is_file(spec):
+        torchvision_weights(model, spec)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What the weights were trained to see: the side of their crop and their normalisation."""
@@ -74,7 +83,7 @@ def preprocessing(model: str, spec: str | None) -> Preprocessing | None:
     transform = torchvision_weights(model, spec).transforms()
     mean, std = tuple(transform.mean), tuple(transform.std)
     side = transform.crop_size[0] if isinstance(transform.crop_size, (list, tuple)) else transform.crop_size
-    return Preprocessing(int(side), "imagenet" if (mean, std) == IMAGENET else None, mean, std)
+    return Preprocessing(int(side), "imagenet" if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD) else None, mean, std)
 
 
 def weights_dir() -> Path:
@@ -83,24 +92,51 @@ def weights_dir() -> Path:
     return cache_dir() / "weights"
 
 
-@functools.cache
 def state_dict(model: str, spec: str) -> dict[str, torch.Tensor]:
-    """The weights `spec` names, as a state dict on the CPU; torchvision's are downloaded once
-    into `weights_dir()`."""
+    """The weights `spec` names, as a state dict on the CPU (read once per process while the
+    file stays the same); torchvision's are downloaded once into `weights_dir()`."""
     if is_file(spec):
-        return _read(Path(spec))
+        path = Path(spec)
+        stat = path.stat() if path.is_file() else None
+        return _read(path.resolve(), spec, stat and (stat.st_mtime_ns, stat.st_size))
+    return _torchvision_state(model, spec)
+
+
+@functools.cache
+def _torchvision_state(model: str, spec: str) -> dict[str, torch.Tensor]:
     weights = torchvision_weights(model, spec)
+    path = weights_dir() / Path(weights.url).name
     try:
-        return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(weights_dir()), map_location="cpu",
-                                                  progress=False, check_hash=True)
+        if not path.exists():  # torchvision's file names end in their hash's first digits: it is checked
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            try:
+                torch.hub.download_url_to_file(weights.url, str(partial), _hash_prefix(path.name), progress=False)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # offline, refused, disk full, a corrupt download: all end the same way
         raise UsageError(f"{describe(spec)}: cannot download {weights} for {model} from {weights.url} "
                          f"({type(error).__name__}: {first_line(error)[:120]}); on a machine without a network, "
                          f"put that file into {weights_dir()} or give a weights file") from None
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    where = describe(str(path))
+def forget() -> None:
+    """Read every weights file and torchvision's weights afresh (tests)."""
+    _read.cache_clear()
+    _torchvision_state.cache_clear()
+
+
+def _hash_prefix(name: str) -> str | None:
+    """The SHA-256 prefix torchvision puts in its file names (resnet18-f37072fd.pth)."""
+    tail = Path(name).stem.rpartition("-")[2]
+    return tail if len(tail) >= 6 and all(c in "0123456789abcdef" for c in tail) else None
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: Path, spec: str, version) -> dict[str, torch.Tensor]:
+    where = describe(spec)
     if not path.suffix.lower() in FILE_SUFFIXES:
         raise UsageError(f"{where}: a weights file ends in {', '.join(FILE_SUFFIXES)}")
     if not path.is_file():

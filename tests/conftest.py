@@ -37,6 +37,22 @@ def packing_decisions(tmp_path_factory, monkeypatch):
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_downloaded_weights(tmp_path_factory, monkeypatch):
+    """torchvision's weights are never downloaded in a test, nor taken from this machine's cache."""
+    import torch
+
+    from ablate import weights
+
+    def offline(url, *args, **kwargs):
+        raise OSError(f"the tests reach no network ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    folder = tmp_path_factory.mktemp("weights")
+    monkeypatch.setattr(weights, "weights_dir", lambda: folder)
+    weights.forget()
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

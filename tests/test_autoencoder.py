@@ -97,7 +97,7 @@ def test_resume_keeps_the_weights_and_the_table_consistent(tmp_path, ablate):
 
 
 def test_transfer_freezes_exactly_the_encoder(tiny_data):
-    study = studies.get_study("transfer", labels=20, pretrain_epochs=1)
+    study = studies.get_study("transfer", labels=20, pretrain_epochs=1, probe_epochs=3)
     runs = {r.variant: r for r in planning.plan(study, {"dataset": "synthetic", "epochs": 2}, 1)}
     results = {name: train_run(run.config, tiny_data, 0, CPU, keep_model=True) for name, run in runs.items()}
     pretrained = pretrained_encoder(runs["frozen"].config, tiny_data, 0, CPU)
@@ -109,7 +109,11 @@ def test_transfer_freezes_exactly_the_encoder(tiny_data):
     assert not any(torch.equal(encoder("scratch")[k], pretrained[k]) for k in pretrained if k.endswith("weight"))
     assert not all(torch.equal(head("frozen")[k], head("finetune")[k]) for k in head("frozen"))  # the head learns
     for result in results.values():
-        assert len([r for r in result.epochs if r.split == "test"]) == 3 and result.epochs[-1].metrics["accuracy"] is not None
+        assert len([r for r in result.epochs if r.split == "test"]) in (3, 4)
+        assert result.epochs[-1].metrics["accuracy"] is not None
+    assert results["probe"].last_epoch == 3 and runs["probe"].config.batch_size == 20  # full batch
+    assert all(torch.equal(encoder("probe")[k], pretrained[k]) for k in pretrained)  # the same code, frozen
+    assert set(head("probe")) == {"head.weight", "head.bias"}  # one linear layer
 
 
 def test_transfer_trains_on_the_labelled_few(tmp_path, ablate, monkeypatch):
@@ -123,15 +127,15 @@ def test_transfer_trains_on_the_labelled_few(tmp_path, ablate, monkeypatch):
 
     monkeypatch.setattr(runner, "train_runs", spy)
     out = tmp_path / "t.parquet"
-    result = ablate(["transfer", *TINY, "--labels", "30", "--pretrain-epochs", "1", "--out", out])
+    result = ablate(["transfer", *TINY, "--labels", "30", "--pretrain-epochs", "1", "--probe-epochs", "3", "--out", out])
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
-    assert list(frame["variant"].unique()) == ["frozen", "finetune", "scratch"]
+    assert list(frame["variant"].unique()) == ["frozen", "finetune", "scratch", "probe"]
     assert set(frame["labels"]) == {30} and frame["accuracy"].notna().all()
     freeze = frame.groupby("variant", sort=False)["freeze_encoder"].first()
     assert freeze["frozen"] and not freeze["finetune"] and pd.isna(freeze["scratch"])
     assert frame[frame.variant == "scratch"]["pretrain_epochs"].isna().all()
-    assert [labels for labels, _ in seen] == [30, 30, 30]
+    assert [labels for labels, _ in seen] == [30, 30, 30, 30]
 
 
 def test_figures_of_saved_autoencoders(tmp_path, ablate):

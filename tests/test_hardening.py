@@ -13,6 +13,7 @@ import errno
 
 import pandas as pd
 import pytest
+import torch
 from filelock import FileLock
 
 from ablate import results
@@ -69,6 +70,10 @@ def workdir(tmp_path_factory):
     net = ("import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
            "        super().__init__()\n{init}\n\n    def forward(self, x):\n        {forward}\n")
     body = "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3072, 64), nn.ReLU(), nn.Linear(64, {n}))"
+    (root / "notes.pt").write_text("not weights")
+    from ablate.arch import tutorial
+
+    torch.save(tutorial(in_channels=3, num_classes=7).state_dict(), root / "tutorial7.pt")
     (root / "badimport.py").write_text("1 / 0\n")
     (root / "badbuild.py").write_text(net.format(init='        raise RuntimeError("constructor broke")',
                                                  forward="return x"))

@@ -90,7 +90,7 @@ def test_divergence_is_recorded_not_raised(tiny_data):
 CHANGED = {  # one other value for every field of RunConfig
     "task": "reconstruct", "dataset": "mnist", "image_size": 28, "test_fraction": 0.3, "test_dataset": "mnist",
     "model": "threeconv", "model_args": (("conv1_channels", 7),), "strip_activations": True, "labels": 80,
-    "pretrain_epochs": 3, "freeze_encoder": True, "threads": 3,
+    "pretrain_epochs": 3, "freeze_encoder": True, "threads": 3, "weights": "w.safetensors", "trainable": "head",
     "epochs": 11, "batch_size": 129, "lr": 0.03,
     "optimizer": "adam", "momentum": 0.8, "weight_decay": 0.1, "scheduler": "step", "lr_step_size": 2,
     "lr_gamma": 0.5, "lr_max": 0.1, "normalization": "zca", "augment": "flip", "permutation": "fixed",

@@ -22,11 +22,11 @@ FACTOR = {"linearity": "activation", "conv1": "conv1_channels", "permutation": "
           "augment": "augment", "scheduler": "scheduler", "optimizer": "optimizer",
           "normalization": "normalization", "regularization": "batchnorm", "lr": "base_lr",
           "batch-size": "batch_size", "dropout": "dropout", "ladder": "normalization", "sweep": "base_lr",
-          "latent": "latent_dim", "ae-depth": "depth", "transfer": "freeze_encoder"}
+          "latent": "latent_dim", "ae-depth": "depth", "transfer": "freeze_encoder", "finetune": "trainable"}
 OPTIONS = {"conv1": ["--channels", "2,6"], "sweep": ["--vary", "lr=0.01,0.05"], "lr": ["--values", "0.01,0.05"],
            "batch-size": ["--values", "50,100"], "dropout": ["--values", "0,0.5"],
            "ladder": ["--steps", "standardize,dropout"], "latent": ["--dims", "2,4"], "ae-depth": ["--depths", "1,2"],
-           "transfer": ["--labels", "20", "--pretrain-epochs", "1"]}
+           "transfer": ["--labels", "20", "--pretrain-epochs", "1", "--probe-epochs", "2"]}
 
 
 def test_every_study_is_tested():
@@ -49,7 +49,11 @@ def test_registry_rejects_duplicates():
 @pytest.mark.parametrize("name", list(studies.STUDIES))
 def test_every_study_command_runs(tmp_path, ablate, name):
     out = tmp_path / f"{name}.parquet"
-    result = ablate([name, *TINY, *OPTIONS.get(name, []), "--out", str(out)])
+    options = OPTIONS.get(name, [])
+    if name == "finetune":  # weights of its own: no download here
+        torch.save(build_model(resolve(RunConfig()), 3, 10).state_dict(), tmp_path / "w.pt")
+        options = ["--model", "tutorial", "--weights", str(tmp_path / "w.pt")]
+    result = ablate([name, *TINY, *options, "--out", str(out)])
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
     expected = {"conv1": ["2", "6"], "sweep": ["base", "lr=0.05"], "lr": ["0.01", "0.05"], "batch-size": ["50", "100"],
