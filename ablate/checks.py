@@ -30,13 +30,9 @@ def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count
 @functools.cache
 def trainable_params(config: RunConfig, shape: tuple[int, ...], classes: int) -> int:
     """How many of the run's parameters its optimiser trains (counted on the meta device)."""
-    from ablate.fake_run import build_meta
-    from ablate.train import freeze
+    from ablate.train import freeze, model_for_checks
 
-    with torch.random.fork_rng(devices=[]):
-        model = build_meta(lambda: build_model(config, shape[0], classes, shape[1])) or \
-            build_model(config, shape[0], classes, shape[1])
-    freeze(model, config, shape, classes)
+    model = freeze(model_for_checks(config, shape, classes), config, shape, classes)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -75,26 +71,22 @@ def check_model(run: Run, data: Dataset) -> list[str]:
 
 def check_weights(run: Run, data: Dataset) -> list[str]:
     """--weights: they are read (downloaded once) and fit the model but its head; say what was
-    replaced, and the preprocessing taken from them."""
+    replaced, and the preprocessing taken from them (a note per variant, without its name)."""
     config = run.config
     if config.weights is None:
         return []
     from ablate import weights
-    from ablate.fake_run import build_meta
-    from ablate.train import load_weights
+    from ablate.train import load_weights, model_for_checks
 
     shape, classes = data.shape, len(data.classes)
-    with torch.random.fork_rng(devices=[]):
-        model = build_meta(lambda: build_model(config, shape[0], classes, shape[1])) or \
-            build_model(config, shape[0], classes, shape[1])
     try:
-        notes = [f"variant {run.variant!r}: {load_weights(model, config, shape, classes)}"]
+        notes = [load_weights(model_for_checks(config, shape, classes), config, shape, classes)]
     except UsageError as error:
         raise UsageError(f"variant {run.variant!r}: {error}") from None
     pre = weights.preprocessing(config.model, config.weights)
     if pre is not None:
         used = config.image_size == pre.image_size and config.normalization == pre.normalization
-        notes.append(f"variant {run.variant!r}: the weights expect {pre.describe()}; "
+        notes.append(f"the weights expect {pre.describe()}; "
                      + ("the data is resized and normalised so" if used else
                         f"given image size {config.image_size or 'of the data'}, normalization "
                         f"{config.normalization}"))

@@ -180,12 +180,23 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         other_test = None
         if config.test_dataset is not None:
             other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
-        notes = [note for run in {r.variant: r for r in runs}.values()
-                 for note in (*check_model(run, data), *check_weights(run, data))]
+        variants = list({r.variant: r for r in runs}.values())
+        notes = [note for run in variants for note in check_model(run, data)]
+        said: dict[str, list[str]] = {}  # the same note of several variants is said once
+        for run in variants:
+            for note in check_weights(run, data):
+                said.setdefault(note, []).append(run.variant)
+        notes += [f"{_which(names, len(variants))}: {note}" for note, names in said.items()]
         check_outputs(runs, data)  # one real batch through each model: it runs, and gives what the task needs
         check_memory(runs, data, device)
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
                     schema, settings)
+
+
+def _which(variants: list[str], of: int) -> str:
+    if len(variants) == of:
+        return "every variant"
+    return ("variants " if len(variants) > 1 else "variant ") + ", ".join(map(repr, variants))
 
 
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,

@@ -268,15 +268,21 @@ def class_dependent(config: RunConfig, shape: tuple[int, ...], classes: int) -> 
     return tuple(weights.class_dependent(lambda n: build_model(config, shape[0], n, shape[1]), classes))
 
 
-@functools.cache
-def head_entries(config: RunConfig, shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
-    """The entries --trainable head trains: the class-dependent ones, or the last layer's."""
+def model_for_checks(config: RunConfig, shape: tuple[int, ...], classes: int) -> nn.Module:
+    """The run's model, built on the meta device where it can be (nothing allocated), without
+    drawing from torch's global generator."""
     from ablate.fake_run import build_meta
 
     with torch.random.fork_rng(devices=[]):
-        model = build_meta(lambda: build_model(config, shape[0], classes, shape[1])) or \
-            build_model(config, shape[0], classes, shape[1])
-    return tuple(weights.head_entries(model, list(class_dependent(config, shape, classes))))
+        model = build_meta(lambda: build_model(config, shape[0], classes, shape[1]))
+        return model if model is not None else build_model(config, shape[0], classes, shape[1])
+
+
+@functools.cache
+def head_entries(config: RunConfig, shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
+    """The entries --trainable head trains: the class-dependent ones, or the last layer's."""
+    return tuple(weights.head_entries(model_for_checks(config, shape, classes),
+                                      list(class_dependent(config, shape, classes))))
 
 
 def load_weights(model: nn.Module, config: RunConfig, shape: tuple[int, ...], classes: int) -> str:

@@ -97,10 +97,12 @@ def test_probe_changes_only_its_head_finetune_changes_all_scratch_ignores_the_we
 def test_weights_on_any_study_load_into_every_variant_and_a_head_probe_keeps_the_rest(nets, ablate):
     state = pretrained(nets / "w.pt")
     result = ablate(["sweep", *STUDY[3:], "--model", "nets:Net", "--vary", "lr=0.01,0.1", "--weights", "w.pt",
-                     "--trainable", "head", "--seeds", "2", "--out", "s.parquet"])
+                     "--trainable", "head", "--seeds", "2", "--pack", "--out", "s.parquet"])
     assert result.exit_code == 0, result.output
+    assert "every variant: --weights 'w.pt': head fc replaced" in result.output  # said once
     frame = pd.read_parquet(nets / "s.parquet").drop_duplicates("run_id")
     assert len(frame) == 4 and (frame["trainable_params"] == 170).all()
+    assert (frame["packed"] == 2).all()  # the seeds' copies packed into one model: batch norm frozen there too
     for run in frame.itertuples():
         kept = load_file(models_path(nets / "s.parquet") / f"{run.run_id}.safetensors")
         assert torch.equal(kept["body.1.running_var"], state["body.1.running_var"])
@@ -232,3 +234,15 @@ def test_the_head_of_every_torchvision_family_is_replaced_for_the_datas_classes(
             out = model.eval()(torch.zeros(1, 3, side, side))
         assert all(not v.any() for k, v in model.state_dict().items() if k not in head and v.is_floating_point())
     assert tuple(out.shape) == (1, 7)
+
+
+def test_several_networks_compare_in_one_study():
+    study = get_study("finetune", models="resnet18,resnet34")
+    assert list(study.variants) == [f"{m}/{v}" for m in ("resnet18", "resnet34") for v in ("scratch", "probe",
+                                                                                             "finetune")]
+    assert study.factors[0] == "model"
+    runs = {r.variant: r.config for r in planning.plan(study, {}, 1)}
+    assert runs["resnet34/probe"].model == "resnet34" and runs["resnet34/probe"].trainable == "head"
+    assert runs["resnet34/scratch"].weights is None and runs["resnet18/finetune"].weights == "DEFAULT"
+    with pytest.raises(UsageError, match="give --model or --models, not both"):
+        get_study("finetune", model="resnet18", models="resnet34")
