@@ -554,23 +554,9 @@ def latent_mlp(in_channels: int = 1, num_classes: int = 10, image_size: int = 32
     return LatentClassifier(in_channels, num_classes, image_size, latent_dim, depth, width)
 
 
-class LatentLinear(nn.Module):
-    """The autoencoder's encoder and one linear layer on its code: a linear probe (transfer)."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 32, latent_dim: int = 10,
-                 depth: int = 2, width: int = 16):
-        super().__init__()
-        self.encoder, _ = _encoder(in_channels, image_size, latent_dim, depth, width)
-        self.head = nn.Linear(latent_dim, num_classes)
-
-    def encode(self, x):
-        return self.encoder(x)
-
-    def forward(self, x):
-        return self.head(self.encoder(x))
-
-
 @register_model("latent-linear", (1, 32, 32), "the autoencoder's encoder and one linear layer on its code: a probe")
 def latent_linear(in_channels: int = 1, num_classes: int = 10, image_size: int = 32, latent_dim: int = 10,
                   depth: int = 2, width: int = 16) -> nn.Module:
-    return LatentLinear(in_channels, num_classes, image_size, latent_dim, depth, width)
+    model = LatentClassifier(in_channels, num_classes, image_size, latent_dim, depth, width)
+    model.head = nn.Linear(latent_dim, num_classes)  # one linear layer on the code: a probe (transfer)
+    return model
