@@ -144,6 +144,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)  # what the user should know before training
     schema: pa.Schema | None = None  # the results file's columns: the planned runs' and the file's
     settings: dict | None = None  # the study's own settings (study_settings), for check_resumable
+    weights: dict = field(default_factory=dict)  # each --weights: what it was (weights_record)
 
     def todo(self, done: set[str]) -> list[Run]:
         return [r for r in self.runs if r.run_id not in done]
@@ -189,8 +190,9 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         notes += [f"{_which(names, len(variants))}: {note}" for note, names in said.items()]
         check_outputs(runs, data)  # one real batch through each model: it runs, and gives what the task needs
         check_memory(runs, data, device)
+    weights = weights_record(runs, out if resume and not existing.empty else None)  # each file read: check_weights
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
-                    schema, settings)
+                    schema, settings, weights)
 
 
 def _which(variants: list[str], of: int) -> str:
@@ -214,6 +216,8 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
         todo = p.todo(store.done())
         choices = autopack.choose(todo, p.data, p.device, p.pack)  # before any seed trains: timed where it pays
         metadata = {**metadata, "packing": packing_record(p, choices)}
+        if p.weights:
+            metadata["weights"] = p.weights
         if on_start is not None:
             on_start(todo)
         try:
@@ -224,6 +228,26 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
         planned = {r.run_id for r in p.runs}
         return (store.runs[store.runs["run_id"].isin(planned)],
                 store.class_rows[store.class_rows["run_id"].isin(planned)])
+
+
+def weights_record(runs: list[Run], resumed: Path | None) -> dict[str, str]:
+    """The file's metadata `weights`: each --weights of the runs, and what it was (a file's
+    SHA-256; the torchvision weights a name chose). A study resumed from other weights under
+    the same name (a file overwritten since, DEFAULT meaning newer weights) is refused."""
+    from ablate import weights
+
+    record = {spec: weights.identity(config.model, spec) for config in {r.config for r in runs}
+              if (spec := config.weights) is not None}
+    before = {}
+    if resumed is not None:
+        with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: nothing to compare
+            before = results.read_metadata(resumed).get("weights") or {}
+    for spec, now in record.items():
+        if spec in before and before[spec] != now:
+            raise UsageError(f"--resume: --weights {spec!r} is not what the file's runs started from "
+                             f"({before[spec][:19]} then, {now[:19]} now): give another --out, or --force to "
+                             "train them all again")
+    return {**before, **record}
 
 
 def packing_record(prepared: Prepared, choices: dict) -> dict:

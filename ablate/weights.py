@@ -86,6 +86,20 @@ def preprocessing(model: str, spec: str | None) -> Preprocessing | None:
     return Preprocessing(int(side), "imagenet" if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD) else None, mean, std)
 
 
+def identity(model: str, spec: str) -> str:
+    """What `spec` is: a file's "sha256:..." of its bytes, or the torchvision weights it names
+    ("ResNet18_Weights.IMAGENET1K_V1" for DEFAULT)."""
+    if not is_file(spec):
+        return str(torchvision_weights(model, spec))
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(spec, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def weights_dir() -> Path:
     from ablate.data import cache_dir
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ablate import planning, weights
+from ablate import planning, results, weights
 from ablate.errors import UsageError
 from ablate.results import models_path
 from ablate.studies import get_study
@@ -107,6 +107,21 @@ def test_weights_on_any_study_load_into_every_variant_and_a_head_probe_keeps_the
         kept = load_file(models_path(nets / "s.parquet") / f"{run.run_id}.safetensors")
         assert torch.equal(kept["body.1.running_var"], state["body.1.running_var"])
         assert torch.equal(kept["body.0.weight"], state["body.0.weight"])
+
+
+def test_resume_from_weights_that_changed_under_the_same_name_is_refused(nets, ablate):
+    pretrained(nets / "w.pt")
+    study = ["sweep", *STUDY[3:], "--model", "nets:Net", "--vary", "lr=0.01", "--weights", "w.pt", "--out", "r.parquet"]
+    assert ablate([*study, "--seeds", "1"]).exit_code == 0
+    assert ablate([*study, "--seeds", "2", "--resume"]).exit_code == 0  # the same file: resumed
+    recorded = results.read_metadata(nets / "r.parquet")["weights"]
+    assert list(recorded) == ["w.pt"] and recorded["w.pt"].startswith("sha256:")
+    before = (nets / "r.parquet").read_bytes()
+    pretrained(nets / "w.pt", seed=5)  # other weights, the same name
+    one_line(ablate([*study, "--seeds", "3", "--resume"]),
+             "--resume: --weights 'w.pt' is not what the file's runs started from (sha256:")
+    assert (nets / "r.parquet").read_bytes() == before
+    assert ablate([*study, "--seeds", "1", "--force"]).exit_code == 0
 
 
 def one_line(result, *needles):
