@@ -603,9 +603,9 @@ FINETUNE_MODES = {  # variant -> what it sets: the weights' own name is filled i
                 "has; downloaded once) or a file (.safetensors, .pt/.pth state dict).",
                 epochs="Default: 5.", batch_size="Default: 32.", lr="SGD with momentum 0.9; default 0.001.")
 def finetune(model: str | None = None, weights: str | None = None, models: str | None = None) -> Study:
-    if models and model:
+    if models is not None and model:
         raise UsageError("give --model or --models, not both")
-    names = parse_list(models, "model") if models else [model or "resnet18"]
+    names = parse_list(models, "model") if models is not None else [model or "resnet18"]
     spec = weights or "DEFAULT"  # checked with each model when planned (planning.weights_preprocessing)
     base = {"model": names[0], "weights": spec, "epochs": 5, "batch_size": 32, "optimizer": "momentum",
             "lr": 0.001, "momentum": 0.9}

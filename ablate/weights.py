@@ -36,6 +36,7 @@ def torchvision_weights(model: str, spec: str):
     """The torchvision weights `spec` names for `model`: DEFAULT, IMAGENET1K_V1, ... (or the
     enum's full name, ResNet18_Weights.IMAGENET1K_V1)."""
     if model not in arch.torchvision_models():
+        arch.model_source(model)  # a name that is no model at all says so first
         raise UsageError(f"{describe(spec)}: model {model!r} has no torchvision weights; give a weights file "
                          f"({', '.join(FILE_SUFFIXES)}) or a torchvision classifier (`ablate list models`)")
     import torchvision
@@ -129,11 +130,15 @@ def _torchvision_state(model: str, spec: str) -> dict[str, torch.Tensor]:
                 partial.replace(path)
             finally:
                 partial.unlink(missing_ok=True)
-        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # offline, refused, disk full, a corrupt download: all end the same way
         raise UsageError(f"{describe(spec)}: cannot download {weights} for {model} from {weights.url} "
                          f"({type(error).__name__}: {first_line(error)[:120]}); on a machine without a network, "
                          f"put that file into {weights_dir()} or give a weights file") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or changed since it was downloaded
+        raise UsageError(f"{describe(spec)}: the downloaded {path} cannot be read ({type(error).__name__}: "
+                         f"{first_line(error)[:120]}); delete it to download it again") from None
 
 
 def forget() -> None:
@@ -151,7 +156,7 @@ def _hash_prefix(name: str) -> str | None:
 @functools.lru_cache(maxsize=4)
 def _read(path: Path, spec: str, version) -> dict[str, torch.Tensor]:
     where = describe(spec)
-    if not path.suffix.lower() in FILE_SUFFIXES:
+    if path.suffix.lower() not in FILE_SUFFIXES:
         raise UsageError(f"{where}: a weights file ends in {', '.join(FILE_SUFFIXES)}")
     if not path.is_file():
         raise UsageError(f"{where}: no such file" if not path.exists() else f"{where}: not a file")

@@ -207,6 +207,11 @@ def test_torchvision_weights_download_once_and_offline_is_one_line(tmp_path, abl
     assert "resized and normalised so" not in result.output and "given image size 32" in result.output
     weights.forget()
     assert ablate([*study, "--out", "b.parquet"]).exit_code == 0 and len(calls) == 1  # from the cache
+    cached = weights.weights_dir() / "squeezenet1_1-b8a52dc0.pth"
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated since
+    weights.forget()
+    one_line(ablate([*study, "--out", "c.parquet"]), "squeezenet1_1-b8a52dc0.pth cannot be read",
+             "delete it to download it again")
     frame = pd.read_parquet(tmp_path / "a.parquet").drop_duplicates("variant").set_index("variant")
     probe = load_file(models_path(tmp_path / "a.parquet") / f"{frame.loc['probe', 'run_id']}.safetensors")
     assert torch.equal(probe["features.0.weight"], imagenet["features.0.weight"])
@@ -261,3 +266,8 @@ def test_several_networks_compare_in_one_study():
     assert runs["resnet34/scratch"].weights is None and runs["resnet18/finetune"].weights == "DEFAULT"
     with pytest.raises(UsageError, match="give --model or --models, not both"):
         get_study("finetune", model="resnet18", models="resnet34")
+    for empty in ("", " , "):
+        with pytest.raises(UsageError, match="give at least one model"):
+            get_study("finetune", models=empty)
+    with pytest.raises(UsageError, match="unknown model 'nosuchnet'"):
+        planning.plan(get_study("finetune", models="resnet18,nosuchnet"), {}, 1)
