@@ -7,6 +7,7 @@ calls, so that `ablate --help`, `ablate COMMAND --help` and `ablate list` need n
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -309,7 +310,15 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
         help="all (the default), or head: train only the head, everything else frozen and in eval mode (a probe). "
              "A column, as is trainable_params.")),
     "epochs": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.epochs}, or the study's own.")),
-    "seeds": (int, 1, typer.Option(min=1, help="Train every variant under seeds 0..K-1.")),
+    "seeds": (str, "1", typer.Option(
+        help="K: train every variant under seeds 0..K-1. auto (or auto:MAX, default MAX 10): train in rounds of "
+             "seeds (3, then half as many again each round: 3, 5, 8, 10) and stop each variant once its paired "
+             "difference to the baseline is decided (its interval, valid under repeated looks, excludes 0 or "
+             "lies within ±--resolution) or it has MAX seeds; the file's metadata says how many each got and why.")),
+    "resolution": (Optional[float], None, typer.Option(
+        help="--seeds auto: the difference that matters, in the units of the task's first metric as ablate shows "
+             "it (accuracy points, PSNR dB; the loss for a task without one). Default: 0.5 for accuracy, 0.1 for "
+             "PSNR, 0.01 for the loss.")),
     "batch_size": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.batch_size}.")),
     "lr": (Optional[float], None, typer.Option(
         help=f"Learning rate (default: {DEFAULTS.lr} for SGD with momentum 0.9, or the study's own; "
@@ -378,7 +387,7 @@ def _progress() -> Progress:
 def run_study(study: studies.Study, options: dict) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
-    from ablate import cluster, estimate, executors, results, runner, train
+    from ablate import cluster, estimate, executors, results, runner, sequential, train
 
     out = options["out"] or Path("results") / f"{study.name}.parquet"
     if options["plot"] is not None:
@@ -398,14 +407,16 @@ def run_study(study: studies.Study, options: dict) -> None:
             SETTINGS[name].check(value, label=f"--{name.replace('_', '-')}")
     training["amp"] = None if options["amp"] == Amp.none else options["amp"].value  # None: the study's own
     training["compile"] = options["compile"] or None
-    prepared = runner.prepare(study, training, options["seeds"], device, options["data_dir"], out, options["resume"],
+    seeds = sequential.seeds_option(options["seeds"], options["resolution"])
+    prepared = runner.prepare(study, training, seeds, device, options["data_dir"], out, options["resume"],
                               options["force"], options["save_models"], options["pack"])
     if any(a == "--scheduler" or a.startswith("--scheduler=") for a in ARGV):
         prepared.notes.append("note: --scheduler is now --dask-scheduler (the old name works in this release)")
     for note in prepared.notes:
         stderr.print(note, highlight=False)
     if options["dry_run"]:
-        report.print_wide(stdout, report.dry_run_table(estimate.dry_run(prepared), study.name, out))
+        report.print_wide(stdout, report.dry_run_table(estimate.dry_run(prepared), study.name, out,
+                                                       prepared.auto and prepared.auto.auto.spec()))
         if options["slurm"]:
             stdout.print(f"each of the {options['workers'] or 1} SLURM jobs would run:", highlight=False)
             sys.stdout.write(cluster.slurm_job_script(options["threads"], options["slurm_opts"]))
@@ -413,6 +424,8 @@ def run_study(study: studies.Study, options: dict) -> None:
     metadata = {**results.provenance(ARGV), "device": device.type, "study": study.metadata()}
     frame, per_class = _train(prepared, metadata, executor, options)
     report.print_wide(stdout, report.study_summary(frame, study.factors))
+    if prepared.auto is not None:
+        report.print_wide(stdout, report.auto_table(study.name, results.read_metadata(out)["auto_seeds"]))
     if study.per_class:
         report.print_wide(stdout, report.class_table(per_class))
     stderr.print(f"results: {out} (per-class rows: {results.per_class_path(out)})", highlight=False)
@@ -603,6 +616,12 @@ def report_command(
     if format == OutputFormat.table:
         for study in summary["study"].unique():
             report.print_wide(stdout, report.comparison_table(summary, study, label))
+        for path in paths:  # --seeds auto: each variant's seeds and why
+            with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none to show
+                meta = results.read_metadata(path)
+                if isinstance(meta.get("auto_seeds"), dict):
+                    name = (meta.get("study") or {}).get("name", path.stem)
+                    report.print_wide(stdout, report.auto_table(name, meta["auto_seeds"]))
     if html is not None:
         from ablate import html_report
 

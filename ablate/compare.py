@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from ablate import metrics as task_metrics
+from ablate import sequential
 from ablate.errors import UsageError, unknown_name
 
 
@@ -90,8 +91,9 @@ def interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]
 
 
 def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """One row per (study, variant, metric): n seeds, mean, std, 95 % interval, and the paired
-    difference to the baseline variant over the seeds both have, with its interval. The
+    """One row per (study, variant, metric): n seeds, mean, std, 95 % interval, the paired
+    difference to the baseline variant over the seeds both have with its interval, the seeds
+    that difference needs (`seeds_needed`) and the smallest one the seeds resolve. The
     baseline is the first variant of a study that does not have one named `baseline`."""
     if baseline is not None and baseline not in set(test_rows["variant"]):
         raise unknown_name("baseline variant", baseline, list(dict.fromkeys(test_rows["variant"])))
@@ -122,5 +124,20 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
                     "diff": paired.mean() if variant != base else math.nan,
                     "diff_ci_low": d_low, "diff_ci_high": d_high,
                     "significant": bool(d_low > 0 or d_high < 0),
+                    **_needed(paired, variant != base),
                 })
-    return pd.DataFrame(records)
+    frame = pd.DataFrame(records)
+    if len(frame):
+        frame["seeds_needed"] = frame["seeds_needed"].astype("Int64")
+    return frame
+
+
+def _needed(paired: pd.Series, compared: bool) -> dict:
+    """What more seeds would tell of a paired difference (ablate.sequential): the seeds at which
+    its interval would exclude 0 at the spread seen so far, and the smallest difference the
+    seeds it has resolve; none for the baseline itself."""
+    if not compared:
+        return {"seeds_needed": None, "resolvable_diff": math.nan}
+    n, std = paired.count(), paired.std() if paired.count() > 1 else math.nan
+    return {"seeds_needed": sequential.seeds_needed(paired.mean(), std, n),
+            "resolvable_diff": sequential.resolvable(std, n)}

@@ -45,6 +45,12 @@ def dry_run(prepared: Prepared) -> list[dict]:
     done = set(existing.loc[existing["status"] != "failed", "run_id"]) if len(existing) else set()
     train_images, test_images = len(p.data.train_y), len(p.data.test_y)
     choices = autopack.choose([r for r in p.runs if r.run_id not in done], p.data, p.device, p.pack)
+    least = most = None  # --seeds auto: the next round's runs, and every run an undecided variant may need
+    if p.auto is not None:
+        least = {r.run_id for r in p.auto.next_round(existing, p.runs, set(), done)}
+        decided = p.auto.decisions(existing, p.runs, set())
+        going = any(not d.done for d in decided.values())
+        most = {r.run_id for r in p.runs if going and (not decided[r.variant].done or r.variant == p.auto.baseline)}
     rows = []
     for variant in dict.fromkeys(r.variant for r in p.runs):
         runs = [r for r in p.runs if r.variant == variant]
@@ -56,11 +62,16 @@ def dry_run(prepared: Prepared) -> list[dict]:
         if choice is not None and choice.packed and choice.ratio:
             per_image /= choice.ratio
         evaluated = train_images + (config.epochs + 1) * test_images
+        per_run = per_image * (config.epochs * train_images + evaluated / 3)
+        had = len(runs) - left
+        if p.auto is not None:  # the fewest and the most
+            left = (sum(r.run_id in least for r in runs), sum(r.run_id in most and r.run_id not in done for r in runs))
         rows.append({
-            "variant": variant, "seeds": len(runs), **{f: config.columns().get(f) for f in p.study.factors
-                                                        if f not in ("params", "flops")},
+            "variant": variant,
+            "seeds": len(runs) if p.auto is None else (had + left[0], had + left[1]),
+            **{f: config.columns().get(f) for f in p.study.factors if f not in ("params", "flops")},
             "params": size.params, "flops": size.flops, "epochs": config.epochs, "images": train_images,
-            "done": len(runs) - left, "left": left, "seeds train": choice.said() if choice else "—",
-            "seconds": left * per_image * (config.epochs * train_images + evaluated / 3),
+            "done": had, "left": left, "seeds train": choice.said() if choice else "—",
+            "seconds": left * per_run if p.auto is None else (left[0] * per_run, left[1] * per_run),
         })
     return rows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate import metrics, results
+from ablate import metrics, report, results
 from ablate.errors import EnvironmentFailure, UsageError
 
 STYLE = """
@@ -60,7 +60,8 @@ def _number(value: float, scale: float, digits: int) -> str:
 def _summary(rows: pd.DataFrame) -> str:
     """The comparison of one study: per variant and metric, mean ± std [95 % interval] and the
     paired difference to the baseline with its interval; * where the interval excludes 0."""
-    header = ["variant", "metric", "seeds", "mean", "std", "95 % interval", "Δ to baseline", "Δ 95 % interval", ""]
+    header = ["variant", "metric", "seeds", "mean", "std", "95 % interval", "Δ to baseline", "Δ 95 % interval", "",
+              "seeds needed", "resolvable Δ"]
     body, marks = [], []
     for _, r in rows.iterrows():
         name = r["metric"].removeprefix("test_")
@@ -74,11 +75,14 @@ def _summary(rows: pd.DataFrame) -> str:
         diff = "—" if r["diff"] != r["diff"] else f"{scale * r['diff']:+.{digits}f}"
         significant = bool(r["significant"]) and r["diff"] == r["diff"]
         body.append([r["variant"], label, str(int(r["seeds"])), _number(r["mean"], scale, digits),
-                     _number(r["std"], scale, digits), interval, diff, diff_interval, "*" if significant else ""])
-        marks.append([""] * 6 + ["significant" if significant else ""] * 3)
+                     _number(r["std"], scale, digits), interval, diff, diff_interval, "*" if significant else "",
+                     *report.needed_cells(r, scale, digits)])
+        marks.append([""] * 6 + ["significant" if significant else ""] * 3 + [""] * 2)
     base = rows["baseline"].iloc[0]
     return _table(header, body, f"mean and std over seeds, Student t 95 % intervals; Δ: the paired difference to "
-                                f"the baseline {base!r} over the seeds both have, * where its interval excludes 0",
+                                f"the baseline {base!r} over the seeds both have, * where its interval excludes 0; "
+                                "seeds needed: the seeds at which that interval would exclude 0 at the spread "
+                                "seen so far; resolvable Δ: the smallest difference the seeds it has resolve",
                   marks)
 
 
@@ -141,6 +145,24 @@ def _figures(path: Path, study: dict) -> str:
     return "".join(out)
 
 
+def _auto(meta: dict) -> str:
+    """--seeds auto: how many seeds each variant got and why (the metadata `auto_seeds`)."""
+    record = meta.get("auto_seeds")
+    if not isinstance(record, dict) or not isinstance(record.get("variants"), dict):
+        return ""
+    from ablate.sequential import STOPPED
+
+    rows = [[variant, str(said.get("seeds", "")), STOPPED.get(said.get("stopped"), str(said.get("stopped"))),
+             "—" if not said.get("interval") else f"[{said['interval'][0]:+.2f}, {said['interval'][1]:+.2f}]"]
+            for variant, said in record["variants"].items()]
+    return ("<h3>How many seeds</h3>" + _table(
+        ["variant", "seeds", "stopped", "interval that decided"], rows,
+        f"--seeds {record.get('seeds')}: trained in rounds, each variant stopped once its paired difference to "
+        f"{record.get('baseline')!r} on test {record.get('metric')} was decided at resolution "
+        f"±{record.get('resolution')}; intervals valid across the looks after {record.get('looks')} seeds "
+        f"({record.get('method')}, alpha {record.get('alpha')})"))
+
+
 def _provenance(meta: dict, path: Path, seeds: int) -> str:
     command = meta.get("command", "")
     rows = [["command", command], ["ablate", meta.get("ablate_version", "")],
@@ -179,7 +201,7 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
             sections.append(
                 f"<section><h2>{_e(name)}</h2><p>{_e(study.get('description', ''))}</p>"
                 f"<h3>What was compared</h3>{_compared(runs, study)}"
-                f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows)}"
+                f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows)}{_auto(meta)}"
                 f"<h3>Runs that did not finish well</h3>{_problems(runs)}"
                 f"<h3>Figures</h3>{_figures(path, study)}"
                 f"<h3>Where the numbers came from</h3>{_provenance(meta, path, seeds)}</section>")

@@ -26,6 +26,9 @@ class Metric:
     scale: float = 1.0  # shown as scale x value: accuracy 100 (in %)
     unit: str = ""  # after the shown value: "%", " dB"
     higher_is_better: bool = True
+    # `--seeds auto`'s default --resolution: the difference that matters, in shown units (accuracy
+    # points); None: the user gives one
+    resolution: float | None = None
 
     def shown(self, value: float, digits: int = 2, delta: bool = False) -> str:
         """89.45 %; a difference +0.30 pt."""
@@ -43,11 +46,12 @@ def _psnr(mse: float) -> float:
 
 METRICS: Registry[Metric] = Registry("metric")
 accuracy = METRICS.register("accuracy", Metric(
-    "accuracy", "accuracy", lambda out, x, y: (out.argmax(1) == y).sum(), scale=100, unit=" %"))
+    "accuracy", "accuracy", lambda out, x, y: (out.argmax(1) == y).sum(), scale=100, unit=" %", resolution=0.5))
 # of the split's mean squared error per pixel, peak 1: the pixels' range under normalization none
 # (the autoencoder studies' default); under another normalization, relative to 1 in that space
 psnr = METRICS.register("psnr", Metric(
-    "psnr", "PSNR", lambda out, x, y: (out - x).square().flatten(1).mean(1).sum(), finish=_psnr, unit=" dB"))
+    "psnr", "PSNR", lambda out, x, y: (out - x).square().flatten(1).mean(1).sum(), finish=_psnr, unit=" dB",
+    resolution=0.1))
 
 
 def register(metric: Metric) -> None:

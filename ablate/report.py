@@ -150,13 +150,15 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
     study = ", ".join(map(str, frame["study"].unique()))
     runs = frame.drop_duplicates("run_id")
     failed_runs = runs[failed.loc[runs.index]]
-    seeds = final["seed"].nunique()
+    counts = final.groupby("variant")["seed"].nunique()
+    seeds = counts.max() if len(counts) else 0
     measured = task_metrics.present(final[final.split == "test"])
     latent = "latent_corr" in final and final["latent_corr"].notna().any()
     epochs = sorted(final["epoch"].unique())
     when = f"after {epochs[0]:g} epochs" if len(epochs) == 1 else \
         f"after each run's last epoch ({', '.join(f'{e:g}' for e in epochs)})"
-    title = (f"{study}: {when}, {seeds} seed{'s' if seeds > 1 else ''}"
+    said = f"{counts.min()} to {seeds}" if len(counts) and counts.min() != seeds else f"{seeds}"
+    title = (f"{study}: {when}, {said} seed{'s' if seeds > 1 else ''}"
              + (" (mean ± std)" if seeds > 1 else "")) if len(final) else f"{study}: no run finished"
     caption = None
     if len(failed_runs):
@@ -212,21 +214,26 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
     rows = summary[summary["study"] == study]
     base = rows["baseline"].iloc[0]
     seeds = rows["seeds"].max()
+    from ablate.metrics import METRICS, heading
+
+    # the loss, then each of the task's metrics (accuracy in %, PSNR in dB) in the order summarize gives
+    named = [m.removeprefix("test_") for m in dict.fromkeys(rows.metric)]
+    known = [METRICS.get(name) if name in METRICS else None for name in named]
+    decides = 1 if len(named) > 1 else 0  # the task's first metric, else the loss
+    said = known[decides].label if known[decides] else named[decides]
     caption = ("mean ± std [95 % t-interval over seeds]; Δ: paired difference to the baseline over "
-               "shared seeds, * when its interval excludes 0")
+               f"shared seeds, * when its interval excludes 0; seeds needed: the seeds at which the interval of "
+               f"Δ {said} would exclude 0 at the spread seen so far; resolvable: the smallest Δ {said} the seeds "
+               "it has resolve (the interval's half-width)")
     if seeds < 2:
         caption = "one seed: no interval can be given (train with --seeds 2 or more)"
     if seeds < 1:
         caption = "no run has a test value there: every one diverged (its loss became NaN or infinite)"
     table = Table(title=f"{study}: test metrics at {epoch_label}, baseline {base!r}", caption=caption,
                   box=box.SIMPLE_HEAD)
-    from ablate.metrics import METRICS, heading
-
-    # the loss, then each of the task's metrics (accuracy in %, PSNR in dB) in the order summarize gives
-    named = [m.removeprefix("test_") for m in dict.fromkeys(rows.metric)]
-    known = [METRICS.get(name) if name in METRICS else None for name in named]
     columns = ["variant", "seeds", *(f"test {heading(m) if m else name}" for name, m in zip(named, known)),
-               *(f"Δ {heading(m, delta=True) if m else name}" for name, m in zip(named, known))]
+               *(f"Δ {heading(m, delta=True) if m else name}" for name, m in zip(named, known)),
+               "seeds needed", f"resolvable Δ {heading(known[decides], delta=True) if known[decides] else said}"]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     for variant, group in rows.groupby("variant", sort=False):
@@ -244,7 +251,44 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
             deltas.append(text)
         cells = [_interval_cell(r["mean"], r["std"], r["ci_low"], r["ci_high"], scale, digits)
                  for r, scale, digits in metrics]
-        table.add_row(variant, str(metrics[0][0]["seeds"]), *cells, *deltas)
+        table.add_row(variant, str(metrics[0][0]["seeds"]), *cells, *deltas, *needed_cells(*metrics[decides]))
+    return table
+
+
+def needed_cells(row, scale: float, digits: int) -> tuple[str, str]:
+    """A summary row's seeds needed and resolvable difference, as the report shows them."""
+    import pandas as pd  # cheap here: what made these rows has loaded it
+
+    if row["variant"] == row["baseline"]:
+        return "—", "—"
+    needed, resolves = row["seeds_needed"], row["resolvable_diff"]
+    return ("not resolvable" if pd.isna(needed) else f"{int(needed):,}",
+            "—" if resolves != resolves else f"±{scale * resolves:.{digits}f}")
+
+
+def auto_table(study: str, record: dict) -> Table:
+    """`--seeds auto`: per variant, the seeds it got, why it stopped, and the interval that decided
+    (the file's metadata `auto_seeds`)."""
+    from ablate.metrics import METRICS, heading
+    from ablate.sequential import STOPPED
+
+    metric = METRICS.get(record["metric"]) if record["metric"] in METRICS else None
+    unit = heading(metric, delta=True).removeprefix(metric.label).strip(" ()") if metric else ""
+    shown = f"{record['resolution']:g}{' ' + unit if unit else ''}"
+    table = Table(title=f"{study}: --seeds {record['seeds']}, each variant against {record['baseline']!r} on test "
+                        f"{metric.label if metric else record['metric']} (resolution ±{shown})",
+                  caption=f"intervals of the paired difference, valid across the planned looks: alpha "
+                          f"{record['alpha']:g} spent over the looks after {', '.join(map(str, record['looks']))} "
+                          "seeds (README: --seeds auto)", box=box.SIMPLE_HEAD)
+    delta = f"Δ {heading(metric, delta=True) if metric else 'loss'}"
+    for column in ("variant", "seeds", "stopped", "at seeds", delta):
+        table.add_column(column, justify="left" if column in ("variant", "stopped") else "right", no_wrap=True)
+    for variant, said in record["variants"].items():
+        low_high = said.get("interval") or []
+        digits = 2 if metric else 4
+        interval = f"[{low_high[0]:+.{digits}f}, {low_high[1]:+.{digits}f}]" if low_high else "—"
+        at = "—" if said["stopped"] in ("baseline", "undecided") else str(said["at"])
+        table.add_row(variant, str(said["seeds"]), STOPPED.get(said["stopped"], said["stopped"]), at, interval)
     return table
 
 
@@ -254,16 +298,31 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def dry_run_table(rows: list[dict], study: str, out) -> Table:
-    """`--dry-run`: the run matrix, what the results file holds, and the time it would take."""
-    done, left = sum(r["done"] for r in rows), sum(r["left"] for r in rows)
-    table = Table(title=f"{study}: {done + left} runs planned, {done} already in {out}, {left} to train",
-                  caption=f"estimated time: {_duration(sum(r['seconds'] for r in rows))} on this device "
-                          "(from timing a few batches of each model); nothing was trained or written",
+def dry_run_table(rows: list[dict], study: str, out, auto: str | None = None) -> Table:
+    """`--dry-run`: the run matrix, what the results file holds, and the time it would take;
+    under --seeds `auto` (its spec), the fewest and the most runs (pairs of them)."""
+    def total(key: str):
+        values = [r[key] if isinstance(r[key], tuple) else (r[key], r[key]) for r in rows]
+        return tuple(sum(v[i] for v in values) for i in (0, 1))
+
+    def span(value, shown=_cell) -> str:
+        if not isinstance(value, tuple):
+            return shown(value)
+        least, most = map(shown, value)
+        return least if least == most else f"{least} to {most}"
+
+    done, left, seconds = sum(r["done"] for r in rows), total("left"), total("seconds")
+    if auto is None:
+        title = f"{study}: {done + left[0]} runs planned, {done} already in {out}, {left[0]} to train"
+    else:
+        title = (f"{study}: --seeds {auto} trains {span(left)} more runs ({done} already in {out}): the next "
+                 "round at least, every undecided variant up to MAX at most")
+    table = Table(title=title, caption=f"estimated time: {span(seconds, _duration)} on this device "
+                                       "(from timing a few batches of each model); nothing was trained or written",
                   box=box.SIMPLE_HEAD)
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*(_duration(v) if k == "seconds" else human(v) if k == "flops" else _cell(v)
+        table.add_row(*(span(v, _duration) if k == "seconds" else human(v) if k == "flops" else span(v)
                         for k, v in row.items()))
     return table

@@ -388,6 +388,7 @@ class StudyFile:
             # --force: the old study (its file and parts) is replaced when the first new run is saved
             self._replaced = run_parts(self.path) if force and study_exists(self.path) else None
             self.metadata = None  # the newest run's, for the study file
+            self._stale = False  # set_metadata changed it since the file was written
             # each save: (its runs' rows, their per-class rows); the first, what the files held
             runs = existing_runs(self.path, resume, force)
             self._saves = [(runs, read_per_class(self.path) if len(runs) else pd.DataFrame())]
@@ -464,10 +465,21 @@ class StudyFile:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
 
+    def set_metadata(self, metadata: dict, key: str) -> None:
+        """The study file's metadata from now on, written when its record `key` changes it (what
+        a run's save wrote is the metadata of that time)."""
+        before = self.metadata
+        if before is None and self.path.exists():
+            with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: written anew
+                before = read_metadata(self.path)
+        self.metadata = metadata
+        if (before or {}).get(key) != metadata.get(key):
+            self._stale = True
+
     def close(self) -> None:
         """Compact what is saved beside the study file into it, and let go of the file."""
         try:
-            if self._on_disk:
+            if self._on_disk or (self._stale and self.path.exists()):
                 self.compact()
         finally:
             self.lock.release()
@@ -536,7 +548,7 @@ class StudyFile:
             for file in (class_part(part), part):
                 with contextlib.suppress(FileNotFoundError):
                     file.unlink()
-        self._on_disk, self._replaced = [], None
+        self._on_disk, self._replaced, self._stale = [], None, False
         self._compacted_at, self._compact_seconds = time.monotonic(), time.monotonic() - start
 
     def _ordered(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from ablate.executors import InProcess, Progress
 from ablate.planning import (RUN_COLUMNS, Run, check_resumable, configurations, plan, results_schema, run_columns,
                              study_settings, typed_columns)
 from ablate.results import StudyFile
+from ablate.sequential import AutoSeeds, Rule
 from ablate.studies import Study
 from ablate.train import RunResult, train_runs
 
@@ -107,11 +108,12 @@ def execute(
     other_test=None,
     pack: bool | dict[str, bool] = True,
     report: Callable[[Progress], None] = lambda progress: None,
+    only: list[Run] | None = None,
 ) -> None:
-    """Train the runs not yet in `store`, saving each one as soon as its pack finishes (then
-    its weights, when the store keeps models)."""
+    """Train the runs (`only` these of them) not yet in `store`, saving each one as soon as its
+    pack finishes (then its weights, when the store keeps models)."""
     done = store.done()
-    todo = packs([r for r in runs if r.run_id not in done], data, device, pack)
+    todo = packs([r for r in (runs if only is None else only) if r.run_id not in done], data, device, pack)
     work = functools.partial(train_pack, device=device, other_test=other_test, keep_model=store.models is not None)
     columns = run_columns(runs)
     for finished, results_ in (executor or InProcess()).map(work, todo, data, report):
@@ -145,6 +147,7 @@ class Prepared:
     schema: pa.Schema | None = None  # the results file's columns: the planned runs' and the file's
     settings: dict | None = None  # the study's own settings (study_settings), for check_resumable
     weights: dict = field(default_factory=dict)  # each --weights: what it was (weights_record)
+    auto: Rule | None = None  # --seeds auto: when each variant stops (`runs` are those of MAX seeds)
 
     def todo(self, done: set[str]) -> list[Run]:
         return [r for r in self.runs if r.run_id not in done]
@@ -158,13 +161,15 @@ class Interrupted(KeyboardInterrupt):
         self.saved, self.planned = saved, planned
 
 
-def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_dir: Path | None,
+def prepare(study: Study, options: dict, seeds: int | AutoSeeds, device: torch.device, data_dir: Path | None,
             out: Path, resume: bool = False, force: bool = False, save_models: bool = False,
             pack: bool | None = None) -> Prepared:
     """Check everything a study needs, the cheap checks first; raise UsageError on the first
-    problem. Creates no file or folder."""
+    problem. Creates no file or folder. `seeds`: how many, or --seeds auto's rule."""
     existing = results.existing_runs(out, resume, force)
-    runs = plan(study, options, seeds)
+    auto = seeds if isinstance(seeds, AutoSeeds) else None
+    runs = plan(study, options, auto.most if auto else seeds)
+    rule = Rule.of(auto, runs) if auto else None
     settings = study_settings(study, options)
     check_resumable(existing, runs, out, study.factors, settings)
     schema = results_schema(runs, existing, out)
@@ -192,7 +197,7 @@ def prepare(study: Study, options: dict, seeds: int, device: torch.device, data_
         check_memory(runs, data, device)
     weights = weights_record(runs, out if resume and not existing.empty else None)  # each file read: check_weights
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
-                    schema, settings, weights)
+                    schema, settings, weights, rule)
 
 
 def _which(variants: list[str], of: int) -> str:
@@ -213,21 +218,43 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
     with StudyFile(p.out, p.schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
         check_resumable(store.runs, p.runs, p.out, p.study.factors, p.settings)  # a writer may have finished since
         results_schema(p.runs, store.runs, p.out)
-        todo = p.todo(store.done())
-        choices = autopack.choose(todo, p.data, p.device, p.pack)  # before any seed trains: timed where it pays
-        metadata = {**metadata, "packing": packing_record(p, choices)}
         if p.weights:
-            metadata["weights"] = p.weights
-        if on_start is not None:
-            on_start(todo)
+            metadata = {**metadata, "weights": p.weights}
+        choices: dict = {}
+        tried: set[str] = set()  # this command's runs: one that failed is not tried again in the next round
+        trained: list[Run] = []
         try:
-            execute(p.runs, p.data, p.device, store, metadata, executor, on_run, p.other_test,
-                    {config_id: choice.packed for config_id, choice in choices.items()}, report)
+            while todo := _next_round(p, store, tried):
+                new = [r for r in todo if r.config_id not in choices]
+                choices.update(autopack.choose(new, p.data, p.device, p.pack))  # before its seeds train
+                round_metadata = {**metadata, "packing": packing_record(p, choices)}
+                if p.auto is not None:
+                    round_metadata["auto_seeds"] = p.auto.record(store.runs, p.runs, tried)
+                trained += todo
+                tried |= {r.run_id for r in todo}
+                if on_start is not None:
+                    on_start(trained)
+                execute(p.runs, p.data, p.device, store, round_metadata, executor, on_run, p.other_test,
+                        {config_id: choice.packed for config_id, choice in choices.items()}, report, only=todo)
+                if p.auto is None:
+                    break
         except KeyboardInterrupt:
-            raise Interrupted([r for r in p.runs if r.run_id in store.done()], len(p.runs)) from None
+            saved = [r for r in p.runs if r.run_id in store.done()]  # --seeds auto: of the rounds so far
+            planned = len(p.runs) if p.auto is None else len({r.run_id for r in [*trained, *saved]})
+            raise Interrupted(saved, planned) from None
+        if p.auto is not None:
+            store.set_metadata({**metadata, "packing": packing_record(p, choices),
+                                "auto_seeds": p.auto.record(store.runs, p.runs, tried)}, key="auto_seeds")
         planned = {r.run_id for r in p.runs}
         return (store.runs[store.runs["run_id"].isin(planned)],
                 store.class_rows[store.class_rows["run_id"].isin(planned)])
+
+
+def _next_round(p: Prepared, store: StudyFile, tried: set[str]) -> list[Run]:
+    """The runs to train next: what the file does not hold yet, or --seeds auto's next round."""
+    if p.auto is None:
+        return p.todo(store.done())
+    return p.auto.next_round(store.runs, p.runs, tried, store.done())
 
 
 def weights_record(runs: list[Run], resumed: Path | None) -> dict[str, str]:

@@ -1,0 +1,298 @@
+"""`--seeds auto`: train the variants in rounds of seeds and stop each one once its comparison
+with the baseline is decided, with intervals that stay valid however often they are looked at.
+
+The looks are planned: after 3 seeds, then after each round, which adds half the seeds so far
+(3, 5, 8, 12, 18, ...), the last at MAX. Look k spends alpha_k of the error rate alpha = 0.05
+by the power spending function alpha * t**2 of the information t = n_k / MAX (Lan & DeMets
+1983; Kim & DeMets 1987), and its interval is the paired t-interval at level alpha_k. Whatever
+the data and however a variant stops, the chance that any look's interval misses the true
+difference is at most the sum of the alpha_k, alpha (Bonferroni's union bound: exact under
+normal noise, conservative since the looks are correlated). A decision is therefore wrong
+with probability at most alpha: "different" (the interval excludes 0) where there is no
+difference, or "equal" (the interval inside plus or minus the resolution) where the
+difference is as large as the resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ablate.errors import UsageError
+
+ALPHA = 0.05
+FIRST = 3  # seeds of the first round: the fewest that give an interval with a spread to speak of
+MOST = 10  # `--seeds auto`'s MAX
+SPENDING_POWER = 2  # alpha_k from alpha * t**2
+LOSS_RESOLUTION = 0.01  # --resolution of a task without a metric, where the loss decides
+NEEDED_AT_MOST = 1_000_000  # seeds needed past this: "not resolvable"
+
+
+@dataclass(frozen=True)
+class AutoSeeds:
+    """`--seeds auto:MOST`; `resolution` in the deciding metric's shown units (accuracy points),
+    None: the metric's default."""
+
+    most: int = MOST
+    resolution: float | None = None
+
+    def spec(self) -> str:
+        return f"auto:{self.most}"
+
+
+def parse_seeds(text: str) -> int | AutoSeeds:
+    """`--seeds`: a number of seeds, `auto` or `auto:MAX`."""
+    said = text.strip().lower()
+    digits = re.compile("[0-9]+")
+    allowed = (f"give a number of seeds (1 or more), auto (rounds of seeds up to {MOST}) or auto:MAX "
+               f"(MAX {FIRST} or more)")
+    if digits.fullmatch(said) and int(said) >= 1:
+        return int(said)
+    if said == "auto":
+        return AutoSeeds()
+    most = said.removeprefix("auto:")
+    if said.startswith("auto:") and digits.fullmatch(most):
+        if int(most) < FIRST:
+            raise UsageError(f"--seeds {text}: MAX is at least {FIRST}, the seeds of the first round; {allowed}")
+        return AutoSeeds(int(most))
+    raise UsageError(f"--seeds {text!r}: {allowed}")
+
+
+def seeds_option(seeds: str, resolution: float | None) -> int | AutoSeeds:
+    """`--seeds` and `--resolution` as a study takes them."""
+    chosen = parse_seeds(seeds)
+    if resolution is not None:
+        if not isinstance(chosen, AutoSeeds):
+            raise UsageError("--resolution sets when --seeds auto stops a variant: give --seeds auto too, or leave "
+                             "it out")
+        if not (math.isfinite(resolution) and resolution > 0):
+            raise UsageError(f"--resolution must be a finite number > 0 (in the metric's units, like 0.5 accuracy "
+                             f"points), got {resolution}")
+        chosen = AutoSeeds(chosen.most, resolution)
+    return chosen
+
+
+@lru_cache(maxsize=None)
+def looks(most: int) -> tuple[int, ...]:
+    """The seeds after which each look decides: 3, then each round adds half the seeds so far
+    (rounded up), the last one MAX."""
+    seen = [min(FIRST, most)]
+    while seen[-1] < most:
+        seen.append(min(most, seen[-1] + math.ceil(seen[-1] / 2)))
+    return tuple(seen)
+
+
+@lru_cache(maxsize=None)
+def spent(most: int) -> tuple[float, ...]:
+    """alpha_k of each look: alpha * (t_k**2 - t_(k-1)**2), t_k = n_k / MAX; they sum to alpha."""
+    t = [0.0, *(n / most for n in looks(most))]
+    return tuple(ALPHA * (t[k] ** SPENDING_POWER - t[k - 1] ** SPENDING_POWER) for k in range(1, len(t)))
+
+
+@lru_cache(maxsize=4096)
+def _critical(alpha: float, df: int) -> float:
+    from scipy import stats  # imported here: only the statistics need it, and it is slow to load
+
+    return float(stats.t.ppf(1 - alpha / 2, df))
+
+
+def t_interval(values: list[float], alpha: float = ALPHA) -> tuple[float, float]:
+    """The two-sided (1 - alpha) t-interval of the mean of `values` (two or more)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = _critical(alpha, n - 1) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a variant's comparison stands: `seeds` it needs (the look that decided, or those it
+    has), why it stopped (different, equal, max, no pairs) or undecided, and the interval of the
+    paired difference at that look (the metric's stored units; NaN: none)."""
+
+    seeds: int
+    stopped: str
+    low: float = math.nan
+    high: float = math.nan
+
+    @property
+    def done(self) -> bool:
+        return self.stopped != "undecided"
+
+    def record(self, scale: float) -> dict:
+        interval = [] if self.low != self.low else [round(scale * self.low, 6), round(scale * self.high, 6)]
+        return {"stopped": self.stopped, "at": self.seeds, "interval": interval}
+
+
+STOPPED = {  # how `stopped` reads
+    "different": "decided different (the interval excludes 0)",
+    "equal": "decided equal (the interval lies within ± the resolution)",
+    "max": "reached MAX undecided",
+    "no pairs": "no value to compare (every run of it or of the baseline failed or diverged)",
+    "baseline": "the baseline: as many seeds as the variants compared with it",
+    "undecided": "undecided, training",
+}
+
+
+def decide(differences: list[float], most: int, resolution: float) -> Decision:
+    """Go through the planned looks that `differences` (variant minus baseline, seed by seed
+    from seed 0; NaN where either run failed or diverged) reach, and stop at the first that
+    decides: its interval excludes 0 (different) or lies inside (-resolution, resolution)
+    (equal); at MAX undecided, "max". `resolution` is in the values' units."""
+    low = high = math.nan  # the last look's interval
+    for n, alpha in zip(looks(most), spent(most)):
+        if n > len(differences):
+            break
+        pairs = [d for d in differences[:n] if d == d]
+        if len(pairs) < 2:
+            if not pairs:
+                return Decision(n, "no pairs")
+            continue
+        low, high = t_interval(pairs, alpha)
+        if low > 0 or high < 0:
+            return Decision(n, "different", low, high)
+        if -resolution < low and high < resolution:
+            return Decision(n, "equal", low, high)
+    seeds = min(len(differences), most)
+    return Decision(seeds, "max" if seeds >= most else "undecided", low, high)
+
+
+def next_target(decision: Decision, most: int) -> int:
+    """How many seeds an undecided variant trains to next: the next look past what it has."""
+    return next(n for n in looks(most) if n > decision.seeds) if decision.seeds < most else most
+
+
+# ---------------------------------------------------------------- what the report adds
+
+
+def seeds_needed(mean: float, std: float, seeds: int) -> int | None:
+    """The fewest seeds n >= 2 at which a paired difference of this mean and spread has a
+    95 % t-interval that excludes 0: t(0.975, n-1) * std / sqrt(n) < |mean|. None where no
+    number of seeds resolves it (a mean of 0, or over NEEDED_AT_MOST) or the spread is not
+    known (under 2 seeds)."""
+    if seeds < 2 or mean != mean or std != std or mean == 0:
+        return None
+    if std == 0:
+        return 2
+    z = (1.959963984540054 * std / abs(mean)) ** 2  # the normal bound: t > z, so n is no less
+    if z > NEEDED_AT_MOST:
+        return None
+    n = max(2, math.ceil(z))
+    while _critical(ALPHA, n - 1) * std / math.sqrt(n) >= abs(mean):
+        n += 1
+    return n if n <= NEEDED_AT_MOST else None
+
+
+def resolvable(std: float, seeds: int) -> float:
+    """The smallest |difference| the current seeds resolve: the 95 % t-interval's half-width,
+    t(0.975, n-1) * std / sqrt(n); NaN under 2 seeds."""
+    if seeds < 2 or std != std:
+        return math.nan
+    return _critical(ALPHA, seeds - 1) * std / math.sqrt(seeds)
+
+
+# ---------------------------------------------------------------- a study's rounds
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How `--seeds auto` decides one study: its baseline, the metric (a column) and its scale
+    to the shown units, and the resolution in those units."""
+
+    auto: AutoSeeds
+    baseline: str
+    metric: str
+    scale: float
+    resolution: float
+
+    @classmethod
+    def of(cls, auto: AutoSeeds, runs: list) -> Rule:
+        """The rule of the planned runs (of MAX seeds); a usage error where none can decide."""
+        from ablate.tasks import TASKS
+
+        variants = list(dict.fromkeys(r.variant for r in runs))
+        if len(variants) < 2:
+            raise UsageError(f"--seeds {auto.spec()} stops a variant when its difference to the baseline is "
+                             f"decided: this study has one variant ({variants[0]!r}); give --seeds K")
+        firsts = {}
+        for run in runs:
+            measured = TASKS.get(run.config.task).metrics
+            firsts.setdefault(measured[0] if measured else None, run.variant)
+        if len(firsts) > 1:
+            named = ", ".join(f"{m.name if m else 'loss'} ({v!r})" for m, v in firsts.items())
+            raise UsageError(f"--seeds {auto.spec()}: the variants' tasks are decided by different metrics ({named}); "
+                             "give --seeds K")
+        metric = next(iter(firsts))
+        resolution = auto.resolution
+        if resolution is None:
+            resolution = LOSS_RESOLUTION if metric is None else metric.resolution
+            if resolution is None:
+                raise UsageError(f"--seeds {auto.spec()}: metric {metric.name!r} has no default resolution; give "
+                                 "--resolution, the difference that matters in its units")
+        return cls(auto, variants[0], metric.name if metric else "loss", metric.scale if metric else 1.0,
+                   resolution)
+
+    def decisions(self, frame, runs: list, tried: set[str]) -> dict[str, Decision]:
+        """Each variant's decision from the rows of `frame` (a study file's): a seed counts once
+        its run finished, or failed here (`tried`; a failed run of an earlier command is trained
+        again); the baseline's is "baseline", with the seeds the others need."""
+        values = _last_values(frame, self.metric, tried)  # variant -> {seed: value}, NaN where failed
+        seeds = {v: _leading(values.get(v, {})) for v in dict.fromkeys(r.variant for r in runs)}
+        base = values.get(self.baseline, {})
+        decided = {}
+        for variant, had in seeds.items():
+            if variant == self.baseline:
+                continue
+            own, n = values.get(variant, {}), min(had, seeds[self.baseline])
+            decided[variant] = decide([own[s] - base[s] for s in range(n)], self.auto.most,
+                                      self.resolution / self.scale)
+        decided[self.baseline] = Decision(seeds[self.baseline], "baseline")
+        return {v: decided[v] for v in seeds}  # in the study's order
+
+    def next_round(self, frame, runs: list, tried: set[str], done: set[str]) -> list:
+        """The runs to train now: each undecided variant's up to its next look, and the
+        baseline's as far as the furthest of them; none when every variant is decided."""
+        decided = self.decisions(frame, runs, tried)
+        undecided = [d for v, d in decided.items() if not d.done]
+        target = {v: next_target(d, self.auto.most) for v, d in decided.items() if not d.done}
+        if undecided:
+            target[self.baseline] = max(target.values())
+        return [r for r in runs if r.seed < target.get(r.variant, 0) and r.run_id not in done | tried]
+
+    def record(self, frame, runs: list, tried: set[str]) -> dict:
+        """The file's metadata `auto_seeds`: the rule and, per variant, the seeds it has, why it
+        stopped, and the look (seeds) and interval (shown units) that decided."""
+        have = {v: len(s) for v, s in _last_values(frame, self.metric, tried).items()}
+        return {"seeds": self.auto.spec(), "baseline": self.baseline, "metric": self.metric,
+                "resolution": self.resolution, "alpha": ALPHA, "looks": list(looks(self.auto.most)),
+                "method": "alpha spending alpha*t^2 over the planned looks, Bonferroni-bounded paired t-intervals",
+                "variants": {v: {"seeds": have.get(v, 0), **d.record(self.scale)}
+                             for v, d in self.decisions(frame, runs, tried).items()}}
+
+
+def _last_values(frame, metric: str, tried: set[str]) -> dict[str, dict[int, float]]:
+    """variant -> {seed: the test `metric` at its run's last epoch}, NaN for a run that failed
+    (here, `tried`) or has none."""
+    values: dict[str, dict[int, float]] = {}
+    if frame is None or frame.empty:
+        return values
+    failed = frame[(frame["status"] == "failed") & frame["run_id"].isin(tried)]
+    for _, row in failed.drop_duplicates("run_id").iterrows():
+        values.setdefault(row["variant"], {})[int(row["seed"])] = math.nan
+    test = frame[(frame["status"] != "failed") & (frame["split"] == "test")]
+    if len(test):
+        last = test[test["epoch"] == test.groupby("run_id")["epoch"].transform("max")]
+        for variant, seed, value in zip(last["variant"], last["seed"], last[metric]):
+            values.setdefault(variant, {})[int(seed)] = float(value) if value == value else math.nan
+    return values
+
+
+def _leading(by_seed: dict[int, float]) -> int:
+    """How many seeds from 0 on have a value (or a failure)."""
+    n = 0
+    while n in by_seed:
+        n += 1
+    return n
