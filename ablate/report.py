@@ -279,7 +279,7 @@ def auto_table(study: str, record: dict) -> Table:
                         f"{metric.label if metric else record['metric']} (resolution ±{shown})",
                   caption=f"intervals of the paired difference, valid across the planned looks: alpha "
                           f"{record['alpha']:g} spent over the looks after {', '.join(map(str, record['looks']))} "
-                          "seeds (README: --seeds auto)", box=box.SIMPLE_HEAD)
+                          "seeds (docs/seeds.md)", box=box.SIMPLE_HEAD)
     delta = f"Δ {heading(metric, delta=True) if metric else 'loss'}"
     for column in ("variant", "seeds", "stopped", "at seeds", delta):
         table.add_column(column, justify="left" if column in ("variant", "stopped") else "right", no_wrap=True)

@@ -132,7 +132,7 @@ STOPPED = {  # how `stopped` reads
     "equal": "decided equal (the interval lies within ± the resolution)",
     "max": "reached MAX undecided",
     "no pairs": "no value to compare (every run of it or of the baseline failed or diverged)",
-    "baseline": "the baseline: as many seeds as the variants compared with it",
+    "baseline": "the baseline (trains while any variant does)",
     "undecided": "undecided, training",
 }
 

@@ -227,6 +227,9 @@ def test_auto_trains_in_rounds_and_stops_each_variant_when_decided(tmp_path, abl
     assert frame.groupby("variant")["seed"].nunique().to_dict() == {"relu": 8, "linear": 8, "linear-wide": 3}
     assert "decided equal" in result.output and "3 to 8 seeds" in result.output
     assert "decided different" in ablate(["report", out]).output
+    page = tmp_path / "page.html"
+    assert ablate(["report", out, "--html", page]).exit_code == 0
+    assert "How many seeds" in page.read_text() and "decided equal" in page.read_text()
 
 
 def test_a_resolution_decides_equal_sooner_or_not_at_all(tmp_path, ablate, tiny, trained):

@@ -1,0 +1,64 @@
+"""`--seeds auto` simulated: many studies of a variant against its baseline, with normal noise
+and a true difference of 0 to 2 standard deviations of the per-seed paired difference,
+through the rounds and decisions `--seeds auto` makes (ablate.sequential, no training). Prints,
+per true difference, how often the rule said different, equal and reached MAX, and the seeds
+it took on average; then the same looks with the plain 95 % t-interval at each, which is
+what the correction is for.
+
+    .venv/bin/python benchmarks/seeds.py [--studies 20000] [--max 10] [--resolution 0.5]
+
+The resolution is in standard deviations of the paired difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from ablate import sequential
+
+
+def stopping(differences: np.ndarray, most: int, resolution: float) -> sequential.Decision:
+    """One study through the rounds: decide on the seeds so far, train to the next look."""
+    seeds = sequential.FIRST
+    while True:
+        decision = sequential.decide(list(differences[:seeds]), most, resolution)
+        if decision.done:
+            return decision
+        seeds = sequential.next_target(decision, most)
+
+
+def plain(differences: np.ndarray, most: int) -> bool:
+    """The same looks, each with the plain 95 % t-interval: did any exclude 0?"""
+    for n in sequential.looks(most):
+        low, high = sequential.t_interval(list(differences[:n]), sequential.ALPHA)
+        if low > 0 or high < 0:
+            return True
+    return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=int, default=20000)
+    parser.add_argument("--max", type=int, default=sequential.MOST)
+    parser.add_argument("--resolution", type=float, default=0.5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"{args.studies:,} simulated studies, --seeds auto:{args.max}, resolution {args.resolution:g} SD, "
+          f"looks after {', '.join(map(str, sequential.looks(args.max)))} seeds")
+    print(f"{'difference (SD)':>16} {'different':>10} {'equal':>8} {'max':>8} {'mean seeds':>11} {'plain t, any look':>18}")
+    for difference in (0.0, 0.5, 1.0, 1.5, 2.0):
+        draws = rng.normal(difference, 1.0, size=(args.studies, args.max))
+        decisions = [stopping(d, args.max, args.resolution) for d in draws]
+        said = {s: np.mean([d.stopped == s for d in decisions]) for s in ("different", "equal", "max")}
+        seeds = np.mean([d.seeds for d in decisions])
+        naive = np.mean([plain(d, args.max) for d in draws])
+        print(f"{difference:>16.1f} {said['different']:>10.3f} {said['equal']:>8.3f} {said['max']:>8.3f} "
+              f"{seeds:>11.2f} {naive:>18.3f}")
+    error = 3 * np.sqrt(0.05 * 0.95 / args.studies)
+    print(f"(a simulated fraction near 0.05 is within ±{error:.3f} of the true one, three standard errors)")
+
+
+if __name__ == "__main__":
+    main()
