@@ -595,7 +595,7 @@ def report_command(
     interval."""
     import pandas as pd
 
-    from ablate import compare, results
+    from ablate import compare, results, sequential
 
     if epoch is not None and best:
         raise UsageError("give --epoch or --best, not both")
@@ -614,14 +614,18 @@ def report_command(
         sys.stdout.write(summary.to_json(orient="records", indent=1) + "\n")
     label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
     if format == OutputFormat.table:
-        for study in summary["study"].unique():
-            report.print_wide(stdout, report.comparison_table(summary, study, label))
-        for path in paths:  # --seeds auto: each variant's seeds and why
+        auto = {}  # study -> its --seeds auto record: each variant's seeds and why
+        for path in paths:
             with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none to show
                 meta = results.read_metadata(path)
-                if isinstance(meta.get("auto_seeds"), dict):
-                    name = (meta.get("study") or {}).get("name", path.stem)
-                    report.print_wide(stdout, report.auto_table(name, meta["auto_seeds"]))
+                record = sequential.readable(meta.get("auto_seeds"))
+                study = meta.get("study")
+                if record is not None and isinstance(study, dict) and isinstance(study.get("name"), str):
+                    auto[study["name"]] = record
+        for study in summary["study"].unique():
+            report.print_wide(stdout, report.comparison_table(summary, study, label, auto=study in auto))
+            if study in auto:
+                report.print_wide(stdout, report.auto_table(study, auto[study]))
     if html is not None:
         from ablate import html_report
 

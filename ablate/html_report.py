@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate import metrics, report, results
+from ablate import metrics, report, results, sequential
 from ablate.errors import EnvironmentFailure, UsageError
 
 STYLE = """
@@ -57,9 +57,10 @@ def _number(value: float, scale: float, digits: int) -> str:
     return "—" if value is None or value != value else f"{scale * value:.{digits}f}"
 
 
-def _summary(rows: pd.DataFrame) -> str:
+def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
     """The comparison of one study: per variant and metric, mean ± std [95 % interval] and the
-    paired difference to the baseline with its interval; * where the interval excludes 0."""
+    paired difference to the baseline with its interval; * where the interval excludes 0
+    (`auto`: under seeds --seeds auto chose, which these plain intervals do not allow for)."""
     header = ["variant", "metric", "seeds", "mean", "std", "95 % interval", "Δ to baseline", "Δ 95 % interval", "",
               "seeds needed", "resolvable Δ"]
     body, marks = [], []
@@ -82,7 +83,9 @@ def _summary(rows: pd.DataFrame) -> str:
     return _table(header, body, f"mean and std over seeds, Student t 95 % intervals; Δ: the paired difference to "
                                 f"the baseline {base!r} over the seeds both have, * where its interval excludes 0; "
                                 "seeds needed: the seeds at which that interval would exclude 0 at the spread "
-                                "seen so far; resolvable Δ: the smallest difference the seeds it has resolve",
+                                "seen so far; resolvable Δ: the smallest difference the seeds it has resolve"
+                                + ("; the seeds were chosen by --seeds auto, which stops early: these plain "
+                                   "intervals do not allow for that, the table below does" if auto else ""),
                   marks)
 
 
@@ -145,22 +148,22 @@ def _figures(path: Path, study: dict) -> str:
     return "".join(out)
 
 
-def _auto(meta: dict) -> str:
+def _auto(record: dict | None) -> str:
     """--seeds auto: how many seeds each variant got and why (the metadata `auto_seeds`)."""
-    record = meta.get("auto_seeds")
-    if not isinstance(record, dict) or not isinstance(record.get("variants"), dict):
+    if record is None:
         return ""
-    from ablate.sequential import STOPPED
-
-    rows = [[variant, str(said.get("seeds", "")), STOPPED.get(said.get("stopped"), str(said.get("stopped"))),
-             "—" if not said.get("interval") else f"[{said['interval'][0]:+.2f}, {said['interval'][1]:+.2f}]"]
-            for variant, said in record["variants"].items()]
-    return ("<h3>How many seeds</h3>" + _table(
+    digits = 2 if record["metric"] in metrics.METRICS else 4
+    rows = []
+    for variant, said in record["variants"].items():
+        interval = "—" if not said["interval"] else \
+            f"[{said['interval'][0]:+.{digits}f}, {said['interval'][1]:+.{digits}f}]"
+        rows.append([variant, str(said["seeds"]), sequential.STOPPED.get(said["stopped"], said["stopped"]), interval])
+    return "<h3>How many seeds</h3>" + _table(
         ["variant", "seeds", "stopped", "interval that decided"], rows,
-        f"--seeds {record.get('seeds')}: trained in rounds, each variant stopped once its paired difference to "
-        f"{record.get('baseline')!r} on test {record.get('metric')} was decided at resolution "
-        f"±{record.get('resolution')}; intervals valid across the looks after {record.get('looks')} seeds "
-        f"({record.get('method')}, alpha {record.get('alpha')})"))
+        f"--seeds {record['seeds']}: trained in rounds, each variant stopped once its paired difference to "
+        f"{record['baseline']!r} on test {record['metric']} was decided at resolution ±{record['resolution']:g}; "
+        f"alpha {record['alpha']:g} spent over the looks after {', '.join(map(str, record['looks']))} seeds, "
+        "so that the intervals stay valid however the study stopped (docs/seeds.md)")
 
 
 def _provenance(meta: dict, path: Path, seeds: int) -> str:
@@ -198,10 +201,11 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
                 continue
             runs = frame[frame["study"] == name]
             seeds = runs["seed"].nunique()
+            auto = sequential.readable(meta.get("auto_seeds"))
             sections.append(
                 f"<section><h2>{_e(name)}</h2><p>{_e(study.get('description', ''))}</p>"
                 f"<h3>What was compared</h3>{_compared(runs, study)}"
-                f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows)}{_auto(meta)}"
+                f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows, auto is not None)}{_auto(auto)}"
                 f"<h3>Runs that did not finish well</h3>{_problems(runs)}"
                 f"<h3>Figures</h3>{_figures(path, study)}"
                 f"<h3>Where the numbers came from</h3>{_provenance(meta, path, seeds)}</section>")

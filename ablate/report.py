@@ -209,8 +209,9 @@ def _interval_cell(mean, std, low, high, scale=1.0, digits=4) -> str:
     return text
 
 
-def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Table:
-    """`ablate report`: one study's variants with 95 % intervals and paired differences."""
+def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str, auto: bool = False) -> Table:
+    """`ablate report`: one study's variants with 95 % intervals and paired differences;
+    `auto`: its seeds were chosen by --seeds auto, whose decisions these intervals are not."""
     rows = summary[summary["study"] == study]
     base = rows["baseline"].iloc[0]
     seeds = rows["seeds"].max()
@@ -225,6 +226,9 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str) -> Tab
                f"shared seeds, * when its interval excludes 0; seeds needed: the seeds at which the interval of "
                f"Δ {said} would exclude 0 at the spread seen so far; resolvable: the smallest Δ {said} the seeds "
                "it has resolve (the interval's half-width)")
+    if auto:
+        caption += ("; the seeds were chosen by --seeds auto, which stops early: these plain intervals do not "
+                    "allow for that, the decisions below do")
     if seeds < 2:
         caption = "one seed: no interval can be given (train with --seeds 2 or more)"
     if seeds < 1:

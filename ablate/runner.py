@@ -170,6 +170,12 @@ def prepare(study: Study, options: dict, seeds: int | AutoSeeds, device: torch.d
     auto = seeds if isinstance(seeds, AutoSeeds) else None
     runs = plan(study, options, auto.most if auto else seeds)
     rule = Rule.of(auto, runs) if auto else None
+    notes = []
+    if rule is not None and resume and not existing.empty:
+        before = None
+        with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: nothing to compare
+            before = results.read_metadata(out).get("auto_seeds")
+        rule, notes = rule.resumed(before)
     settings = study_settings(study, options)
     check_resumable(existing, runs, out, study.factors, settings)
     schema = results_schema(runs, existing, out)
@@ -187,7 +193,7 @@ def prepare(study: Study, options: dict, seeds: int | AutoSeeds, device: torch.d
         if config.test_dataset is not None:
             other_test = load_test_dataset(config.test_dataset, data.classes, data_dir, data.shape[1], data.shape[0])
         variants = list({r.variant: r for r in runs}.values())
-        notes = [note for run in variants for note in check_model(run, data)]
+        notes += [note for run in variants for note in check_model(run, data)]
         said: dict[str, list[str]] = {}  # the same note of several variants is said once
         for run in variants:
             for note in check_weights(run, data):

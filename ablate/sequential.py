@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from ablate.errors import UsageError
@@ -45,7 +45,7 @@ class AutoSeeds:
 def parse_seeds(text: str) -> int | AutoSeeds:
     """`--seeds`: a number of seeds, `auto` or `auto:MAX`."""
     said = text.strip().lower()
-    digits = re.compile("[0-9]+")
+    digits = re.compile("[0-9]{1,9}")  # a count, not a number too long for int()
     allowed = (f"give a number of seeds (1 or more), auto (rounds of seeds up to {MOST}) or auto:MAX "
                f"(MAX {FIRST} or more)")
     if digits.fullmatch(said) and int(said) >= 1:
@@ -207,6 +207,7 @@ class Rule:
     metric: str
     scale: float
     resolution: float
+    extended_from: str | None = None  # --resume with a larger MAX: the MAX the study was planned with
 
     @classmethod
     def of(cls, auto: AutoSeeds, runs: list) -> Rule:
@@ -234,6 +235,26 @@ class Rule:
                                  "--resolution, the difference that matters in its units")
         return cls(auto, variants[0], metric.name if metric else "loss", metric.scale if metric else 1.0,
                    resolution)
+
+    def resumed(self, record) -> tuple[Rule, list[str]]:
+        """This rule for a study whose file holds `record` (its metadata `auto_seeds`, or
+        None), and what the user should know. The looks and their levels depend on MAX: a
+        smaller MAX is refused (it would judge the same seeds at laxer levels), a larger one
+        extends the study, said and recorded."""
+        if not isinstance(record, dict) or not isinstance(record.get("seeds"), str):
+            return self, []
+        before = parse_seeds(record["seeds"]) if re.fullmatch("auto:[0-9]{1,9}", record["seeds"]) else None
+        if before is None or before.most == self.auto.most:
+            return replace(self, extended_from=record.get("extended_from")), []
+        if self.auto.most < before.most:
+            raise UsageError(f"--resume: the study was planned with --seeds {before.spec()}, and its looks and their "
+                             f"levels depend on MAX: give --seeds {before.spec()}, a larger MAX to train undecided "
+                             "variants further, or --seeds K")
+        first = record.get("extended_from") or before.spec()
+        return replace(self, extended_from=first), [
+            f"note: --seeds {self.auto.spec()} extends a study planned with {first}: its looks are planned anew for "
+            f"MAX {self.auto.most}; since it is extended after its variants were seen, its decisions are no longer "
+            "strictly within the 5 % (recorded as extended_from)"]
 
     def decisions(self, frame, runs: list, tried: set[str]) -> dict[str, Decision]:
         """Each variant's decision from the rows of `frame` (a study file's): a seed counts once
@@ -269,13 +290,30 @@ class Rule:
         return {"seeds": self.auto.spec(), "baseline": self.baseline, "metric": self.metric,
                 "resolution": self.resolution, "alpha": ALPHA, "looks": list(looks(self.auto.most)),
                 "method": "alpha spending alpha*t^2 over the planned looks, Bonferroni-bounded paired t-intervals",
+                **({"extended_from": self.extended_from} if self.extended_from else {}),
                 "variants": {v: {"seeds": have.get(v, 0), **d.record(self.scale)}
                              for v, d in self.decisions(frame, runs, tried).items()}}
 
 
+def readable(record) -> dict | None:
+    """A file's metadata `auto_seeds` if it is whole and of this version's form, else None
+    (a file of another version, or edited by hand: nothing to show)."""
+    numbers = (int, float)
+    try:
+        whole = (isinstance(record["seeds"], str) and isinstance(record["baseline"], str)
+                 and isinstance(record["metric"], str) and isinstance(record["resolution"], numbers)
+                 and isinstance(record["alpha"], numbers) and all(isinstance(n, int) for n in record["looks"])
+                 and all(isinstance(v["seeds"], int) and isinstance(v["at"], int) and isinstance(v["stopped"], str)
+                         and len(v["interval"]) in (0, 2) and all(isinstance(x, numbers) for x in v["interval"])
+                         for v in record["variants"].values()))
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return record if whole else None
+
+
 def _last_values(frame, metric: str, tried: set[str]) -> dict[str, dict[int, float]]:
     """variant -> {seed: the test `metric` at its run's last epoch}, NaN for a run that failed
-    (here, `tried`) or has none."""
+    (here, `tried`), diverged, or has no finite value."""
     values: dict[str, dict[int, float]] = {}
     if frame is None or frame.empty:
         return values
@@ -285,8 +323,10 @@ def _last_values(frame, metric: str, tried: set[str]) -> dict[str, dict[int, flo
     test = frame[(frame["status"] != "failed") & (frame["split"] == "test")]
     if len(test):
         last = test[test["epoch"] == test.groupby("run_id")["epoch"].transform("max")]
-        for variant, seed, value in zip(last["variant"], last["seed"], last[metric]):
-            values.setdefault(variant, {})[int(seed)] = float(value) if value == value else math.nan
+        for variant, seed, value, status in zip(last["variant"], last["seed"], last[metric], last["status"]):
+            # a diverged run's last value is no measurement (NaN weights score chance accuracy)
+            kept = status != "diverged" and value is not None and math.isfinite(value)
+            values.setdefault(variant, {})[int(seed)] = float(value) if kept else math.nan
     return values
 
 

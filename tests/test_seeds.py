@@ -58,19 +58,20 @@ def _excludes_zero(values, alpha) -> bool:
     return low > 0 or high < 0
 
 
-def test_a_difference_of_one_standard_deviation_is_found_in_most_studies():
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_difference_of_one_standard_deviation_is_found_in_most_studies(sign):
     n = 3000
-    decisions = [_stopping(d, sequential.MOST, 0.5) for d in _studies(1.0, n, seed=1)]
-    found = np.mean([d.stopped == "different" and d.low > 0 for d in decisions])
+    decisions = [_stopping(d, sequential.MOST, 0.5) for d in _studies(sign * 1.0, n, seed=1)]
+    found = np.mean([d.stopped == "different" and sign * d.low > 0 and sign * d.high > 0 for d in decisions])
     assert found > 0.5
-    assert np.mean([d.stopped == "different" and d.high < 0 for d in decisions]) < 0.01  # the wrong sign: never
+    assert np.mean([d.stopped == "different" and sign * d.high < 0 for d in decisions]) < 0.01  # the wrong sign
     # a larger one is found sooner: the rule saves seeds where the answer is clear
     clear = [_stopping(d, sequential.MOST, 0.5) for d in _studies(3.0, 500, seed=2)]
     assert np.mean([d.seeds for d in clear]) < 6 and all(d.stopped == "different" for d in clear)
 
 
 def test_declaring_equal_where_the_difference_is_as_large_as_the_resolution_is_rare():
-    n = 4000
+    n = 8000
     decisions = [_stopping(d, 20, 1.0) for d in _studies(1.0, n, most=20, seed=3)]  # difference = resolution
     equal = np.mean([d.stopped == "equal" for d in decisions])
     assert equal <= 0.05 + _error(0.05, n)
@@ -95,6 +96,8 @@ def test_a_decision_stops_at_the_first_look_that_decides():
     far = [1.0, 1.1, 0.9, 1.05, 0.95]
     assert decide(far, 10, 0.5) == decide(far[:3], 10, 0.5)
     assert decide(far, 10, 0.5).stopped == "different" and decide(far, 10, 0.5).seeds == 3
+    below = decide([-d for d in far], 10, 0.5)
+    assert below.stopped == "different" and below.high < 0
     near = [0.01, -0.02, 0.0, 0.015, -0.01]
     assert decide(near[:3], 10, 0.1).stopped == "undecided"  # 3 seeds: the interval at alpha 0.0045 is wide
     assert decide(near, 10, 0.1).stopped == "equal" and decide(near, 10, 0.1).seeds == 5
@@ -179,7 +182,7 @@ def _accuracy(variant: str, seed: int) -> float:
 def trained(monkeypatch):
     """Runs that do not train: each gets its test accuracy from `_accuracy` (or fails, for
     the variants in `failing`); `calls` lists the (variant, seed) of each round."""
-    calls, failing = [], set()
+    calls, failing, diverging = [], set(), set()
 
     def train_pack(pack, data, device, on_batch=None, other_test=None, keep_model=False):
         calls.append([(run.variant, run.seed) for run in pack])
@@ -188,14 +191,15 @@ def trained(monkeypatch):
             if run.variant in failing:
                 out.append(RunResult([], [], "failed", error="ValueError: broken"))
                 continue
-            accuracy = _accuracy(run.variant, run.seed)
-            out.append(RunResult([EpochRecord(1, "train", 1.0, {"accuracy": accuracy}, 0.1, 0.1),
-                                  EpochRecord(1, "test", 1.0 - accuracy, {"accuracy": accuracy}, 0.1, 0.1)],
-                                 [accuracy] * len(data.classes), "ok"))
+            accuracy = 0.1 if run.variant in diverging else _accuracy(run.variant, run.seed)  # NaN weights: chance
+            loss = math.nan if run.variant in diverging else 1.0 - accuracy
+            out.append(RunResult([EpochRecord(1, "train", loss, {"accuracy": accuracy}, 0.1, 0.1),
+                                  EpochRecord(1, "test", loss, {"accuracy": accuracy}, 0.1, 0.1)],
+                                 [accuracy] * len(data.classes), "diverged" if run.variant in diverging else "ok"))
         return out
 
     monkeypatch.setattr(runner, "train_pack", train_pack)
-    return calls, failing
+    return calls, failing, diverging
 
 
 def _trained_seeds(calls) -> dict[str, list[int]]:
@@ -207,7 +211,7 @@ def _trained_seeds(calls) -> dict[str, list[int]]:
 
 
 def test_auto_trains_in_rounds_and_stops_each_variant_when_decided(tmp_path, ablate, tiny, trained):
-    calls, _ = trained
+    calls, _, _ = trained
     out = tmp_path / "auto.parquet"
     result = ablate(["linearity", *tiny, "--seeds", "auto", "--out", out, "--no-pack"])
     assert result.exit_code == 0, result.output
@@ -233,7 +237,7 @@ def test_auto_trains_in_rounds_and_stops_each_variant_when_decided(tmp_path, abl
 
 
 def test_a_resolution_decides_equal_sooner_or_not_at_all(tmp_path, ablate, tiny, trained):
-    calls, _ = trained
+    calls, _, _ = trained
     result = ablate(["linearity", *tiny, "--seeds", "auto:5", "--resolution", "0.01", "--out", tmp_path / "a.parquet"])
     assert result.exit_code == 0, result.output
     said = results.read_metadata(tmp_path / "a.parquet")["auto_seeds"]["variants"]
@@ -245,7 +249,7 @@ def test_a_resolution_decides_equal_sooner_or_not_at_all(tmp_path, ablate, tiny,
 
 
 def test_resume_continues_an_auto_study_where_it_stopped(tmp_path, ablate, tiny, trained):
-    calls, _ = trained
+    calls, _, _ = trained
     out = tmp_path / "auto.parquet"
     assert ablate(["linearity", *tiny, "--seeds", "auto:5", "--out", out]).exit_code == 0
     assert results.read_metadata(out)["auto_seeds"]["variants"]["linear"]["stopped"] == "max"
@@ -263,7 +267,7 @@ def test_resume_continues_an_auto_study_where_it_stopped(tmp_path, ablate, tiny,
 
 
 def test_an_interrupted_auto_study_resumes_to_the_same_file(tmp_path, ablate, tiny, trained, monkeypatch, numbers):
-    calls, _ = trained
+    calls, _, _ = trained
     whole = tmp_path / "whole.parquet"
     assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", whole]).exit_code == 0
     train_pack = runner.train_pack
@@ -287,13 +291,90 @@ def test_an_interrupted_auto_study_resumes_to_the_same_file(tmp_path, ablate, ti
 
 
 def test_a_variant_whose_runs_fail_stops_after_the_first_round(tmp_path, ablate, tiny, trained):
-    calls, failing = trained
+    calls, failing, diverging = trained
     failing.add("linear-wide")
     out = tmp_path / "auto.parquet"
     result = ablate(["linearity", *tiny, "--seeds", "auto", "--out", out])
     assert result.exit_code == 0, result.output
     assert _trained_seeds(calls)["linear-wide"] == [0, 1, 2]  # not tried again in later rounds
     assert results.read_metadata(out)["auto_seeds"]["variants"]["linear-wide"]["stopped"] == "no pairs"
+
+
+def test_a_variant_whose_runs_diverge_is_not_counted_as_measured(tmp_path, ablate, tiny, trained):
+    calls, _, diverging = trained
+    diverging.add("linear-wide")
+    out = tmp_path / "auto.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", out]).exit_code == 0
+    assert results.read_metadata(out)["auto_seeds"]["variants"]["linear-wide"]["stopped"] == "no pairs"
+
+
+def test_resume_trains_again_the_runs_an_earlier_command_saw_fail(tmp_path, ablate, tiny, trained):
+    calls, failing, _ = trained
+    failing.add("linear-wide")
+    out = tmp_path / "auto.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", out]).exit_code == 0
+    failing.clear()  # the cause fixed
+    calls.clear()
+    assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", out, "--resume"]).exit_code == 0
+    assert _trained_seeds(calls) == {"linear-wide": [0, 1, 2]}
+    said = results.read_metadata(out)["auto_seeds"]["variants"]["linear-wide"]
+    assert said["stopped"] == "different" and said["seeds"] == 3
+
+
+def test_a_fixed_seeds_study_resumes_as_an_auto_one(tmp_path, ablate, tiny, trained):
+    calls, _, _ = trained
+    out = tmp_path / "auto.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "5", "--out", out]).exit_code == 0
+    calls.clear()
+    assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", out, "--resume"]).exit_code == 0
+    assert _trained_seeds(calls) == {"relu": [5, 6, 7], "linear": [5, 6, 7]}  # linear-wide: decided at 3
+    said = results.read_metadata(out)["auto_seeds"]["variants"]
+    assert said["linear-wide"] == {**said["linear-wide"], "seeds": 5, "stopped": "different", "at": 3}
+
+
+def test_resume_refuses_a_smaller_max_and_says_a_larger_one_extends(tmp_path, ablate, tiny, trained):
+    calls, _, _ = trained
+    out = tmp_path / "auto.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "auto:5", "--out", out]).exit_code == 0
+    smaller = ablate(["linearity", *tiny, "--seeds", "auto:4", "--out", out, "--resume"])
+    assert smaller.exit_code == 2 and "planned with --seeds auto:5" in smaller.output, smaller.output
+    larger = ablate(["linearity", *tiny, "--seeds", "auto:10", "--out", out, "--resume"])
+    assert larger.exit_code == 0 and "extends a study planned with auto:5" in larger.output
+    assert results.read_metadata(out)["auto_seeds"]["extended_from"] == "auto:5"
+
+
+def test_a_new_resolution_on_resume_rewrites_the_record_without_training(tmp_path, ablate, tiny, trained):
+    calls, _, _ = trained
+    out = tmp_path / "auto.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", out]).exit_code == 0
+    rows = results.read_results(out)
+    calls.clear()
+    assert ablate(["linearity", *tiny, "--seeds", "auto", "--resolution", "50", "--out", out, "--resume"]
+                  ).exit_code == 0
+    assert calls == []
+    record = results.read_metadata(out)["auto_seeds"]
+    assert record["resolution"] == 50 and record["variants"]["linear"] == {
+        **record["variants"]["linear"], "seeds": 8, "stopped": "equal", "at": 3}
+    pd.testing.assert_frame_equal(results.read_results(out), rows)  # the runs as they were
+
+
+def test_the_report_of_an_auto_study_says_its_plain_intervals_do_not_allow_for_stopping(tmp_path, ablate, tiny,
+                                                                                        trained):
+    out = tmp_path / "auto.parquet"
+    assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", out]).exit_code == 0
+    assert "chosen by --seeds auto" in ablate(["report", out]).output
+    # a record another tool wrote, or one of another version: the report goes on without it
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    meta = json.loads(table.schema.metadata[b"ablate"])
+    meta["auto_seeds"] = {"seeds": "auto:10", "variants": {"relu": {"seeds": "many"}}}
+    pq.write_table(table.replace_schema_metadata({b"ablate": json.dumps(meta).encode()}), out)
+    result = ablate(["report", out])
+    assert result.exit_code == 0 and "Traceback" not in result.output and "chosen by --seeds auto" not in result.output
+    assert ablate(["report", out, "--html", tmp_path / "p.html"]).exit_code == 0
 
 
 def test_dry_run_states_the_least_and_the_most_runs(tmp_path, ablate, tiny):
@@ -312,7 +393,8 @@ def test_seeds_takes_a_count_auto_or_auto_max(given, allowed):
 
 
 @pytest.mark.parametrize("given", ["", " ", "0", "-1", "1.5", "²", "auto:", "auto:2", "auto:0", "auto:-5", "auto:1e3",
-                                   "auto:10:3", "autox", "three"])
+                                   "auto:10:3", "autox", "three", pytest.param("9" * 5000, id="5000 digits"),
+                                   pytest.param("auto:" + "9" * 5000, id="auto: 5000 digits")])
 def test_seeds_refuses_anything_else_in_one_line(given):
     with pytest.raises(UsageError) as error:
         parse_seeds(given)
