@@ -290,21 +290,14 @@ def test_an_interrupted_auto_study_resumes_to_the_same_file(tmp_path, ablate, ti
     assert results.read_metadata(out)["auto_seeds"] == results.read_metadata(whole)["auto_seeds"]
 
 
-def test_a_variant_whose_runs_fail_stops_after_the_first_round(tmp_path, ablate, tiny, trained):
+@pytest.mark.parametrize("how", ["failed", "diverged"])
+def test_a_variant_whose_runs_fail_or_diverge_stops_after_the_first_round(tmp_path, ablate, tiny, trained, how):
     calls, failing, diverging = trained
-    failing.add("linear-wide")
+    (failing if how == "failed" else diverging).add("linear-wide")  # a diverged run's last numbers measure nothing
     out = tmp_path / "auto.parquet"
     result = ablate(["linearity", *tiny, "--seeds", "auto", "--out", out])
     assert result.exit_code == 0, result.output
     assert _trained_seeds(calls)["linear-wide"] == [0, 1, 2]  # not tried again in later rounds
-    assert results.read_metadata(out)["auto_seeds"]["variants"]["linear-wide"]["stopped"] == "no pairs"
-
-
-def test_a_variant_whose_runs_diverge_is_not_counted_as_measured(tmp_path, ablate, tiny, trained):
-    calls, _, diverging = trained
-    diverging.add("linear-wide")
-    out = tmp_path / "auto.parquet"
-    assert ablate(["linearity", *tiny, "--seeds", "auto", "--out", out]).exit_code == 0
     assert results.read_metadata(out)["auto_seeds"]["variants"]["linear-wide"]["stopped"] == "no pairs"
 
 
