@@ -81,13 +81,9 @@ def last_epochs(frame: pd.DataFrame) -> pd.DataFrame:
 
 def interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]:
     """t-based confidence interval of the mean; NaNs with fewer than two values."""
-    n = values.count()
-    if n < 2:
+    if values.count() < 2:
         return math.nan, math.nan
-    from scipy import stats  # imported here: only the statistics need it, and it is slow to load
-
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std() / math.sqrt(n)
-    return values.mean() - half, values.mean() + half
+    return sequential.t_interval(values.dropna().tolist(), 1 - confidence)
 
 
 def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
