@@ -7,11 +7,16 @@ natural input shape (channels x height x width, no batch dimension).
 from __future__ import annotations
 
 import ast
+import collections.abc
+import dataclasses
 import functools
 import importlib
 import inspect
+import math
 import os
 import sys
+import types
+import typing
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ablate.config import reserved_names
+from ablate.schema import reserved_names
 from ablate.errors import UsageError, describe_error, unknown_name  # noqa: F401 - describe_error: arch's too
 from ablate.registry import Registry
 
@@ -372,6 +377,111 @@ class GrayToRGB(nn.Module):
         return self.model(x.repeat_interleave(3, 1).contiguous(memory_format=torch.channels_last))
 
 
+
+@dataclass(frozen=True)
+class ArgType:
+    """What a model's constructor argument takes: its annotation, else its default's type.
+    `kind` is bool, int, float, str or tuple (a list, a Sequence or a tuple annotation: TOML
+    and the command line write lists); None: any value (lists made tuples, to be hashable)."""
+
+    kind: type | None
+    optional: bool  # None is a value (the annotation allows it, or the default is None)
+    item: type | None = None  # tuple[int, ...]: each element's kind
+
+    @staticmethod
+    def of(annotation, default) -> ArgType:
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)] if union \
+            else [annotation] if annotation is not None else []
+        optional = default is None or (union and len(kinds) < len(typing.get_args(annotation)))
+        kind = kinds[0] if len(kinds) == 1 else None
+        origin = typing.get_origin(kind) or kind
+        if origin in (tuple, list) or (isinstance(origin, type) and origin is not str
+                                       and issubclass(origin, collections.abc.Sequence)):
+            items = [a for a in typing.get_args(kind) if a is not Ellipsis]
+            item = items[0] if items and all(a == items[0] for a in items) and items[0] in _SCALARS else None
+            if item is None and isinstance(default, tuple) and default and \
+                    len({type(v) for v in default}) == 1 and type(default[0]) in _SCALARS:
+                item = type(default[0])
+            return ArgType(tuple, optional, item)
+        if kind in _SCALARS:
+            return ArgType(kind, optional)
+        if default is not None and type(default) in (*_SCALARS, tuple):
+            return ArgType.of(type(default), default)
+        return ArgType(None, True)
+
+    def describe(self) -> str:
+        words = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string",
+                 tuple: "a list" + (f" of {_WORDS[self.item]}s" if self.item else "")}
+        return words.get(self.kind, "any value") + (" (or none)" if self.optional and self.kind else "")
+
+    def convert(self, value, where: str):
+        if value is None or (self.kind is not str and isinstance(value, str) and value.strip().lower() == "none"
+                             and self.optional):
+            if self.optional:
+                return None
+            raise UsageError(f"{where} takes {self.describe()}, got none")
+        if self.kind is None:
+            return _hashable(value)
+        if self.kind is tuple:
+            if isinstance(value, str):
+                value = _literal_or(value)
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+            if self.item is not None:
+                try:
+                    items = [_scalar(self.item, v, where, self.describe()) for v in items]
+                except UsageError:
+                    raise UsageError(f"{where} takes {self.describe()}, got {value!r}") from None
+            return tuple(_hashable(v) for v in items)
+        return _scalar(self.kind, value, where, self.describe())
+
+
+_SCALARS = (bool, int, float, str)
+_WORDS = {bool: "true/false", int: "whole number", float: "number", str: "string"}
+
+
+def _literal_or(text: str):
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def _hashable(value):
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _scalar(kind: type, value, where: str, allowed: str):
+    """`value` as `kind`; a bool is never a number, and a number is a string only as its text."""
+    out = None
+    if kind is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, int) and value in (0, 1):
+            out = bool(value)
+        elif isinstance(value, str):
+            out = {"true": True, "false": False}.get(value.strip().lower())
+    elif isinstance(value, bool):
+        out = None
+    elif kind is int:
+        if isinstance(value, int):
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str):
+            literal = _literal_or(value)
+            out = literal if isinstance(literal, int) and not isinstance(literal, bool) else None
+    elif kind is float:
+        number = _literal_or(value) if isinstance(value, str) else value
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number):
+            out = float(number)
+    elif kind is str:
+        out = value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else None
+    if out is None:
+        raise UsageError(f"{where} takes {allowed}, got {value!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A model named in any of the four ways, as a maker of fresh models: each seed of a run
@@ -383,6 +493,20 @@ class ModelSource:
     inputs: frozenset  # the MODEL_INPUTS `make` takes
     rgb: bool = False  # takes 3 input channels only (torchvision): 1-channel data is repeated
     input_shape: Shape | None = None  # the input it was made for, where it has one
+    arg_types: dict = dataclasses.field(default_factory=dict)  # knob -> ArgType: what its values are converted to
+
+    def typed_args(self, args: dict) -> dict:
+        """Every argument of `args` typed (`typed`), the model's own default where none is given."""
+        return {**self.knobs, **{name: self.typed(name, value) for name, value in args.items()}}
+
+    def typed(self, name: str, value):
+        """`value` of the constructor argument `name` as the argument's declared type (see
+        `ArgType`): one configuration has one value, however it was spelled. A name the
+        model does not take, or a value that does not convert, is a usage error."""
+        if name not in self.knobs:
+            takes = ", ".join(self.knobs) or "no constructor arguments"
+            raise UsageError(f"model {self.name!r} does not take {name}; it takes {takes}")
+        return self.arg_types.get(name, ArgType(None, True)).convert(value, f"{self.name}'s argument {name}")
 
     def build(self, in_channels: int, num_classes: int, image_size: int, **knobs) -> nn.Module:
         given = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
@@ -397,18 +521,23 @@ class ModelSource:
         return GrayToRGB(model) if self.rgb and in_channels == 1 else model
 
 
-def _knobs(function) -> tuple[dict, frozenset]:
-    """The constructor arguments of `function` a user may set (those with a default), and the
-    MODEL_INPUTS it takes."""
+def _knobs(function) -> tuple[dict, frozenset, dict]:
+    """The constructor arguments of `function` a user may set (those with a default), the
+    MODEL_INPUTS it takes, and each argument's `ArgType`."""
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
-        return {}, frozenset()
+        return {}, frozenset(), {}
     reserved = reserved_names()  # a `seed` or `lr` argument would overwrite the run's own column
     knobs = {n: p.default for n, p in parameters.items()
              if n not in MODEL_INPUTS and n not in reserved and p.default is not inspect.Parameter.empty
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return knobs, frozenset(n for n in MODEL_INPUTS if n in parameters)
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # an annotation that names what its module cannot resolve: the defaults' types
+        hints = {}
+    arg_types = {n: ArgType.of(hints.get(n), default) for n, default in knobs.items()}
+    return knobs, frozenset(n for n in MODEL_INPUTS if n in parameters), arg_types
 
 
 @functools.cache
@@ -426,10 +555,12 @@ def model_source(text: str) -> ModelSource:
                              "so that every seed builds its own model")
         if not callable(obj):
             raise UsageError(f"{text!r} is neither an nn.Module class nor a factory function")
-        return ModelSource(text, obj, *_knobs(obj))
+        knobs, inputs, arg_types = _knobs(obj)
+        return ModelSource(text, obj, knobs, inputs, arg_types=arg_types)
     if text in MODELS:
         entry = MODELS.get(text)
-        return ModelSource(text, entry.build, *_knobs(entry.build), input_shape=entry.input_shape)
+        knobs, inputs, arg_types = _knobs(entry.build)
+        return ModelSource(text, entry.build, knobs, inputs, input_shape=entry.input_shape, arg_types=arg_types)
     if text in torchvision_models():
         import torchvision
 

@@ -384,7 +384,7 @@ def _progress() -> Progress:
     )
 
 
-def run_study(study: studies.Study, options: dict) -> None:
+def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset()) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
     from ablate import cluster, estimate, executors, results, runner, sequential, train
@@ -409,7 +409,7 @@ def run_study(study: studies.Study, options: dict) -> None:
     training["compile"] = options["compile"] or None
     seeds = sequential.seeds_option(options["seeds"], options["resolution"])
     prepared = runner.prepare(study, training, seeds, device, options["data_dir"], out, options["resume"],
-                              options["force"], options["save_models"], options["pack"])
+                              options["force"], options["save_models"], options["pack"], taken)
     if any(a == "--scheduler" or a.startswith("--scheduler=") for a in ARGV):
         prepared.notes.append("note: --scheduler is now --dask-scheduler (the old name works in this release)")
     for note in prepared.notes:
@@ -422,12 +422,13 @@ def run_study(study: studies.Study, options: dict) -> None:
             sys.stdout.write(cluster.slurm_job_script(options["threads"], options["slurm_opts"]))
         return
     metadata = {**results.provenance(ARGV), "device": device.type, "study": study.metadata()}
-    frame, per_class = _train(prepared, metadata, executor, options)
+    trained = _train(prepared, metadata, executor, options)
+    frame = trained.runs
     report.print_wide(stdout, report.study_summary(frame, study.factors))
-    if prepared.auto is not None:
-        report.print_wide(stdout, report.auto_table(study.name, results.read_metadata(out)["auto_seeds"]))
+    if trained.auto is not None:
+        report.print_wide(stdout, report.auto_table(study.name, trained.auto))
     if study.per_class:
-        report.print_wide(stdout, report.class_table(per_class))
+        report.print_wide(stdout, report.class_table(trained.class_rows))
     stderr.print(f"results: {out} (per-class rows: {results.per_class_path(out)})", highlight=False)
     if options["plot"] is not None:
         plot.draw(out, options["plot"], study.plot, run_ids=set(frame["run_id"]))
@@ -519,7 +520,9 @@ def _command(name: str, help: str, build, own: dict, shared_help: dict | None = 
 
     def command(**values):
         shared = {k: values[k] for k in SHARED_OPTIONS}
-        run_study(build({k: values[k] for k in own}, shared), shared)
+        built = build({k: values[k] for k in own}, shared)
+        study, taken = built if isinstance(built, tuple) else (built, frozenset())
+        run_study(study, shared, taken)
 
     shared_options = dict(SHARED_OPTIONS)
     for option, text in (shared_help or {}).items():
@@ -551,8 +554,9 @@ def _study_command(name: str, entry: studies.StudyEntry) -> None:
             shared_help[option] = f"{SHARED_OPTIONS[option][2].help} This study's own: {base[option]}."
     help = entry.build.__doc__ or studies.get_study(name).description
 
-    def build(own_values, shared):
-        return entry.build(**own_values, **{k: shared[k] for k in passes if shared[k] is not None})
+    def build(own_values, shared):  # the study, and the shared options its builder took
+        taken = {k: shared[k] for k in passes if shared[k] is not None}
+        return entry.build(**own_values, **taken), frozenset(taken)
 
     _command(name, help, build, own, shared_help)
 
@@ -563,8 +567,10 @@ for _name, _entry in studies.STUDIES.items():
 _command(
     "run", r"Run the study kept in FILE.toml: name, description, \[base], and \[variants.NAME] tables or a \[vary] "
            r"or \[grid] table of NAME = \[values]. Options given here override the file's \[base].",
-    lambda own, shared: studies.from_toml(own["file"], shared["model"]),
-    {"file": (Path, ..., typer.Argument(help="The study file (.toml)."))},
+    lambda own, shared: studies.from_toml(own["file"], shared["model"], own["name"], shared["out"]),
+    {"file": (Path, ..., typer.Argument(help="The study file (.toml).")),
+     "name": (Optional[str], None, typer.Option(help="The study's name (letters, digits, -, _, .). Default: the "
+                                                    "file's `name`, else --out's file name, else the file's."))},
 )
 
 
@@ -618,7 +624,7 @@ def report_command(
         for path in paths:
             with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none to show
                 meta = results.read_metadata(path)
-                record = sequential.readable(meta.get("auto_seeds"))
+                record = sequential.AutoRecord.from_metadata(meta.get("auto_seeds"))
                 study = meta.get("study")
                 if record is not None and isinstance(study, dict) and isinstance(study.get("name"), str):
                     auto[study["name"]] = record

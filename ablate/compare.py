@@ -59,8 +59,8 @@ def pick_epochs(frame: pd.DataFrame, epoch: int | None = None, best: bool = Fals
         raise UsageError(f"no test rows to report: the runs have rows of split {', '.join(held) or 'none'}; "
                          "ablate reports the split 'test'")
     if best:
-        measured = task_metrics.present(test)
-        metric, higher = (measured[0].name, measured[0].higher_is_better) if measured else ("loss", False)
+        decides = task_metrics.deciding(test)
+        metric, higher = decides.name, decides.higher_is_better
         scored = test[test[metric].notna()]  # a run diverged from its first epoch has no best
         if scored.empty:
             raise UsageError(f"--best: no run has a test {metric} to choose its epoch by (every one diverged)")
@@ -89,7 +89,8 @@ def interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]
 def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """One row per (study, variant, metric): n seeds, mean, std, 95 % interval, the paired
     difference to the baseline variant over the seeds both have with its interval, the seeds
-    that difference needs (`seeds_needed`) and the smallest one the seeds resolve. The
+    that difference needs (`seeds_needed`) and the smallest one the seeds resolve, and whether
+    the metric is the one that decides (`decides`: metrics.deciding). The
     baseline is the first variant of a study that does not have one named `baseline`."""
     if baseline is not None and baseline not in set(test_rows["variant"]):
         raise unknown_name("baseline variant", baseline, list(dict.fromkeys(test_rows["variant"])))
@@ -106,6 +107,7 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
                              f"one configuration ({', '.join(map(str, runs))}); a study holds one run per "
                              "variant and seed")
         metrics = ["loss", *(m.name for m in task_metrics.present(rows))]
+        decides = task_metrics.deciding(rows).name
         by_seed = {m: rows.pivot(index="seed", columns="variant", values=m) for m in metrics}
         for variant in variants:
             for metric in metrics:
@@ -119,7 +121,7 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
                     "ci_low": low, "ci_high": high, "baseline": base,
                     "diff": paired.mean() if variant != base else math.nan,
                     "diff_ci_low": d_low, "diff_ci_high": d_high,
-                    "significant": bool(d_low > 0 or d_high < 0),
+                    "significant": bool(d_low > 0 or d_high < 0), "decides": metric == decides,
                     **_needed(paired, variant != base),
                 })
     frame = pd.DataFrame(records)

@@ -47,6 +47,7 @@ class RunConfig:
     lr_step_size: int | None = None  # step: epochs between decays
     lr_gamma: float | None = None  # step, exponential: factor per decay
     lr_max: float | None = None  # onecycle: the peak learning rate
+    cycle_momentum: bool | None = None  # onecycle: momentum cycled 0.95 -> 0.85 against the rate (torch's); off by default
     normalization: str = "half"
     augment: str = "none"
     permutation: str = "none"
@@ -74,8 +75,8 @@ class RunConfig:
 
     def with_fields(self, **values) -> RunConfig:
         """A copy with `values` set: RunConfig fields by name, anything else as a model argument."""
-        fields = {k: v for k, v in values.items() if k in FIELDS}
-        args = {**dict(self.model_args), **{k: v for k, v in values.items() if k not in FIELDS}}
+        fields = {setting_of(k): v for k, v in values.items() if setting_of(k)}
+        args = {**dict(self.model_args), **{k: v for k, v in values.items() if not setting_of(k)}}
         return replace(self, **fields, model_args=tuple(sorted(args.items())))
 
 
@@ -92,15 +93,6 @@ ID_FIELDS = frozenset({
     "limit_test", "deterministic", "threads", "amp", "compile"})
 # The data settings: one dataset per study, loaded once for all its runs.
 DATA_FIELDS = ("dataset", "image_size", "test_fraction", "test_dataset", "limit_train", "limit_test")
-
-
-# The columns a run's outcome fills, beside its settings' (column_types) and its model's arguments.
-RESULT_COLUMNS = {
-    "study": str, "variant": str, "seed": int, "epoch": int, "split": str, "loss": float, "accuracy": float,
-    "psnr": float, "lr": float, "seconds": float, "status": str, "error": str, "run_id": str, "config_id": str,
-    "latent_corr": float, "params": int, "trainable_params": int, "flops": int, "device": str,
-    "packed": int,
-}
 
 
 def column(field_name: str) -> str:
@@ -184,18 +176,11 @@ def _settings() -> dict[str, Setting]:
 SETTINGS: dict[str, Setting] = _settings()
 
 
-def column_types() -> dict[str, type]:
-    """Each field's result column and its Python type; every one may be null."""
-    return {column(name): s.kind for name, s in SETTINGS.items()}
-
-
-def reserved_names() -> set[str]:
-    """Names a model's constructor argument cannot be set or recorded under: the results'
-    columns (a plugin's metrics too) and the settings (a model's `seed` or `lr` argument keeps
-    its own default)."""
-    from ablate.metrics import METRICS
-
-    return set(RESULT_COLUMNS) | set(METRICS) | FIELDS | set(column_types()) | {"model_args"}
+def setting_of(name: str) -> str | None:
+    """The one answer to "is NAME a setting or a model argument?": the RunConfig field `name`
+    names (a field, or its column: base_lr is lr), or None for a constructor argument."""
+    field = FIELD_OF_COLUMN.get(name, name)
+    return field if field in FIELDS else None
 
 
 def checked(config: RunConfig, where: str = "") -> RunConfig:
@@ -216,12 +201,17 @@ class Optimizer:
     takes_momentum: bool = True  # False: a run's momentum is recorded as None (it is not used)
 
 
+def _momentum(config: RunConfig) -> float:
+    """SGD's momentum; None where a momentum cycle sets it (any positive value to start with)."""
+    return 0.9 if config.momentum is None else config.momentum
+
+
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer")
 for _name, _optimizer in {
     "sgd": Optimizer("SGD", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.1, None, 0.0, False),
-    "momentum": Optimizer("SGD", lambda c: dict(lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "momentum": Optimizer("SGD", lambda c: dict(lr=c.lr, momentum=_momentum(c), weight_decay=c.weight_decay),
                           0.02, 0.9, 0.0),
-    "nesterov": Optimizer("SGD", lambda c: dict(lr=c.lr, momentum=c.momentum, nesterov=True,
+    "nesterov": Optimizer("SGD", lambda c: dict(lr=c.lr, momentum=_momentum(c), nesterov=True,
                                                 weight_decay=c.weight_decay), 0.02, 0.9, 0.0),
     "rmsprop": Optimizer("RMSprop", lambda c: dict(lr=c.lr, momentum=c.momentum or 0, weight_decay=c.weight_decay),
                          0.001, None, 0.0),
@@ -238,6 +228,7 @@ class Scheduler:
     per_step: bool  # stepped after every batch, not every epoch
     description: str
     defaults: Callable[[RunConfig], dict] = lambda c: {}  # its hyper-parameters where a run gives none
+    uses: tuple[str, ...] = ()  # the SCHEDULER_SETTINGS it reads: the others are null in its runs' rows
 
 
 SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
@@ -245,24 +236,42 @@ for _name, _scheduler in {
     "none": Scheduler(None, lambda c, steps: {}, False, "a constant learning rate"),
     "step": Scheduler("StepLR", lambda c, steps: dict(step_size=c.lr_step_size, gamma=c.lr_gamma),
                       False, "x lr_gamma (0.1) every lr_step_size (epochs/3) epochs",
-                      lambda c: {"lr_step_size": max(1, c.epochs // 3), "lr_gamma": 0.1}),
+                      lambda c: {"lr_step_size": max(1, c.epochs // 3), "lr_gamma": 0.1}, ("lr_step_size", "lr_gamma")),
     "exponential": Scheduler("ExponentialLR", lambda c, steps: dict(gamma=c.lr_gamma), False,
-                             "x lr_gamma (0.8) per epoch", lambda c: {"lr_gamma": 0.8}),
+                             "x lr_gamma (0.8) per epoch", lambda c: {"lr_gamma": 0.8}, ("lr_gamma",)),
     "cosine": Scheduler("CosineAnnealingLR", lambda c, steps: dict(T_max=c.epochs), False, "to 0 over the epochs"),
-    "onecycle": Scheduler("OneCycleLR", lambda c, steps: dict(max_lr=c.lr_max, total_steps=c.epochs * steps),
-                          True, "up to lr_max (4 x lr) and down, per batch", lambda c: {"lr_max": 4 * c.lr}),
+    # from lr up to lr_max and down, momentum as asked: torch's OneCycleLR would start at lr_max / 25 whatever
+    # lr is, and cycle the momentum (SGD's, even plain SGD's; Adam's beta1) unless cycle_momentum is off
+    "onecycle": Scheduler("OneCycleLR", lambda c, steps: dict(max_lr=c.lr_max, total_steps=c.epochs * steps,
+                                                              div_factor=c.lr_max / c.lr,
+                                                              cycle_momentum=c.cycle_momentum),
+                          True, "from lr up to lr_max (4 x lr) and down, per batch; momentum constant unless "
+                          "cycle_momentum", lambda c: {"lr_max": 4 * c.lr, "cycle_momentum": False},
+                          ("lr_max", "cycle_momentum")),
 }.items():
     SCHEDULERS.register(_name, _scheduler)
 
 
-def with_defaults(config: RunConfig) -> RunConfig:
-    """`config` with its scheduler's missing hyper-parameters filled in, and no momentum for
-    an optimiser that takes none: the columns say what the run used."""
+SCHEDULER_SETTINGS = ("lr_step_size", "lr_gamma", "lr_max", "cycle_momentum")
+
+
+def used_settings(config: RunConfig) -> RunConfig:
+    """The one place that says which settings a run uses: its scheduler's hyper-parameters
+    (the scheduler's defaults where none is given), momentum for an optimiser that takes one
+    (with a momentum cycle, what the cycle sets), freeze_encoder with pretraining. Every other
+    is None: a row records what its run trained with, and two variants that differ only in
+    settings their runs do not use are one run (`planning.plan` refuses them)."""
     scheduler, optimizer = SCHEDULERS.get(config.scheduler), OPTIMIZERS.get(config.optimizer)
-    missing = {k: v for k, v in scheduler.defaults(config).items() if getattr(config, k) is None}
-    if not optimizer.takes_momentum:
-        missing["momentum"] = None
-    return replace(config, **missing)
+    values = {k: None for k in SCHEDULER_SETTINGS if k not in scheduler.uses}
+    values.update({k: v for k, v in scheduler.defaults(config).items() if getattr(config, k) is None})
+    if not optimizer.takes_momentum or values.get("cycle_momentum", config.cycle_momentum):
+        values["momentum"] = None
+    if not config.pretrain_epochs:
+        values["freeze_encoder"] = None
+    config = replace(config, **values)
+    if config.lr_max is not None and config.lr_max < config.lr:
+        raise UsageError(f"lr_max ({config.lr_max:g}) is below lr ({config.lr:g}): onecycle rises from lr to lr_max")
+    return config
 
 
 # ---------------------------------------------------------------- augmentations

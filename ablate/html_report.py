@@ -148,21 +148,16 @@ def _figures(path: Path, study: dict) -> str:
     return "".join(out)
 
 
-def _auto(record: dict | None) -> str:
+def _auto(record: sequential.AutoRecord | None) -> str:
     """--seeds auto: how many seeds each variant got and why (the metadata `auto_seeds`)."""
     if record is None:
         return ""
-    digits = 2 if record["metric"] in metrics.METRICS else 4
-    rows = []
-    for variant, said in record["variants"].items():
-        interval = "—" if not said["interval"] else \
-            f"[{said['interval'][0]:+.{digits}f}, {said['interval'][1]:+.{digits}f}]"
-        rows.append([variant, str(said["seeds"]), sequential.STOPPED.get(said["stopped"], said["stopped"]), interval])
+    rows = record.rows(2 if record.metric in metrics.METRICS else 4)
     return "<h3>How many seeds</h3>" + _table(
-        ["variant", "seeds", "stopped", "interval that decided"], rows,
-        f"--seeds {record['seeds']}: trained in rounds, each variant stopped once its paired difference to "
-        f"{record['baseline']!r} on test {record['metric']} was decided at resolution ±{record['resolution']:g}; "
-        f"alpha {record['alpha']:g} spent over the looks after {', '.join(map(str, record['looks']))} seeds, "
+        ["variant", "seeds", "stopped", "at seeds", "interval that decided"], rows,
+        f"--seeds {record.seeds}: trained in rounds, each variant stopped once its paired difference to "
+        f"{record.baseline!r} on test {record.metric} was decided at resolution ±{record.resolution:g}; "
+        f"alpha {record.alpha:g} spent over the looks after {', '.join(map(str, record.looks))} seeds, "
         "so that the intervals stay valid however the study stopped (docs/seeds.md)")
 
 
@@ -201,7 +196,7 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
                 continue
             runs = frame[frame["study"] == name]
             seeds = runs["seed"].nunique()
-            auto = sequential.readable(meta.get("auto_seeds"))
+            auto = sequential.AutoRecord.from_metadata(meta.get("auto_seeds"))
             sections.append(
                 f"<section><h2>{_e(name)}</h2><p>{_e(study.get('description', ''))}</p>"
                 f"<h3>What was compared</h3>{_compared(runs, study)}"

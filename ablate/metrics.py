@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from ablate.errors import UsageError
 from ablate.registry import Registry
 
 
@@ -55,15 +54,10 @@ psnr = METRICS.register("psnr", Metric(
 
 
 def register(metric: Metric) -> None:
-    """Add a task's metric under its name; the same metric again is no change. Its name is a
-    column: it may not be one a run's settings or results already fill."""
+    """Add a task's metric under its name; the same metric again is no change. (Its name is a
+    column: `ablate.tasks.register_task` checks it against the schema first.)"""
     if metric.name in METRICS and METRICS.get(metric.name) is metric:
         return
-    from ablate.arch import registry_knobs  # ablate's own models' arguments: columns of every file
-    from ablate.config import reserved_names
-
-    if metric.name not in METRICS and (metric.name in reserved_names() or metric.name in registry_knobs()):
-        raise UsageError(f"metric {metric.name!r} is named like a column ablate fills; name it otherwise")
     METRICS.register(metric.name, metric)
 
 
@@ -77,6 +71,25 @@ def present(frame) -> list[Metric]:
     ordered = [*(name for task in tasks for name in TASK_METRICS.get(task, [])), *METRICS]
     return [METRICS.get(name) for name in dict.fromkeys(ordered)
             if name in METRICS and name in frame and frame[name].notna().any()]
+
+
+# The loss as the metric that decides, for a task with no metric of its own (it is not registered:
+# every task has a loss column).
+LOSS = Metric("loss", "loss", batch=None, higher_is_better=False, resolution=0.01)
+
+
+def deciding(frame) -> Metric:
+    """The one answer to "which metric decides?" (`report --best`, seeds needed, --seeds auto,
+    the variants figure): the first metric of the runs' tasks that `frame` holds values of,
+    else the loss."""
+    measured = present(frame)
+    return measured[0] if measured else LOSS
+
+
+def task_decides(task: str) -> Metric:
+    """`deciding` for a task's runs before they have rows: its first metric, else the loss."""
+    names = TASK_METRICS.get(task, [])
+    return METRICS.get(names[0]) if names else LOSS
 
 
 def heading(metric: Metric, delta: bool = False) -> str:

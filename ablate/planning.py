@@ -11,21 +11,15 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from ablate import arch, results
-from ablate.config import DATA_FIELDS, RESULT_COLUMNS, column_types
+from ablate import arch, results, schema
+from ablate.config import DATA_FIELDS
 from ablate.errors import UsageError
 from ablate.studies import MAX_VARIANTS, Study
 from ablate.tasks import TASKS
 from ablate.train import RunConfig, resolve
 
 
-RUN_COLUMNS = {  # the columns of every study file: results, settings, and ablate's own models' arguments
-    **{k: RESULT_COLUMNS[k] for k in ("study", "variant", "seed", "epoch", "split", "loss", "accuracy", "psnr", "lr",
-                                      "seconds", "status", "error", "run_id", "config_id")},
-    **column_types(), **arch.registry_knobs(),
-    **{k: RESULT_COLUMNS[k] for k in ("latent_corr", "params", "trainable_params", "flops", "device",
-                                      "packed")},
-}
+RUN_COLUMNS = schema.types(schema.table(arch.registry_knobs()))  # every study file's: ablate's own models' arguments
 
 
 def run_columns(runs: list[Run]) -> dict[str, type]:
@@ -105,12 +99,16 @@ def plan(study: Study, options: dict, seeds: int) -> list[Run]:
     given = {k: v for k, v in options.items() if v is not None}
     study_settings(study, options)  # the options checked, before any variant
     base = {**weights_preprocessing(study, {**study.base, **given}), **study.base}
-    runs = []
+    runs, seen = [], {}
     for variant, fields in study.variants.items():
         try:
             config = resolve(RunConfig().with_fields(**{**base, **given, **fields}))
         except UsageError as error:
             raise UsageError(f"variant {variant!r}: {error}") from None
+        if config in seen:
+            raise UsageError(f"variants {seen[config]!r} and {variant!r} would train the same runs: "
+                             + _unused(study.variants[seen[config]], fields, config))
+        seen[config] = variant
         changed = [f for f in DATA_FIELDS if runs and getattr(config, f) != getattr(runs[0].config, f)]
         if changed:
             raise UsageError(f"variants {runs[0].variant!r} and {variant!r} differ in {', '.join(changed)}: every "
@@ -118,6 +116,39 @@ def plan(study: Study, options: dict, seeds: int) -> list[Run]:
                              "whole study")
         runs += [Run(study.name, variant, seed, config) for seed in range(seeds)]
     return runs
+
+
+def _unused(first: dict, second: dict, config: RunConfig) -> str:
+    """Why two variants' fields make one configuration: what they set that their runs do not use."""
+    differ = sorted(k for k in {*first, *second} if first.get(k) != second.get(k))
+    if not differ:
+        return "they set the same values; give each variant settings of its own"
+    said = ", ".join(f"{k} ({first.get(k)!r} and {second.get(k)!r})" for k in differ)
+    return (f"they differ only in {said}, which a run with optimizer {config.optimizer!r}, scheduler "
+            f"{config.scheduler!r}{' and pretraining' if config.pretrain_epochs else ', no pretraining'} does not "
+            "use (docs/studies.md: which settings a run uses); vary what the run uses")
+
+
+def overridden_options(study: Study, options: dict, taken: frozenset = frozenset()) -> list[str]:
+    """A command-line option that a study's variants set too is never dropped without a word:
+    refused when every variant sets its own value, a note naming the variants where only some
+    do. `taken`: the options the study's builder took (`ablate optimizer --lr` sets each
+    variant's rate itself)."""
+    notes = []
+    for name, value in options.items():
+        if value is None or name in taken:
+            continue
+        own = [v for v, fields in study.variants.items() if name in fields and fields[name] != value]
+        if not own:
+            continue
+        option = f"--{name.replace('_', '-')} {value}"
+        if len(own) == len(study.variants):
+            raise UsageError(f"{option}: every variant of study {study.name!r} sets its own {name} "
+                             f"({', '.join(f'{v}: {study.variants[v][name]}' for v in own[:4])}"
+                             f"{', ...' if len(own) > 4 else ''}); leave {option.split()[0]} out")
+        notes.append(f"note: {option} holds for the variants that do not set {name}; "
+                     f"{', '.join(own)} keep{'s' if len(own) == 1 else ''} {'its' if len(own) == 1 else 'their'} own")
+    return notes
 
 
 # ---------------------------------------------------------------- against the file
@@ -147,8 +178,7 @@ def weights_preprocessing(study: Study, settings: dict) -> dict:
         merged = {**settings, **fields}
         model = merged.get("model") or RunConfig().model
         if merged.get("weights"):
-            weights.check(model, merged["weights"])
-            if (pre := weights.preprocessing(model, merged["weights"])) is not None:
+            if (pre := weights.get(model, merged["weights"]).preprocessing) is not None:
                 expected.setdefault(model, pre)
     sides = {model: pre.image_size for model, pre in expected.items()}
     if len(set(sides.values())) > 1 and "image_size" not in settings:

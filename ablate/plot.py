@@ -13,10 +13,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ablate import metrics as task_metrics  # noqa: E402
+from ablate import schema  # noqa: E402
 from ablate.compare import finished_runs, last_epochs  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
 from ablate.results import (  # noqa: E402
-    outcome_columns, per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
+    per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
 )
 
 KINDS = ("curves", "sweep", "classes", "variants", "reconstructions", "interpolation")
@@ -127,12 +128,11 @@ def variants(frame: pd.DataFrame, path: Path) -> None:
 
     final = last_epochs(frame)
     final = final[final.split == "test"]
-    measured = task_metrics.present(final)
-    if not measured:
+    metric = task_metrics.deciding(final)
+    if metric is task_metrics.LOSS:
         raise UsageError("--kind variants draws the final test value of the task's metric (accuracy, PSNR), and "
                          "these runs have none (a task that reports only its loss, or no test rows): use --kind "
                          "curves, or --kind sweep --metric loss")
-    metric = measured[0]
     names = list(dict.fromkeys(final["variant"]))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4.5), constrained_layout=True)
     for i, name in enumerate(names):
@@ -294,7 +294,7 @@ def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = No
                              f"--kind ({', '.join(KINDS)})")
     factors = study.get("factors")
     if not isinstance(factors, list):  # no metadata: any setting, never a seed, an epoch or a result
-        factors = [c for c in frame.columns if c not in outcome_columns() | {"study", "variant", "latent_corr", "packed"}]
+        factors = [c for c in frame.columns if c not in schema.outcome_names() | {"study", "variant"}]
     factors = tuple(map(str, factors))
     rows = None
     if kind == "classes":  # read before anything is drawn or made

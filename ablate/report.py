@@ -220,7 +220,7 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str, auto: 
     # the loss, then each of the task's metrics (accuracy in %, PSNR in dB) in the order summarize gives
     named = [m.removeprefix("test_") for m in dict.fromkeys(rows.metric)]
     known = [METRICS.get(name) if name in METRICS else None for name in named]
-    decides = 1 if len(named) > 1 else 0  # the task's first metric, else the loss
+    decides = named.index(next((m for m in rows.loc[rows["decides"], "metric"]), "test_loss").removeprefix("test_"))
     said = known[decides].label if known[decides] else named[decides]
     caption = ("mean ± std [95 % t-interval over seeds]; Δ: paired difference to the baseline over "
                f"shared seeds, * when its interval excludes 0; seeds needed: the seeds at which the interval of "
@@ -270,29 +270,24 @@ def needed_cells(row, scale: float, digits: int) -> tuple[str, str]:
             "—" if resolves != resolves else f"±{scale * resolves:.{digits}f}")
 
 
-def auto_table(study: str, record: dict) -> Table:
+def auto_table(study: str, record) -> Table:
     """`--seeds auto`: per variant, the seeds it got, why it stopped, and the interval that decided
-    (the file's metadata `auto_seeds`)."""
+    (the file's metadata `auto_seeds`, an `ablate.sequential.AutoRecord`)."""
     from ablate.metrics import METRICS, heading
-    from ablate.sequential import STOPPED
 
-    metric = METRICS.get(record["metric"]) if record["metric"] in METRICS else None
+    metric = METRICS.get(record.metric) if record.metric in METRICS else None
     unit = heading(metric, delta=True).removeprefix(metric.label).strip(" ()") if metric else ""
-    shown = f"{record['resolution']:g}{' ' + unit if unit else ''}"
-    table = Table(title=f"{study}: --seeds {record['seeds']}, each variant against {record['baseline']!r} on test "
-                        f"{metric.label if metric else record['metric']} (resolution ±{shown})",
+    shown = f"{record.resolution:g}{' ' + unit if unit else ''}"
+    table = Table(title=f"{study}: --seeds {record.seeds}, each variant against {record.baseline!r} on test "
+                        f"{metric.label if metric else record.metric} (resolution ±{shown})",
                   caption=f"intervals of the paired difference, valid across the planned looks: alpha "
-                          f"{record['alpha']:g} spent over the looks after {', '.join(map(str, record['looks']))} "
+                          f"{record.alpha:g} spent over the looks after {', '.join(map(str, record.looks))} "
                           "seeds (docs/seeds.md)", box=box.SIMPLE_HEAD)
-    delta = f"Δ {heading(metric, delta=True) if metric else 'loss'}"
+    delta = f"Δ {heading(metric, delta=True) if metric else record.metric}"
     for column in ("variant", "seeds", "stopped", "at seeds", delta):
         table.add_column(column, justify="left" if column in ("variant", "stopped") else "right", no_wrap=True)
-    for variant, said in record["variants"].items():
-        low_high = said.get("interval") or []
-        digits = 2 if metric else 4
-        interval = f"[{low_high[0]:+.{digits}f}, {low_high[1]:+.{digits}f}]" if low_high else "—"
-        at = "—" if said["stopped"] in ("baseline", "undecided") else str(said["at"])
-        table.add_row(variant, str(said["seeds"]), STOPPED.get(said["stopped"], said["stopped"]), at, interval)
+    for row in record.rows(2 if metric else 4):
+        table.add_row(*row)
     return table
 
 

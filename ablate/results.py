@@ -165,8 +165,7 @@ def parts_path(path: Path) -> Path:
     """results/linearity.parquet -> results/_parts/linearity/: each run's rows as it is saved
     (RUN_ID.parquet, and RUN_ID.classes.parquet written before it), until they are compacted
     into the study file. Every reader of ablate's sees them; readers of a folder skip it."""
-    path = Path(path)
-    return path.parent / PARTS_FOLDER / path.name.removesuffix(".parquet")
+    return _inside(path, PARTS_FOLDER, Path(path).name.removesuffix(".parquet"))
 
 
 def run_parts(path: Path) -> list[Path]:
@@ -189,14 +188,23 @@ def study_exists(path: Path) -> bool:
 def per_class_path(path: Path) -> Path:
     """results/linearity.parquet -> results/_per_class/linearity.parquet: out of the way of
     readers of the folder (pandas, polars, DuckDB, Spark skip names starting with _)."""
-    path = Path(path)
-    return path.parent / PER_CLASS_FOLDER / path.name
+    return _inside(path, PER_CLASS_FOLDER, Path(path).name)
 
 
 def models_path(path: Path) -> Path:
     """results/latent.parquet -> results/_models/latent/: one RUN_ID.safetensors per run."""
+    return _inside(path, MODELS_FOLDER, Path(path).name.removesuffix(".parquet"))
+
+
+def _inside(path: Path, folder: str, name: str) -> Path:
+    """`folder/name` beside results file `path`, checked to lie inside `path`'s folder: ablate
+    writes nowhere but where --out points."""
     path = Path(path)
-    return path.parent / MODELS_FOLDER / path.name.removesuffix(".parquet")
+    derived = path.parent / folder / name
+    if name in ("", ".", "..") or not derived.resolve().is_relative_to((path.parent / folder).resolve()):
+        raise UsageError(f"results file {str(path)!r}: its name gives no folder of its own under "
+                         f"{str(path.parent / folder)!r}; give --out a file name like results/study.parquet")
+    return derived
 
 
 def _read_parquet(path: Path, parts: list[Path]) -> pd.DataFrame:
@@ -231,16 +239,14 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
         frame = frame.reset_index(drop=all(level is None for level in frame.index.names))
     name = repr(str(path))
     if kinds is None:  # a study file: its key columns first, the message a foreign file gets
-        keys = {"study": str, "variant": str, "seed": int, "epoch": int, "split": str, "run_id": str,
-                "config_id": str}
-        required = {**keys, "status": str, "loss": float, "accuracy": float}
-        from ablate.config import column_types  # no torch: the settings' columns and their types
+        from ablate import schema  # no torch: the columns ablate writes and their types
         from ablate.metrics import METRICS
 
-        optional = {**column_types(), **dict.fromkeys(METRICS, float), "lr": float, "seconds": float, "error": str,
-                    "latent_corr": float, "params": int, "trainable_params": int, "flops": int, "device": str,
-                    "packed": int}
-        never_null = ("study", "variant", "seed", "run_id", "config_id", "status")
+        fixed = schema.types(schema.of_kind(schema.KEY, schema.SETTING, schema.OUTCOME, schema.METRIC))
+        keys = schema.types(schema.of_kind(schema.KEY))
+        required = {name: fixed[name] for name in schema.REQUIRED}
+        optional = {name: kind for name, kind in fixed.items() if name not in required}
+        never_null = schema.IDENTITY
     else:
         keys, required, optional, never_null = kinds, kinds, {}, tuple(c for c, k in kinds.items() if k is not float)
     missing = [c for c in keys if c not in frame.columns]
@@ -598,14 +604,6 @@ def failure_reason(error: Exception) -> str:
     return (strerror or (text.strip().splitlines() or [type(error).__name__])[0]).lower()
 
 
-def outcome_columns() -> set[str]:
-    """The columns a run's outcome fills (never one of its settings), a plugin's metrics too."""
-    from ablate.metrics import METRICS
-
-    return {"seed", "epoch", "split", "loss", "lr", "seconds", "status", "run_id", "config_id", "params",
-            "trainable_params", "flops", "device", *METRICS}
-
-
 def separate_configurations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Runs of different configurations never share a variant name, so nothing averages
     them: a variant holding several is split, each part named by the settings that differ
@@ -616,7 +614,9 @@ def separate_configurations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str
         configs = rows.drop_duplicates("config_id").set_index("config_id")
         if len(configs) < 2:
             continue
-        settings = [c for c in configs.columns if c not in outcome_columns() | {"study", "variant"}]
+        from ablate import schema
+
+        settings = [c for c in configs.columns if c not in schema.outcome_names() | {"study", "variant"}]
         differ = [c for c in settings if configs[c].astype(str).nunique() > 1] or ["config_id"]
         for config_id, config in configs.iterrows():
             said = ", ".join(f"{c}={config_id if c == 'config_id' else config[c]}" for c in differ)

@@ -19,10 +19,10 @@ from ablate.checks import (check_memory, check_model, check_outputs, check_weigh
 from ablate.data import Dataset, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError, one_line
 from ablate.executors import InProcess, Progress
-from ablate.planning import (RUN_COLUMNS, Run, check_resumable, configurations, plan, results_schema, run_columns,
-                             study_settings, typed_columns)
+from ablate.planning import (RUN_COLUMNS, Run, check_resumable, configurations, overridden_options, plan,
+                             results_schema, run_columns, study_settings, typed_columns)
 from ablate.results import StudyFile
-from ablate.sequential import AutoSeeds, Rule
+from ablate.sequential import AutoRecord, AutoSeeds, Rule
 from ablate.studies import Study
 from ablate.train import RunResult, train_runs
 
@@ -80,9 +80,14 @@ class Executor(Protocol):
 
 
 def train_pack(pack: Pack, data: Dataset, device: torch.device, on_batch=None, other_test=None,
-               keep_model: bool = False) -> list[RunResult]:
+               keep_model: bool = False, made_weights: tuple = ()) -> list[RunResult]:
     """The runs of one pack with their thread count; an exception of their own (a user's model
-    that raises) is their result, status `failed`, and the study goes on."""
+    that raises) is their result, status `failed`, and the study goes on. `made_weights`: the
+    --weights the driver read (ablate.weights.Weights), which the runs start from wherever
+    they train."""
+    from ablate import weights
+
+    weights.provide(made_weights)
     threads = torch.get_num_threads()
     config = pack[0].config
     torch.set_num_threads(config.threads or threads)
@@ -91,7 +96,7 @@ def train_pack(pack: Pack, data: Dataset, device: torch.device, on_batch=None, o
     except Exception as error:  # noqa: BLE001 - any error of the runs is recorded, not raised
         if len(pack) > 1:  # one run's error, or a pack too big for the device: each run on its own
             return [result for run in pack for result in train_pack((run,), data, device, on_batch, other_test,
-                                                                    keep_model)]
+                                                                    keep_model, made_weights)]
         return [RunResult([], [], "failed", error=one_line(error))]
     finally:
         torch.set_num_threads(threads)
@@ -114,7 +119,12 @@ def execute(
     pack finishes (then its weights, when the store keeps models)."""
     done = store.done()
     todo = packs([r for r in (runs if only is None else only) if r.run_id not in done], data, device, pack)
-    work = functools.partial(train_pack, device=device, other_test=other_test, keep_model=store.models is not None)
+    from ablate import weights
+
+    made = tuple({(c.model, c.weights): weights.get(c.model, c.weights) for c in {r.config for r in runs}
+                  if c.weights is not None}.values())
+    work = functools.partial(train_pack, device=device, other_test=other_test, keep_model=store.models is not None,
+                             made_weights=made)
     columns = run_columns(runs)
     for finished, results_ in (executor or InProcess()).map(work, todo, data, report):
         for run, result in zip(finished, results_):  # the pack's rows first: nothing after training loses them
@@ -153,6 +163,16 @@ class Prepared:
         return [r for r in self.runs if r.run_id not in done]
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What a study's command shows once it has trained: the planned runs' rows, their per-class
+    rows, and --seeds auto's decisions (None without)."""
+
+    runs: pd.DataFrame
+    class_rows: pd.DataFrame
+    auto: AutoRecord | None = None
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a study: `saved` are the planned runs that are in the file."""
 
@@ -163,19 +183,23 @@ class Interrupted(KeyboardInterrupt):
 
 def prepare(study: Study, options: dict, seeds: int | AutoSeeds, device: torch.device, data_dir: Path | None,
             out: Path, resume: bool = False, force: bool = False, save_models: bool = False,
-            pack: bool | None = None) -> Prepared:
+            pack: bool | None = None, taken: frozenset = frozenset()) -> Prepared:
     """Check everything a study needs, the cheap checks first; raise UsageError on the first
     problem. Creates no file or folder. `seeds`: how many, or --seeds auto's rule."""
+    from ablate import weights
+
+    weights.forget()  # each --weights read afresh for this study, once (then the same tensors to its end)
     existing = results.existing_runs(out, resume, force)
     auto = seeds if isinstance(seeds, AutoSeeds) else None
     runs = plan(study, options, auto.most if auto else seeds)
     rule = Rule.of(auto, runs) if auto else None
-    notes = []
+    notes = overridden_options(study, options, taken)  # `taken`: the options the study's builder took
     if rule is not None and resume and not existing.empty:
         before = None
         with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: nothing to compare
-            before = results.read_metadata(out).get("auto_seeds")
-        rule, notes = rule.resumed(before)
+            before = AutoRecord.from_metadata(results.read_metadata(out).get("auto_seeds"))
+        rule, said = rule.resumed(before)
+        notes += said
     settings = study_settings(study, options)
     check_resumable(existing, runs, out, study.factors, settings)
     schema = results_schema(runs, existing, out)
@@ -215,10 +239,10 @@ def _which(variants: list[str], of: int) -> str:
 def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = None,
               on_run: Callable[[Run, str], None] | None = None,
               on_start: Callable[[list[Run]], None] | None = None,
-              report: Callable[[Progress], None] = lambda progress: None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              report: Callable[[Progress], None] = lambda progress: None) -> Trained:
     """Train what `prepared` plans and the file does not hold yet; return the planned runs'
-    rows and per-class rows. `on_start(runs to train)` is called once the file is open;
-    `report` is given the executor's progress events."""
+    rows, per-class rows and --seeds auto's decisions. `on_start(runs to train)` is called once
+    the file is open; `report` is given the executor's progress events."""
     p = prepared
     order = {r.run_id: i for i, r in enumerate(p.runs)}  # the table's order, whatever order runs end in
     with StudyFile(p.out, p.schema, resume=p.resume, force=p.force, save_models=p.save_models, order=order) as store:
@@ -235,7 +259,7 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
                 choices.update(autopack.choose(new, p.data, p.device, p.pack))  # before its seeds train
                 round_metadata = {**metadata, "packing": packing_record(p, choices)}
                 if p.auto is not None:
-                    round_metadata["auto_seeds"] = p.auto.record(store.runs, p.runs, tried)
+                    round_metadata["auto_seeds"] = p.auto.record(store.runs, p.runs, tried).to_metadata()
                 trained += todo
                 tried |= {r.run_id for r in todo}
                 if on_start is not None:
@@ -248,12 +272,14 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
             saved = [r for r in p.runs if r.run_id in store.done()]  # --seeds auto: of the rounds so far
             planned = len(p.runs) if p.auto is None else len({r.run_id for r in [*trained, *saved]})
             raise Interrupted(saved, planned) from None
+        record = None
         if p.auto is not None:
+            record = p.auto.record(store.runs, p.runs, tried)
             store.set_metadata({**metadata, "packing": packing_record(p, choices),
-                                "auto_seeds": p.auto.record(store.runs, p.runs, tried)}, key="auto_seeds")
+                                "auto_seeds": record.to_metadata()}, key="auto_seeds")
         planned = {r.run_id for r in p.runs}
-        return (store.runs[store.runs["run_id"].isin(planned)],
-                store.class_rows[store.class_rows["run_id"].isin(planned)])
+        return Trained(store.runs[store.runs["run_id"].isin(planned)],
+                       store.class_rows[store.class_rows["run_id"].isin(planned)], record)
 
 
 def _next_round(p: Prepared, store: StudyFile, tried: set[str]) -> list[Run]:
@@ -269,7 +295,7 @@ def weights_record(runs: list[Run], resumed: Path | None) -> dict[str, str]:
     the same name (a file overwritten since, DEFAULT meaning newer weights) is refused."""
     from ablate import weights
 
-    record = {spec: weights.identity(config.model, spec) for config in {r.config for r in runs}
+    record = {spec: weights.get(config.model, spec).identity for config in {r.config for r in runs}
               if (spec := config.weights) is not None}
     before = {}
     if resumed is not None:

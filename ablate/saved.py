@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from ablate import arch, results
-from ablate.config import column, column_types
+from ablate import schema
+from ablate.config import column
 from ablate.data import Dataset
 from ablate.errors import UsageError
 from ablate.train import RunConfig, build_model
@@ -18,7 +19,7 @@ from ablate.train import RunConfig, build_model
 
 def config_from_row(row: pd.Series) -> RunConfig:
     """The configuration a results row records: its fields and the model's arguments."""
-    types = column_types()
+    types = schema.types(schema.settings())
     values = {}
     for field_name in RunConfig.__dataclass_fields__:
         column_name = column(field_name)

@@ -26,7 +26,6 @@ ALPHA = 0.05
 FIRST = 3  # seeds of the first round: the fewest that give an interval with a spread to speak of
 MOST = 10  # `--seeds auto`'s MAX
 SPENDING_POWER = 2  # alpha_k from alpha * t**2
-LOSS_RESOLUTION = 0.01  # --resolution of a task without a metric, where the loss decides
 NEEDED_AT_MOST = 1_000_000  # seeds needed past this: "not resolvable"
 
 
@@ -122,9 +121,9 @@ class Decision:
     def done(self) -> bool:
         return self.stopped != "undecided"
 
-    def record(self, scale: float) -> dict:
-        interval = [] if self.low != self.low else [round(scale * self.low, 6), round(scale * self.high, 6)]
-        return {"stopped": self.stopped, "at": self.seeds, "interval": interval}
+    def interval(self, scale: float) -> tuple[float, ...]:
+        """The interval in shown units (x `scale`), () where there is none."""
+        return () if self.low != self.low else (round(scale * self.low, 6), round(scale * self.high, 6))
 
 
 STOPPED = {  # how `stopped` reads
@@ -212,6 +211,7 @@ class Rule:
     @classmethod
     def of(cls, auto: AutoSeeds, runs: list) -> Rule:
         """The rule of the planned runs (of MAX seeds); a usage error where none can decide."""
+        from ablate.metrics import task_decides
         from ablate.tasks import TASKS
 
         variants = list(dict.fromkeys(r.variant for r in runs))
@@ -220,37 +220,36 @@ class Rule:
                              f"decided: this study has one variant ({variants[0]!r}); give --seeds K")
         firsts = {}
         for run in runs:
-            measured = TASKS.get(run.config.task).metrics
-            firsts.setdefault(measured[0] if measured else None, run.variant)
+            TASKS.get(run.config.task)  # a task that is not registered says so
+            firsts.setdefault(task_decides(run.config.task), run.variant)
         if len(firsts) > 1:
-            named = ", ".join(f"{m.name if m else 'loss'} ({v!r})" for m, v in firsts.items())
+            named = ", ".join(f"{m.name} ({v!r})" for m, v in firsts.items())
             raise UsageError(f"--seeds {auto.spec()}: the variants' tasks are decided by different metrics ({named}); "
                              "give --seeds K")
         metric = next(iter(firsts))
         resolution = auto.resolution
         if resolution is None:
-            resolution = LOSS_RESOLUTION if metric is None else metric.resolution
+            resolution = metric.resolution
             if resolution is None:
                 raise UsageError(f"--seeds {auto.spec()}: metric {metric.name!r} has no default resolution; give "
                                  "--resolution, the difference that matters in its units")
-        return cls(auto, variants[0], metric.name if metric else "loss", metric.scale if metric else 1.0,
-                   resolution)
+        return cls(auto, variants[0], metric.name, metric.scale, resolution)
 
-    def resumed(self, record) -> tuple[Rule, list[str]]:
+    def resumed(self, record: AutoRecord | None) -> tuple[Rule, list[str]]:
         """This rule for a study whose file holds `record` (its metadata `auto_seeds`, or
         None), and what the user should know. The looks and their levels depend on MAX: a
         smaller MAX is refused (it would judge the same seeds at laxer levels), a larger one
         extends the study, said and recorded."""
-        if not isinstance(record, dict) or not isinstance(record.get("seeds"), str):
+        if record is None:
             return self, []
-        before = parse_seeds(record["seeds"]) if re.fullmatch("auto:[0-9]{1,9}", record["seeds"]) else None
+        before = parse_seeds(record.seeds) if re.fullmatch("auto:[0-9]{1,9}", record.seeds) else None
         if before is None or before.most == self.auto.most:
-            return replace(self, extended_from=record.get("extended_from")), []
+            return replace(self, extended_from=record.extended_from), []
         if self.auto.most < before.most:
             raise UsageError(f"--resume: the study was planned with --seeds {before.spec()}, and its looks and their "
                              f"levels depend on MAX: give --seeds {before.spec()}, a larger MAX to train undecided "
                              "variants further, or --seeds K")
-        first = record.get("extended_from") or before.spec()
+        first = record.extended_from or before.spec()
         return replace(self, extended_from=first), [
             f"note: --seeds {self.auto.spec()} extends a study planned with {first}: its looks are planned anew for "
             f"MAX {self.auto.most}; since it is extended after its variants were seen, its decisions are no longer "
@@ -283,32 +282,88 @@ class Rule:
             target[self.baseline] = max(target.values())
         return [r for r in runs if r.seed < target.get(r.variant, 0) and r.run_id not in done | tried]
 
-    def record(self, frame, runs: list, tried: set[str]) -> dict:
+    def record(self, frame, runs: list, tried: set[str]) -> AutoRecord:
         """The file's metadata `auto_seeds`: the rule and, per variant, the seeds it has, why it
         stopped, and the look (seeds) and interval (shown units) that decided."""
         have = {v: len(s) for v, s in _last_values(frame, self.metric, tried).items()}
-        return {"seeds": self.auto.spec(), "baseline": self.baseline, "metric": self.metric,
-                "resolution": self.resolution, "alpha": ALPHA, "looks": list(looks(self.auto.most)),
-                "method": "alpha spending alpha*t^2 over the planned looks, Bonferroni-bounded paired t-intervals",
+        return AutoRecord(self.auto.spec(), self.baseline, self.metric, self.resolution, ALPHA,
+                          tuple(looks(self.auto.most)), METHOD, self.extended_from,
+                          {v: VariantRecord(have.get(v, 0), d.stopped, d.seeds, d.interval(self.scale))
+                           for v, d in self.decisions(frame, runs, tried).items()})
+
+
+METHOD = "alpha spending alpha*t^2 over the planned looks, Bonferroni-bounded paired t-intervals"
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    seeds: int  # the seeds it has
+    stopped: str  # a key of STOPPED
+    at: int  # the look (seeds) that decided
+    interval: tuple[float, ...]  # of the paired difference at that look, in shown units; () where none
+
+    def row(self, digits: int) -> list[str]:
+        """seeds, why it stopped, the look that decided, the interval: as the tables show them."""
+        interval = f"[{self.interval[0]:+.{digits}f}, {self.interval[1]:+.{digits}f}]" if self.interval else "—"
+        at = "—" if self.stopped in ("baseline", "undecided") else str(self.at)
+        return [str(self.seeds), STOPPED.get(self.stopped, self.stopped), at, interval]
+
+
+@dataclass(frozen=True)
+class AutoRecord:
+    """The metadata `auto_seeds` of a study trained with --seeds auto: its one writer is
+    `to_metadata`, its one reader `from_metadata`; the terminal's table and the HTML page show
+    `rows()`."""
+
+    seeds: str  # auto:MAX
+    baseline: str
+    metric: str
+    resolution: float  # in the metric's shown units
+    alpha: float
+    looks: tuple[int, ...]
+    method: str
+    extended_from: str | None
+    variants: dict[str, VariantRecord]
+
+    def to_metadata(self) -> dict:
+        return {"seeds": self.seeds, "baseline": self.baseline, "metric": self.metric,
+                "resolution": self.resolution, "alpha": self.alpha, "looks": list(self.looks), "method": self.method,
                 **({"extended_from": self.extended_from} if self.extended_from else {}),
-                "variants": {v: {"seeds": have.get(v, 0), **d.record(self.scale)}
-                             for v, d in self.decisions(frame, runs, tried).items()}}
+                "variants": {v: {"seeds": r.seeds, "stopped": r.stopped, "at": r.at, "interval": list(r.interval)}
+                             for v, r in self.variants.items()}}
 
+    @classmethod
+    def from_metadata(cls, record) -> AutoRecord | None:
+        """The record a file's metadata holds, or None where it is missing, of another version or
+        damaged by hand (nothing to show; a --resume decides again from the rows)."""
+        def number(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-def readable(record) -> dict | None:
-    """A file's metadata `auto_seeds` if it is whole and of this version's form, else None
-    (a file of another version, or edited by hand: nothing to show)."""
-    numbers = (int, float)
-    try:
-        whole = (isinstance(record["seeds"], str) and isinstance(record["baseline"], str)
-                 and isinstance(record["metric"], str) and isinstance(record["resolution"], numbers)
-                 and isinstance(record["alpha"], numbers) and all(isinstance(n, int) for n in record["looks"])
-                 and all(isinstance(v["seeds"], int) and isinstance(v["at"], int) and isinstance(v["stopped"], str)
-                         and len(v["interval"]) in (0, 2) and all(isinstance(x, numbers) for x in v["interval"])
-                         for v in record["variants"].values()))
-    except (KeyError, TypeError, AttributeError):
-        return None
-    return record if whole else None
+        def whole(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        try:
+            variants = {}
+            for name, v in record["variants"].items():
+                interval = v["interval"]
+                if not (isinstance(name, str) and whole(v["seeds"]) and whole(v["at"]) and isinstance(v["stopped"], str)
+                        and isinstance(interval, list) and len(interval) in (0, 2) and all(map(number, interval))):
+                    return None
+                variants[name] = VariantRecord(v["seeds"], v["stopped"], v["at"], tuple(interval))
+            extended = record.get("extended_from")
+            if not (isinstance(record["seeds"], str) and isinstance(record["baseline"], str)
+                    and isinstance(record["metric"], str) and number(record["resolution"]) and number(record["alpha"])
+                    and isinstance(record["looks"], list) and all(map(whole, record["looks"]))
+                    and (extended is None or isinstance(extended, str))):
+                return None
+            return cls(record["seeds"], record["baseline"], record["metric"], record["resolution"], record["alpha"],
+                       tuple(record["looks"]), str(record.get("method", "")), extended, variants)
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    def rows(self, digits: int) -> list[list[str]]:
+        """Per variant: its name, seeds, why it stopped, the look and the interval that decided."""
+        return [[variant, *said.row(digits)] for variant, said in self.variants.items()]
 
 
 def _last_values(frame, metric: str, tried: set[str]) -> dict[str, dict[int, float]]:

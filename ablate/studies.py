@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import itertools
 import math
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,10 +38,28 @@ class Study:
     per_class: bool = False  # the summary shows per-class test accuracy side by side
     plot: str = "curves"  # its natural figure: curves, sweep or classes
 
+    def __post_init__(self):
+        check_name(self.name)
+
     def metadata(self) -> dict:
         """What `ablate report` and `ablate plot` need to know of the study, kept in its file."""
         return {"name": self.name, "description": self.description, "factors": list(self.factors),
                 "plot": self.plot, "per_class": self.per_class}
+
+
+NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.")
+MAX_NAME_LENGTH = 100
+
+
+def check_name(name, what: str = "study name") -> str:
+    """A study's name is an identifier: it names the default results file and a column, never
+    a folder. Letters, digits, -, _ and ., not starting with a dot, at most 100 characters."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH or name.startswith(".") \
+            or not set(name) <= NAME_CHARACTERS:
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 40 else repr(name[:40]) + f"... ({len(name)} characters)"
+        raise UsageError(f"{what} {shown} is not allowed: use letters, digits, '-', '_' and '.', not starting with "
+                         f"'.', at most {MAX_NAME_LENGTH} characters")
+    return name
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,7 @@ class StudyEntry:
 STUDIES: Registry[StudyEntry] = Registry("study")
 
 
-def register_study(name: str, **options: str):
+def register_study(name: str, /, **options: str):
     """Register `build` as study `name`; `options` are its own command-line options, with
     their help. The command `ablate NAME` is made from this: nothing else needs to know it."""
 
@@ -342,15 +361,16 @@ def parse_values(name: str, text: str, model: str | None) -> list:
     if field in FIELDS:
         items = parse_list(text, f"value of {name}")
         return [_typed(name, item, SETTINGS[field]) for item in items]  # factorial refuses equal values
-    knobs = arch.model_source(model or RunConfig.model).knobs
-    if name not in knobs:
-        allowed = sorted(FIELDS - FIXED_PER_STUDY) + list(knobs)
-        raise unknown_name("setting to vary", name, allowed, hint=_settings_help(model, knobs))
+    source = arch.model_source(model or RunConfig.model)
+    if name not in source.knobs:
+        allowed = sorted(FIELDS - FIXED_PER_STUDY) + list(source.knobs)
+        raise unknown_name("setting to vary", name, allowed, hint=_settings_help(model, source.knobs))
     try:
         values = ast.literal_eval(f"[{text}]")
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         values = [_literal(item) for item in parse_list(text, f"value of {name}")]
-    if not values or len({repr(v) for v in values}) < len(values):
+    values = [source.typed(name, v) for v in values]  # typed once: 0 and 0.0 of a float are one value
+    if not values or len(set(values)) < len(values):
         raise UsageError(f"--vary {name}: give distinct values separated by commas, got {text!r}")
     return values
 
@@ -363,9 +383,10 @@ def _literal(text: str):
 
 
 def _typed(name: str, text: str, setting: Setting):
-    """`text` as `setting` takes it: 'none' for None, true/false, or a number."""
+    """`text` as `setting` takes it: 'none' for None (a setting that takes the string 'none',
+    like scheduler, keeps it), true/false, or a number."""
     kind, value = setting.kind, text
-    if text.lower() == "none":
+    if text.lower() == "none" and (setting.optional or kind is not str):
         value = None
     elif kind is bool:
         value = {"true": True, "false": False}.get(text.lower(), text)
@@ -414,8 +435,11 @@ def factorial(factors: dict[str, list], grid: bool) -> dict[str, dict]:
 @register_study("sweep", vary="NAME=V1,V2,...: a training setting (lr, batch_size, optimizer, ...) or a "
                 "constructor argument of --model, and its values; give --vary once per factor.",
                 grid="Every combination of the factors' values (default: one factor at a time around the base, "
-                "the first value of each).")
-def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None = None) -> Study:
+                "the first value of each).",
+                name="The study's name (letters, digits, -, _, .): its rows' `study` column. Default: --out's file "
+                "name (--out results/width.parquet is the study width), else sweep.")
+def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None = None, name: str | None = None,
+          out: Path | None = None) -> Study:
     """Any knob: each --vary NAME=V1,V2,... is a training setting or a constructor argument of
     --model, e.g. `ablate sweep --model mynets:Net --vary width=16,32,64 --vary lr=0.01,0.1`.
     One factor at a time around the base (the first value of each), or --grid for every
@@ -424,21 +448,29 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
         raise UsageError("give at least one --vary NAME=V1,V2,... (a training setting or a constructor argument)")
     factors = {}
     for item in vary:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
+        knob, sep, text = item.partition("=")
+        knob = knob.strip().replace("-", "_")
+        if not sep or not knob:
             raise UsageError(f"--vary {item!r}: write NAME=V1,V2,...")
-        if name in factors:
-            raise UsageError(f"--vary {name} is given twice")
-        factors[name] = parse_values(name, text, model)
+        if knob in factors:
+            raise UsageError(f"--vary {knob} is given twice")
+        factors[knob] = parse_values(knob, text, model)
     kind = "every combination" if grid else "one factor at a time around the base"
     columns = tuple(column(n) for n in factors)
     numeric = any(isinstance(v, (int, float)) and not isinstance(v, bool) for vs in factors.values() for v in vs)
-    return Study("sweep", f"A sweep of {', '.join(factors)}: {kind}.", variants=factorial(factors, grid),
+    return Study(study_name(name, out, "sweep"), f"A sweep of {', '.join(factors)}: {kind}.", variants=factorial(factors, grid),
                  factors=columns, plot="sweep" if len(factors) == 1 and numeric else "curves")
 
 
-def from_toml(path: Path, model: str | None = None) -> Study:
+def study_name(name: str | None, out: Path | None, default: str) -> str:
+    """--name, else --out's file name (made an identifier), else `default`: two studies written
+    to two files of one folder are two studies."""
+    if name is not None:
+        return check_name(name, "--name")
+    return _name_of(Path(out)) if out is not None else default
+
+
+def from_toml(path: Path, model: str | None = None, name: str | None = None, out: Path | None = None) -> Study:
     """A study kept in a file: name, description, [base], and [variants.NAME] tables or a
     [vary] / [grid] table of NAME = [values]. Data settings go in [base] only; the values'
     types and ranges are checked with every other run's (planning.plan)."""
@@ -474,7 +506,8 @@ def from_toml(path: Path, model: str | None = None) -> Study:
     model = model or base.get("model")
     if model is not None and not isinstance(model, str):
         raise UsageError(f"{path}, {_line(text, 'model')}: model must be a string, got {model!r}")
-    knobs = arch.model_source(model or RunConfig.model).knobs
+    source = arch.model_source(model or RunConfig.model)
+    knobs = source.knobs
     settings = sorted(FIELDS - FIXED_PER_STUDY) + list(knobs)
     tables = [("base", base)] + ([(f"variants.{n}", f) for n, f in spec["variants"].items()]
                                  if kind == "variants" else [(kind, spec[kind])])
@@ -486,23 +519,46 @@ def from_toml(path: Path, model: str | None = None) -> Study:
             if where != "base" and key in FIXED_PER_STUDY:
                 raise UsageError(f"{path}, {_line(text, key)}: {key} is a data setting, the same for every "
                                  f"variant: set it in [base], not in [{where}]")
+    def typed(key, value, own=source):  # a model argument as its declared type (TOML has no tuples)
+        if key in FIELDS or key in FIXED_PER_STUDY or key not in own.knobs:
+            return value
+        try:
+            return own.typed(key, value)
+        except UsageError as error:
+            raise UsageError(f"{path}, {_line(text, key)}: {error}") from None
+
+    base = {key: typed(key, value) for key, value in base.items()}
     if kind == "variants":
-        variants = {name: dict(fields) for name, fields in spec["variants"].items()}
+        variants = {}
+        for name, fields in spec["variants"].items():
+            own = arch.model_source(fields["model"]) if isinstance(fields.get("model"), str) else source
+            variants[name] = {key: typed(key, value, own) for key, value in fields.items()}
         factors = tuple(dict.fromkeys(k for fields in variants.values() for k in fields))
     else:
         factors_values = {}
         for key, values in spec[kind].items():
-            values = values if isinstance(values, list) else [values]
+            values = [typed(key, v) for v in (values if isinstance(values, list) else [values])]
             if not values or len({repr(v) for v in values}) < len(values):
                 raise UsageError(f"{path}, {_line(text, key)}: {key} takes a list of distinct values, "
                                  f"like {key} = [1, 2]; got {spec[kind][key]!r}")
             factors_values[key] = values
         variants = factorial(factors_values, kind == "grid")
         factors = tuple(factors_values)
-    name = spec.get("name", Path(path).stem)
+    if name is None and "name" in spec:
+        try:
+            name = check_name(spec["name"])
+        except UsageError as error:
+            raise UsageError(f"{path}, {_line(text, 'name')}: {error}") from None
+    name = study_name(name, out, _name_of(Path(path)))
     return Study(name, spec.get("description", f"the study in {path}"), variants=variants,
                  factors=tuple(column(f) for f in factors), base=base,
                  plot="sweep" if len(factors) == 1 else "curves")
+
+
+def _name_of(path: Path) -> str:
+    """A study named after its file: the file name's stem, its other characters made '_'."""
+    stem = "".join(c if c in NAME_CHARACTERS else "_" for c in path.stem)[:MAX_NAME_LENGTH].lstrip(".")
+    return stem or "study"
 
 
 def _read(path: Path) -> str:

@@ -9,9 +9,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ablate import arch, metrics
+from ablate import arch, metrics, schema
 from ablate.data import Dataset
 from ablate.metrics import Metric
+from ablate.errors import UsageError
 from ablate.registry import Registry
 
 
@@ -75,7 +76,13 @@ TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(task: Task) -> Task:
-    """Add `task` under its name (a plugin's, or ablate's own), and its metrics."""
+    """Add `task` under its name (a plugin's, or ablate's own), and its metrics. A metric's name
+    is a column: it may not be one a run's settings or results already fill (the schema's), nor
+    an argument of ablate's own models (a column of every file)."""
+    for metric in task.metrics:
+        if metric.name not in metrics.METRICS and (metric.name in schema.reserved_names()
+                                                   or metric.name in arch.registry_knobs()):
+            raise UsageError(f"metric {metric.name!r} is named like a column ablate fills; name it otherwise")
     for metric in task.metrics:
         metrics.register(metric)
     TASKS.register(task.name, task)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ablate import arch, transforms, weights
 from ablate import pack as packing
-from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, with_defaults
+from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, used_settings
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
 from ablate.tasks import TASKS, Task
@@ -77,20 +77,16 @@ def resolve(config: RunConfig) -> RunConfig:
                            (SCHEDULERS, config.scheduler), (transforms.NORMALIZATIONS, config.normalization),
                            (transforms.PERMUTATIONS, config.permutation)):
         registry.get(name)
-    config = checked(with_defaults(config))  # the defaults filled in are checked too (lr_max = 4 x lr)
+    config = checked(used_settings(config))  # the defaults filled in are checked too (lr_max = 4 x lr)
     transforms.augmentation(config.augment)
     if config.amp not in AMP:
         raise unknown_name("amp", config.amp, AMP)
     if config.trainable not in TRAINABLE:
         raise unknown_name("trainable", config.trainable, TRAINABLE)
     if config.weights is not None:
-        weights.check(config.model, config.weights)
-    source = arch.model_source(config.model)
-    unknown = [k for k, _ in config.model_args if k not in source.knobs]
-    if unknown:
-        takes = ", ".join(source.knobs) or "no constructor arguments"
-        raise UsageError(f"model {config.model!r} does not take {', '.join(unknown)}; it takes {takes}")
-    return replace(config, model_args=tuple(sorted({**source.knobs, **dict(config.model_args)}.items())))
+        weights.get(config.model, config.weights)  # made once: the file read, or the name looked up
+    args = arch.model_source(config.model).typed_args(dict(config.model_args))
+    return replace(config, model_args=tuple(sorted(args.items())))
 
 
 def build_model(config: RunConfig, in_channels: int, num_classes: int, image_size: int = 32) -> nn.Module:
@@ -287,8 +283,8 @@ def head_entries(config: RunConfig, shape: tuple[int, ...], classes: int) -> tup
 
 def load_weights(model: nn.Module, config: RunConfig, shape: tuple[int, ...], classes: int) -> str:
     """`config.weights` into `model` (its head kept as initialised); what was replaced, in words."""
-    state = weights.state_dict(config.model, config.weights)
-    return weights.load(model, state, list(class_dependent(config, shape, classes)), weights.describe(config.weights))
+    made = weights.get(config.model, config.weights)
+    return weights.load(model, made.state(), list(class_dependent(config, shape, classes)), made.describe())
 
 
 def train_mode(net: nn.Module, config: RunConfig) -> None:
@@ -296,11 +292,14 @@ def train_mode(net: nn.Module, config: RunConfig) -> None:
     stays in eval mode (batch norm keeps its statistics, dropout is off): a probe changes
     nothing but its head."""
     net.train()
-    if config.trainable == "head":
-        for module in net.modules():
-            parameters = list(module.parameters())
-            if parameters and not any(p.requires_grad for p in parameters):
-                module.eval()
+    if config.trainable != "head":
+        return
+    heads = [name for name, module in net.named_modules()
+             if (parameters := list(module.parameters())) and all(p.requires_grad for p in parameters)]
+    for name, module in net.named_modules():  # a frozen part's Dropout too: outside the head, nothing trains
+        in_head = any(name == head or name.startswith(f"{head}.") or not head for head in heads)
+        if not in_head and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
 
 
 def _probe(data: Dataset) -> torch.Tensor:

@@ -7,6 +7,8 @@ left out of the weights, so that the head fits the dataset's classes."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,45 +78,76 @@ class Preprocessing:
                 f"std {', '.join(map(str, self.std))}")
 
 
+@dataclass(eq=False)
+class Weights:
+    """--weights SPEC of one model, made once where the study is prepared: a file's absolute
+    path, its SHA-256 and its tensors, read together from one reading of its bytes; or the
+    torchvision weights a name chose (downloaded once, when first needed). Every run and every
+    worker trains from these tensors (they travel with the work): a file changed while a study
+    runs changes nothing."""
+
+    model: str
+    spec: str  # as the user wrote it: the `weights` column
+    identity: str  # "sha256:..." of a file's bytes, or "ResNet18_Weights.IMAGENET1K_V1" for DEFAULT
+    path: Path | None = None  # a file's absolute path
+    torchvision: object = None  # the torchvision weights enum member a name chose
+    _state: dict | None = None
+
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """The weights' own preprocessing, where they define one (torchvision's do; a file does not)."""
+        if self.torchvision is None:
+            return None
+        transform = self.torchvision.transforms()
+        mean, std = tuple(transform.mean), tuple(transform.std)
+        side = transform.crop_size[0] if isinstance(transform.crop_size, (list, tuple)) else transform.crop_size
+        return Preprocessing(int(side), "imagenet" if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD) else None,
+                             mean, std)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The tensors, on the CPU: a file's as read when made; torchvision's downloaded once."""
+        if self._state is None:
+            self._state = _torchvision_state(self.model, self.spec)
+        return self._state
+
+    def describe(self) -> str:
+        return describe(self.spec)
+
+
+_MADE: dict[tuple[str, str], Weights] = {}  # (model, spec) -> its Weights: this process's, made once
+
+
+def get(model: str, spec: str) -> Weights:
+    """The `Weights` of `spec` for `model`, made on first use (the file read, or the torchvision
+    name looked up) and the same object after: one reading per process. A worker is given the
+    driver's (`provide`) with its work, before any run."""
+    key = (model, spec)
+    if key not in _MADE:
+        check(model, spec)
+        if is_file(spec):
+            path = Path(spec).resolve()
+            identity, state = _read(path, spec)
+            _MADE[key] = Weights(model, spec, identity, path=path, _state=state)
+        else:
+            chosen = torchvision_weights(model, spec)
+            _MADE[key] = Weights(model, spec, str(chosen), torchvision=chosen)
+    return _MADE[key]
+
+
+def provide(made: tuple[Weights, ...]) -> None:
+    """Make `made` this process's weights (a worker: those its driver read)."""
+    for one in made:
+        _MADE[(one.model, one.spec)] = one
+
+
 def preprocessing(model: str, spec: str | None) -> Preprocessing | None:
-    """The weights' own preprocessing, where they define one (torchvision's weights do; a file
-    does not)."""
-    if not spec or is_file(spec):
-        return None
-    transform = torchvision_weights(model, spec).transforms()
-    mean, std = tuple(transform.mean), tuple(transform.std)
-    side = transform.crop_size[0] if isinstance(transform.crop_size, (list, tuple)) else transform.crop_size
-    return Preprocessing(int(side), "imagenet" if (mean, std) == (IMAGENET_MEAN, IMAGENET_STD) else None, mean, std)
-
-
-def identity(model: str, spec: str) -> str:
-    """What `spec` is: a file's "sha256:..." of its bytes, or the torchvision weights it names
-    ("ResNet18_Weights.IMAGENET1K_V1" for DEFAULT)."""
-    if not is_file(spec):
-        return str(torchvision_weights(model, spec))
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(spec, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    return get(model, spec).preprocessing if spec else None
 
 
 def weights_dir() -> Path:
     from ablate.data import cache_dir
 
     return cache_dir() / "weights"
-
-
-def state_dict(model: str, spec: str) -> dict[str, torch.Tensor]:
-    """The weights `spec` names, as a state dict on the CPU (read once per process while the
-    file stays the same); torchvision's are downloaded once into `weights_dir()`."""
-    if is_file(spec):
-        path = Path(spec)
-        stat = path.stat() if path.is_file() else None
-        return _read(path.resolve(), spec, stat and (stat.st_mtime_ns, stat.st_size))
-    return _torchvision_state(model, spec)
 
 
 @functools.cache
@@ -143,7 +176,7 @@ def _torchvision_state(model: str, spec: str) -> dict[str, torch.Tensor]:
 
 def forget() -> None:
     """Read every weights file and torchvision's weights afresh (tests)."""
-    _read.cache_clear()
+    _MADE.clear()
     _torchvision_state.cache_clear()
 
 
@@ -153,20 +186,24 @@ def _hash_prefix(name: str) -> str | None:
     return tail if len(tail) >= 6 and all(c in "0123456789abcdef" for c in tail) else None
 
 
-@functools.lru_cache(maxsize=4)
-def _read(path: Path, spec: str, version) -> dict[str, torch.Tensor]:
+def _read(path: Path, spec: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """A weights file's SHA-256 and its tensors, from one reading of its bytes."""
     where = describe(spec)
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise UsageError(f"{where}: a weights file ends in {', '.join(FILE_SUFFIXES)}")
     if not path.is_file():
         raise UsageError(f"{where}: no such file" if not path.exists() else f"{where}: not a file")
     try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{where}: cannot read it ({error.strerror or error})") from None
+    try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load as load_bytes
 
-            state = load_file(path, device="cpu")
+            state = load_bytes(content)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as error:  # unreadable, truncated, a pickle of more than tensors
         raise UsageError(f"{where}: cannot read it as weights ({type(error).__name__}: "
                          f"{first_line(error)[:160]})") from None
@@ -177,7 +214,7 @@ def _read(path: Path, spec: str, version) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UsageError(f"{where}: holds {type(state).__name__ if not isinstance(state, dict) else 'a dict'} "
                          "that is not a state dict (parameter names to tensors)")
-    return state
+    return f"sha256:{hashlib.sha256(content).hexdigest()}", state
 
 
 # ---------------------------------------------------------------- the head

@@ -282,9 +282,9 @@ def test_a_study_whose_runs_fail_prints_a_summary_that_says_so(tmp_path, ablate,
 
     result = ablate([*study, "--vary", "explode=True", "--out", "all.parquet"])  # one variant, base, fails
     assert result.exit_code == 0, result.output
-    assert "sweep: no run finished" in result.stdout and "base (failed: 1 run)" in result.stdout
+    assert "all: no run finished" in result.stdout and "base (failed: 1 run)" in result.stdout  # named after --out
     assert "after nan" not in result.stdout and "nan" not in result.stdout
-    _one_line_refusal(ablate(["report", "all.parquet"]), "study sweep holds no finished run: 1 failed (the first, "
+    _one_line_refusal(ablate(["report", "all.parquet"]), "study all holds no finished run: 1 failed (the first, "
                                                           "base seed 0: ValueError: out of patience)")
     _one_line_refusal(ablate(["plot", "all.parquet", "-o", "fig.png"]), "'all.parquet' holds no finished run")
 

@@ -11,7 +11,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from ablate import config, planning, studies
+from ablate import config, planning, schema, studies
 from ablate.config import RunConfig
 from ablate.errors import UsageError
 from ablate.train import resolve
@@ -60,8 +60,10 @@ def test_an_int_for_a_float_setting_is_the_same_run_as_the_float():
 
 def test_every_field_has_a_setting_and_a_column():
     assert set(config.SETTINGS) == config.FIELDS
-    assert set(config.column_types()) == {config.column(f) for f in config.FIELDS}
-    assert config.column("lr") == "base_lr" and "lr" not in config.column_types()
+    settings = {c.name for c in schema.settings()}
+    assert settings == {config.column(f) for f in config.FIELDS}
+    assert config.column("lr") == "base_lr" and "lr" not in settings
+    assert {config.setting_of(c) for c in settings} == config.FIELDS and config.setting_of("hidden") is None
 
 
 @pytest.mark.parametrize("toml,message", [

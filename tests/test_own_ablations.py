@@ -67,7 +67,7 @@ def test_the_toml_and_command_line_forms_give_the_same_table(tmp_path, ablate, u
     '''))
     assert ablate(["run", study, *TINY, "--out", tmp_path / "toml.parquet"]).exit_code == 0
     assert ablate(["sweep", *TINY, "--model", user_model, "--vary", "width=4,16", "--vary", "lr=0.02,0.05",
-                   "--out", tmp_path / "cli.parquet"]).exit_code == 0
+                   "--out", tmp_path / "cli.parquet", "--name", "sweep"]).exit_code == 0  # the file's name
     toml, cli = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("toml", "cli"))
     assert len(toml) == 3 * 2 * 2  # base, width=16, lr=0.05; epochs 0 and 1; two splits
     pd.testing.assert_frame_equal(toml[numbers + ["width"]], cli[numbers + ["width"]], check_exact=True)

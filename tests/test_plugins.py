@@ -104,10 +104,10 @@ def test_a_worker_that_cannot_load_a_plugin_says_which(monkeypatch):
 def test_a_local_cluster_loads_the_plugins_on_every_worker(tmp_path):
     out = tmp_path / "c.parquet"
     result = ablate(["sweep", "--plugin", "ablate_example_plugin", *DATA, "--model", "widenet", "--vary",
-                     "width=2,4", "--workers", "2", "--threads", "1", "--out", out], tmp_path)
+                     "width=2,4", "--workers", "2", "--threads", "1", "--out", out, "--name", "w"], tmp_path)
     assert result.returncode == 0, result.stderr
     alone = ablate(["sweep", "--plugin", "ablate_example_plugin", *DATA, "--model", "widenet", "--vary",
-                    "width=2,4", "--threads", "1", "--out", tmp_path / "alone.parquet"], tmp_path)
+                    "width=2,4", "--threads", "1", "--out", tmp_path / "alone.parquet", "--name", "w"], tmp_path)
     assert alone.returncode == 0, alone.stderr
     numbers = ["variant", "seed", "epoch", "split", "loss", "accuracy", "run_id"]
     assert pd.read_parquet(out)[numbers].equals(pd.read_parquet(tmp_path / "alone.parquet")[numbers])

@@ -219,10 +219,16 @@ def test_a_task_says_what_it_reports():
     assert TASKS.get("classify").metrics == (metrics.accuracy,) and TASKS.get("reconstruct").metrics == (metrics.psnr,)
 
 
-@pytest.mark.parametrize("name", ["seed", "loss", "lr", "accuracy", "latent_dim"])
+@pytest.mark.parametrize("name", ["seed", "loss", "lr", "accuracy", "base_lr", "latent_corr", "packed", "cycle_momentum",
+                                  "latent_dim"])
 def test_a_metric_named_like_a_column_ablate_fills_is_refused(name):
+    """Checked against the schema where a task registers it: nothing is registered."""
+    from ablate.tasks import TASKS, register_task
+
+    metric = metrics.Metric(name, name, lambda out, x, y: out.sum())
     with pytest.raises(UsageError, match=f"metric '{name}'"):
-        metrics.register(metrics.Metric(name, name, lambda out, x, y: out.sum()))
+        register_task(Task(f"clash-{name}", lambda out, x, y: out.sum(), True, metrics=(metric,)))
+    assert (name not in metrics.METRICS or metrics.METRICS.get(name) is not metric) and f"clash-{name}" not in TASKS
 
 
 # ---------------------------------------------------------------- studies

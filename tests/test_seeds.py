@@ -184,7 +184,7 @@ def trained(monkeypatch):
     the variants in `failing`); `calls` lists the (variant, seed) of each round."""
     calls, failing, diverging = [], set(), set()
 
-    def train_pack(pack, data, device, on_batch=None, other_test=None, keep_model=False):
+    def train_pack(pack, data, device, on_batch=None, other_test=None, keep_model=False, made_weights=()):
         calls.append([(run.variant, run.seed) for run in pack])
         out = []
         for run in pack:

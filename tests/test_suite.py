@@ -87,8 +87,9 @@ def test_scheduler_learning_rate_is_recorded_per_epoch(tmp_path, ablate):
     assert lr["none"].tolist() == [0.05] * 3
     assert lr["step"].tolist() == pytest.approx([0.05, 0.005, 0.0005])  # step size epochs // 3 = 1
     assert lr["cosine"].tolist() == pytest.approx([0.05, 0.0375, 0.0125])
-    assert lr["onecycle"].iloc[0] == pytest.approx(0.2 / 25)  # starts at lr_max / 25
-    assert frame.groupby("variant")["lr_max"].first()["onecycle"] == pytest.approx(0.2)
+    assert lr["onecycle"].iloc[0] == pytest.approx(0.05)  # starts at the base rate, up to lr_max = 4 x lr
+    first = frame.groupby("variant")[["lr_max", "cycle_momentum", "momentum"]].first()
+    assert first.loc["onecycle"].tolist() == [pytest.approx(0.2), False, 0.9]
 
 
 def test_optimizers_take_their_own_defaults_or_the_given_lr(tmp_path, ablate):

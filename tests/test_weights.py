@@ -32,6 +32,8 @@ class Net(nn.Module):
 STUDY = ["finetune", "--model", "nets:Net", "--dataset", "synthetic", "--limit-train", "200", "--limit-test", "50",
          "--epochs", "2", "--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--save-models"]
 
+SWEPT = [a for a in STUDY[3:] if a not in ("--lr", "0.05")]  # sweeps that vary lr: no --lr
+
 
 def pretrained(path, width=4, classes=7, seed=1):
     """A Net's weights for `classes` classes, with batch-norm statistics no fresh net has."""
@@ -96,7 +98,7 @@ def test_probe_changes_only_its_head_finetune_changes_all_scratch_ignores_the_we
 
 def test_weights_on_any_study_load_into_every_variant_and_a_head_probe_keeps_the_rest(nets, ablate):
     state = pretrained(nets / "w.pt")
-    result = ablate(["sweep", *STUDY[3:], "--model", "nets:Net", "--vary", "lr=0.01,0.1", "--weights", "w.pt",
+    result = ablate(["sweep", *SWEPT, "--model", "nets:Net", "--vary", "lr=0.01,0.1", "--weights", "w.pt",
                      "--trainable", "head", "--seeds", "2", "--pack", "--out", "s.parquet"])
     assert result.exit_code == 0, result.output
     assert "every variant: --weights 'w.pt': head fc replaced" in result.output  # said once
@@ -111,7 +113,7 @@ def test_weights_on_any_study_load_into_every_variant_and_a_head_probe_keeps_the
 
 def test_resume_from_weights_that_changed_under_the_same_name_is_refused(nets, ablate):
     pretrained(nets / "w.pt")
-    study = ["sweep", *STUDY[3:], "--model", "nets:Net", "--vary", "lr=0.01", "--weights", "w.pt", "--out", "r.parquet"]
+    study = ["sweep", *SWEPT, "--model", "nets:Net", "--vary", "lr=0.01", "--weights", "w.pt", "--out", "r.parquet"]
     assert ablate([*study, "--seeds", "1"]).exit_code == 0
     assert ablate([*study, "--seeds", "2", "--resume"]).exit_code == 0  # the same file: resumed
     recorded = results.read_metadata(nets / "r.parquet")["weights"]
@@ -271,3 +273,68 @@ def test_several_networks_compare_in_one_study():
             get_study("finetune", models=empty)
     with pytest.raises(UsageError, match="unknown model 'nosuchnet'"):
         planning.plan(get_study("finetune", models="resnet18,nosuchnet"), {}, 1)
+
+
+NUMBERS = ["variant", "seed", "epoch", "split", "loss", "accuracy", "run_id"]
+
+
+def test_a_weights_file_replaced_while_the_study_runs_changes_no_number(nets, ablate, monkeypatch):
+    """The file is read once, where the study is prepared: every run trains from those tensors,
+    whatever happens to the file after (here: replaced once the first run is saved)."""
+    file = nets / "w.safetensors"
+    args = ["optimizer", "--optimizers", "sgd,adam,momentum", "--model", "nets:Net", "--weights", "w.safetensors",
+            "--dataset", "synthetic", "--limit-train", "100", "--limit-test", "50", "--epochs", "1",
+            "--batch-size", "50", "--device", "cpu", "--seeds", "1", "--no-pack"]
+    pretrained(file)
+    assert ablate([*args, "--out", nets / "calm.parquet"]).exit_code == 0
+    pretrained(file)
+    adds = []
+    real_add = results.StudyFile.add
+
+    def add_then_swap(self, *rows, **kwargs):
+        real_add(self, *rows, **kwargs)
+        adds.append(1)
+        if len(adds) == 1:
+            pretrained(file, seed=99)  # other weights under the same name
+
+    monkeypatch.setattr(results.StudyFile, "add", add_then_swap)
+    result = ablate([*args, "--out", nets / "swapped.parquet"])
+    assert result.exit_code == 0, result.output
+    assert len(adds) == 3
+    calm = results.read_results(nets / "calm.parquet")[NUMBERS].reset_index(drop=True)
+    swapped = results.read_results(nets / "swapped.parquet")[NUMBERS].reset_index(drop=True)
+    pd.testing.assert_frame_equal(calm, swapped)
+    meta = results.read_metadata(nets / "swapped.parquet")["weights"]
+    assert meta == results.read_metadata(nets / "calm.parquet")["weights"]
+
+
+def test_a_weights_file_is_read_once_for_a_study_of_many_variants(nets, ablate, monkeypatch):
+    pretrained(nets / "w.pt")
+    reads = []
+    real_read = weights._read
+    monkeypatch.setattr(weights, "_read", lambda *a: reads.append(a) or real_read(*a))
+    checks = []
+    real_check = weights.check
+    monkeypatch.setattr(weights, "check", lambda *a: checks.append(a) or real_check(*a))
+    result = ablate(["optimizer", "--model", "nets:Net", "--weights", "w.pt", "--dataset", "synthetic",
+                     "--limit-train", "100", "--limit-test", "50", "--epochs", "1", "--batch-size", "50",
+                     "--device", "cpu", "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(reads) == 1 and len(checks) == 1
+    assert reads[0][0] == (nets / "w.pt").resolve()  # resolved once, in the driver: workers get the tensors
+
+
+def test_a_probe_keeps_every_frozen_module_in_eval_mode_dropout_included():
+    from torch import nn
+
+    from ablate.train import RunConfig, train_mode
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4),
+                        nn.Sequential(nn.Dropout(0.5), nn.Linear(4, 2)))
+    net[0].requires_grad_(False)
+    net[2].requires_grad_(False)
+    train_mode(net, RunConfig(trainable="head"))
+    assert [m.training for m in net] == [False, False, False, True]
+    assert net[3][0].training  # the head's own dropout trains with it
+    train_mode(net, RunConfig(trainable="all"))
+    assert all(m.training for m in net.modules())

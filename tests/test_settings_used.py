@@ -1,0 +1,110 @@
+"""A row records what its run trained with: a setting the run does not use is null, variants
+that differ only in such settings are refused before anything trains, onecycle follows the
+base rate and the momentum asked for, and an option a study's variants override is said."""
+
+import pytest
+import torch
+
+from ablate import planning, studies
+from ablate.errors import UsageError
+from ablate.train import RunConfig, make_optimizer, make_scheduler, resolve
+
+TINY = ["--dataset", "synthetic", "--limit-train", "120", "--limit-test", "60", "--epochs", "2",
+        "--batch-size", "30", "--device", "cpu", "--seeds", "1"]
+
+
+def _plan(study, **options):
+    return planning.plan(study, {"dataset": "synthetic", **options}, 1)
+
+
+@pytest.mark.parametrize("base, vary", [
+    ({"scheduler": "none"}, "lr_gamma=0.5,0.9"),
+    ({"scheduler": "cosine"}, "lr_max=0.1,0.2"),
+    ({"scheduler": "exponential"}, "lr_step_size=1,2"),
+    ({"scheduler": "step"}, "lr_max=0.1,0.2"),
+    ({"optimizer": "adam"}, "momentum=0.5,0.9"),
+    ({"optimizer": "sgd"}, "momentum=0.5,0.9"),
+    ({}, "freeze_encoder=false,true"),  # no pretraining: nothing to freeze
+    ({"scheduler": "onecycle", "cycle_momentum": True}, "momentum=0.5,0.9"),  # the cycle sets it
+])
+def test_variants_that_differ_only_in_unused_settings_are_refused(base, vary):
+    study = studies.get_study("sweep", vary=[vary])
+    study = studies.Study(study.name, "", variants=study.variants, factors=study.factors, base=base)
+    with pytest.raises(UsageError, match="would train the same runs.*differ only in"):
+        _plan(study)
+
+
+def test_a_setting_the_run_does_not_use_is_null_in_its_row():
+    config = resolve(RunConfig(scheduler="cosine", lr_gamma=0.5, lr_max=1.0, optimizer="adam", momentum=0.9,
+                               freeze_encoder=True, cycle_momentum=True))
+    assert (config.lr_gamma, config.lr_max, config.momentum, config.freeze_encoder, config.cycle_momentum) == \
+        (None, None, None, None, None)
+    step = resolve(RunConfig(scheduler="step", lr_max=1.0, epochs=6))
+    assert (step.lr_step_size, step.lr_gamma, step.lr_max) == (2, 0.1, None)
+    one = resolve(RunConfig(scheduler="onecycle", lr=0.05))
+    assert (one.lr_max, one.cycle_momentum, one.momentum) == (0.2, False, 0.9)
+
+
+def _rates_and_momenta(config, steps=10):
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer(model.parameters(), config)
+    scheduler = make_scheduler(optimizer, config, steps // config.epochs)
+    seen = []
+    for _ in range(steps - 1):
+        seen.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0].get("momentum")))
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_onecycle_starts_at_the_base_rate_peaks_at_lr_max_and_keeps_the_momentum_asked_for():
+    config = resolve(RunConfig(scheduler="onecycle", lr=0.01, lr_max=0.1, epochs=2))
+    seen = _rates_and_momenta(config, 100)
+    rates = [lr for lr, _ in seen]
+    assert rates[0] == pytest.approx(0.01) and max(rates) == pytest.approx(0.1, rel=1e-3)
+    assert {m for _, m in seen} == {0.9}
+    plain = _rates_and_momenta(resolve(RunConfig(scheduler="onecycle", optimizer="sgd", lr=0.01, epochs=2)))
+    assert {m for _, m in plain} == {0}  # plain SGD stays plain
+    other = _rates_and_momenta(resolve(RunConfig(scheduler="onecycle", lr=0.02, lr_max=0.1, epochs=2)), 100)
+    assert other[0][0] == pytest.approx(0.02)  # the base rate decides the start
+    cycled = _rates_and_momenta(resolve(RunConfig(scheduler="onecycle", lr=0.01, epochs=2, cycle_momentum=True)))
+    assert len({m for _, m in cycled}) > 1  # asked for: torch's cycle
+
+
+def test_lr_max_below_lr_is_refused():
+    with pytest.raises(UsageError, match="lr_max"):
+        resolve(RunConfig(scheduler="onecycle", lr=0.1, lr_max=0.05))
+
+
+def _final_losses(frame):
+    return frame[(frame.split == "test")].sort_values("epoch").groupby("variant")["loss"].last()
+
+
+def test_momentum_under_onecycle_changes_the_numbers(tmp_path, ablate):
+    from ablate import results
+
+    study = tmp_path / "m.toml"
+    study.write_text('[base]\nscheduler = "onecycle"\n[vary]\nmomentum = [0.0, 0.5, 0.9]\n')
+    result = ablate(["run", study, *TINY, "--out", tmp_path / "m.parquet"])
+    assert result.exit_code == 0, result.output
+    frame = results.read_results(tmp_path / "m.parquet")
+    assert _final_losses(frame).nunique() == 3
+    assert sorted(frame.drop_duplicates("run_id")["momentum"]) == [0.0, 0.5, 0.9]
+
+
+def test_an_option_every_variant_sets_is_refused_and_one_some_set_is_said(tmp_path, ablate):
+    result = ablate(["lr", *TINY, "--lr", "0.5", "--out", tmp_path / "lr.parquet"])
+    assert result.exit_code == 2 and "--lr 0.5: every variant" in result.output
+    assert not (tmp_path / "lr.parquet").exists()
+    study = tmp_path / "some.toml"
+    study.write_text('[variants.slow]\nlr = 0.001\n[variants.default]\ndropout_free = 1\n'
+                     .replace("dropout_free = 1", 'augment = "none"'))
+    result = ablate(["run", study, *TINY, "--lr", "0.05", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "--lr 0.05 holds for the variants that do not set lr; slow keeps its own" in result.output
+
+
+def test_an_option_the_study_takes_itself_is_not_said(tmp_path, ablate):
+    result = ablate(["optimizer", "--optimizers", "sgd,adam", *TINY, "--lr", "0.05", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "holds for" not in result.output

@@ -1,0 +1,196 @@
+"""Every input typed once, where it enters: model arguments as their declared type, the word
+`none` as its setting reads it, a study's name an identifier, a sweep named after its file."""
+
+import textwrap
+
+import pandas as pd
+import pytest
+
+from ablate import arch, results, studies
+from ablate.errors import UsageError
+
+TINY = ["--dataset", "synthetic", "--limit-train", "120", "--limit-test", "60", "--epochs", "1",
+        "--batch-size", "60", "--device", "cpu", "--seeds", "1"]
+
+
+def _runs(path):
+    return results.read_results(path).drop_duplicates("run_id")
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    ("batchnorm", ["false", "False", 0, False], False),
+    ("batchnorm", ["true", "TRUE", 1, True], True),
+    ("dropout", [0, 0.0, "0", "0.0"], 0.0),
+    ("conv1_channels", [16, "16", 16.0], 16),
+    ("activation", ["none"], "none"),  # a string argument keeps the word
+])
+def test_a_model_argument_is_its_declared_type_however_spelled(name, values, expected):
+    source = arch.model_source("threeconv")
+    for value in values:
+        typed = source.typed(name, value)
+        assert typed == expected and type(typed) is type(expected), (value, typed)
+
+
+def test_a_tuple_argument_takes_a_list_a_scalar_or_its_text():
+    source = arch.model_source("mlp")
+    assert source.typed("hidden", 512) == (512,) == source.knobs["hidden"]
+    assert source.typed("hidden", [32, 16]) == (32, 16) == source.typed("hidden", "(32, 16)")
+
+
+@pytest.mark.parametrize("model, name, value, said", [
+    ("threeconv", "batchnorm", "maybe", "true or false"),
+    ("threeconv", "batchnorm", 2, "true or false"),
+    ("threeconv", "dropout", "half", "a finite number"),
+    ("threeconv", "dropout", True, "a finite number"),
+    ("threeconv", "dropout", float("nan"), "a finite number"),
+    ("threeconv", "conv1_channels", 2.5, "a whole number"),
+    ("threeconv", "conv1_channels", None, "got none"),
+    ("mlp", "hidden", ["a"], "a list of whole numbers"),
+    ("threeconv", "width", 3, "does not take width"),
+])
+def test_a_value_that_does_not_convert_is_refused_naming_the_argument(model, name, value, said):
+    with pytest.raises(UsageError, match=said) as error:
+        arch.model_source(model).typed(name, value)
+    assert name in str(error.value)
+
+
+def test_the_batchnorm_sweep_trains_without_batch_norm_for_false(tmp_path, ablate):
+    out = tmp_path / "bn.parquet"
+    result = ablate(["sweep", "--model", "threeconv", "--vary", "batchnorm=false,true", *TINY, "--out", out])
+    assert result.exit_code == 0, result.output
+    runs = _runs(out).set_index("variant")
+    assert runs.loc["base", "batchnorm"] == False  # noqa: E712 - the column holds a bool
+    assert runs["params"].nunique() == 2  # batch norm adds parameters: the two variants differ
+
+
+@pytest.mark.parametrize("first, second", [
+    ("dropout=0,0.5", "dropout=0.0,0.5"),
+    ("batchnorm=0,1", "batchnorm=false,true"),
+])
+def test_two_spellings_of_one_sweep_resume_to_nothing_new(tmp_path, ablate, first, second):
+    out = tmp_path / "s.parquet"
+    assert ablate(["sweep", "--model", "threeconv", "--vary", first, *TINY, "--out", out]).exit_code == 0
+    before = out.read_bytes()
+    result = ablate(["sweep", "--model", "threeconv", "--vary", second, *TINY, "--out", out, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == before  # nothing trained, nothing rewritten
+    assert len(_runs(out)) == 2
+
+
+def test_two_spellings_in_a_study_file_resume_to_nothing_new(tmp_path, ablate):
+    study = tmp_path / "drop.toml"
+    out = tmp_path / "drop.parquet"
+    study.write_text('[base]\nmodel = "threeconv"\n[vary]\ndropout = [0, 0.5]\n')
+    assert ablate(["run", study, *TINY, "--out", out]).exit_code == 0
+    before = out.read_bytes()
+    study.write_text('[base]\nmodel = "threeconv"\n[vary]\ndropout = [0.0, 0.5]\n')
+    result = ablate(["run", study, *TINY, "--out", out, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == before
+
+
+def test_a_default_written_as_a_scalar_is_the_default(tmp_path, ablate):
+    """mlp's hidden=512 is its default (512,): one configuration, one run_id."""
+    out = tmp_path / "m.parquet"
+    args = ["sweep", "--model", "mlp", "--vary", "lr=0.01,0.02", *TINY, "--out", out, "--name", "m"]
+    assert ablate(args).exit_code == 0
+    before = out.read_bytes()
+    study = tmp_path / "m.toml"
+    study.write_text('name = "m"\n[base]\nmodel = "mlp"\nhidden = 512\n[vary]\nlr = [0.01, 0.02]\n')
+    result = ablate(["run", study, *TINY, "--out", out, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == before
+
+
+def test_a_multi_layer_hidden_is_written_in_a_study_file(tmp_path, ablate):
+    study = tmp_path / "deep.toml"
+    study.write_text('[base]\nmodel = "mlp"\nhidden = [32, 16]\n[vary]\nhidden = [[32, 16], [8]]\n')
+    out = tmp_path / "deep.parquet"
+    result = ablate(["run", study, *TINY, "--out", out])
+    assert result.exit_code == 0, result.output
+    runs = _runs(out)
+    assert sorted(runs["hidden"]) == ["(32, 16)", "(8,)"]
+    assert runs["params"].nunique() == 2
+
+
+@pytest.mark.parametrize("setting, values", [
+    ("scheduler", "none,cosine"), ("augment", "none,flip"), ("permutation", "none,fixed"),
+    ("normalization", "none,standard"),
+])
+def test_the_word_none_is_a_choice_where_the_setting_has_it(setting, values):
+    study = studies.get_study("sweep", vary=[f"{setting}={values}"])
+    assert study.variants["base"][setting] == "none"
+
+
+def test_the_word_none_is_no_value_for_an_optional_setting():
+    study = studies.get_study("sweep", vary=["lr_gamma=none,0.5"])
+    assert study.variants["base"]["lr_gamma"] is None
+
+
+# ---------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/tmp/abs", "a\0b", "x" * 101, ".hidden", "", "a b", "a/b"])
+def test_a_study_file_cannot_name_itself_out_of_the_results_folder(tmp_path, ablate, name, monkeypatch):
+    work = tmp_path / "deep" / "er"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    study = work / "s.toml"
+    study.write_text(f'name = {name!r}\n[vary]\nlr = [0.01, 0.02]\n'.replace("\\x00", "\\u0000"))
+    result = ablate(["run", study, *TINY])
+    assert result.exit_code == 2, result.output
+    assert "name" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == \
+        [p.relative_to(tmp_path) for p in (tmp_path / "deep", work, study)]
+
+
+def test_a_plugin_study_name_is_checked_too():
+    with pytest.raises(UsageError, match="not allowed"):
+        studies.Study("../x", "", variants={"a": {}}, factors=())
+
+
+def test_an_ordinary_name_passes():
+    assert studies.check_name("conv1-sweep_2.b") == "conv1-sweep_2.b"
+
+
+def test_derived_paths_stay_in_the_results_folder(tmp_path):
+    out = tmp_path / "r" / "x.parquet"
+    for derived in (results.parts_path(out), results.per_class_path(out), results.models_path(out)):
+        assert derived.resolve().is_relative_to(out.parent.resolve())
+    with pytest.raises(UsageError, match="results file"):
+        results.parts_path(tmp_path / "r" / "..parquet")
+
+
+def test_a_sweep_is_named_after_its_file(tmp_path, ablate):
+    a, b = tmp_path / "res" / "width.parquet", tmp_path / "res" / "lr.parquet"
+    assert ablate(["sweep", "--vary", "lr=0.01,0.05", *TINY, "--out", a]).exit_code == 0
+    assert ablate(["sweep", "--vary", "lr=0.02,0.1", *TINY, "--out", b, "--name", "rates"]).exit_code == 0
+    frame = pd.read_parquet(tmp_path / "res")
+    assert set(frame["study"]) == {"width", "rates"}
+    result = ablate(["report", a, b, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    import io
+
+    summary = pd.read_csv(io.StringIO(result.stdout))
+    for study, rows in summary.groupby("study"):  # each paired with its own study's baseline
+        assert set(rows["baseline"]) == {"base"}
+        assert rows[rows.variant != "base"]["diff"].notna().all()
+    assert len(summary[summary.variant == "base"]) == 2 * summary["metric"].nunique()
+
+
+def test_a_bad_name_option_is_one_line(tmp_path, ablate):
+    result = ablate(["sweep", "--vary", "lr=0.01,0.05", *TINY, "--name", "../up", "--out", tmp_path / "a.parquet"])
+    assert result.exit_code == 2 and "--name" in result.output
+    assert not (tmp_path / "a.parquet").exists()
+
+
+def test_a_study_file_without_a_name_is_named_after_out_then_itself(tmp_path):
+    study = tmp_path / "my study.toml"
+    study.write_text(textwrap.dedent("""
+        [vary]
+        lr = [0.01, 0.02]
+    """))
+    assert studies.from_toml(study).name == "my_study"
+    assert studies.from_toml(study, out=tmp_path / "w.parquet").name == "w"
+    assert studies.from_toml(study, name="given", out=tmp_path / "w.parquet").name == "given"
