@@ -26,8 +26,8 @@ _PUBLIC = {
     "register_task": ("ablate.tasks", "register_task"), "Task": ("ablate.tasks", "Task"),
     "Metric": ("ablate.metrics", "Metric"), "accuracy": ("ablate.metrics", "accuracy"), "psnr": ("ablate.metrics", "psnr"),
     "register_dataset": ("ablate.data", "register_dataset"),
-    "register_executor": ("ablate.executors", "register_executor"), "Progress": ("ablate.executors", "Progress"),
-    "started": ("ablate.executors", "started"), "batch_reporter": ("ablate.executors", "batch_reporter"),
+    "register_executor": ("ablate.executors", "register_executor"), "Progress": ("ablate.progress", "Progress"),
+    "started": ("ablate.progress", "started"), "batch_reporter": ("ablate.progress", "batch_reporter"),
     "plugin_modules": ("ablate.plugins", "modules"), "load_plugins": ("ablate.plugins", "load_named"),
 }
 __all__ = ["__version__", *_PUBLIC]

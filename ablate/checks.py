@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ablate import arch, count
+from ablate import arch, count, machine
 from ablate.data import Dataset, data_bytes
 from ablate.errors import UsageError
 from ablate.planning import Run
@@ -40,7 +40,7 @@ def available_memory(device: torch.device) -> float:
     """Bytes free for training on `device` (infinite when the system does not say)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    return count.available_memory() or float("inf")
+    return machine.available_memory() or float("inf")
 
 
 def check_model(run: Run, data: Dataset) -> list[str]:
@@ -152,7 +152,7 @@ def check_outputs(runs: list[Run], data: Dataset) -> None:
         meta = count.build_meta(build)
         weights = 0 if meta is None else sum(t.numel() * t.element_size() for t in (*meta.parameters(),
                                                                                      *meta.buffers()))
-        if weights > min(PROBE_MAX_BYTES, (count.available_memory() or float("inf")) / 2):
+        if weights > min(PROBE_MAX_BYTES, (machine.available_memory() or float("inf")) / 2):
             continue  # slow to build for real, or too big: check_memory's to judge
         model, mode = None, ""
         with torch.random.fork_rng(devices=[]), _Running() as running:

@@ -24,10 +24,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
 from ablate import plugins, report, studies
-from ablate.config import OPTIMIZERS, SCHEDULERS, SETTINGS, RunConfig
+from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig
 from ablate.convention import CONVENTION
 from ablate.errors import EnvironmentFailure, UsageError
-from ablate.executors import HERE
+from ablate.progress import HERE
 
 if TYPE_CHECKING:
     from ablate import runner
@@ -371,10 +371,6 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
         "--dry-run", help="Print the run matrix, what --out already holds and an estimate of the time; "
                           "train and write nothing.")),
 }
-# The options that are RunConfig fields; None: not given (the study's or RunConfig's default).
-TRAINING_OPTIONS = ("model", "task", "dataset", "image_size", "test_fraction", "test_dataset", "weights", "trainable",
-                    "epochs", "batch_size", "lr", "limit_train", "limit_test", "deterministic", "threads", "amp",
-                    "compile")
 
 
 def _progress() -> Progress:
@@ -387,42 +383,22 @@ def _progress() -> Progress:
 def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset()) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
-    from ablate import cluster, estimate, executors, results, runner, sequential, train
+    from ablate import cluster, estimate, results, runner
 
-    out = options["out"] or Path("results") / f"{study.name}.parquet"
-    if options["plot"] is not None:
-        from ablate import plot
-
-        results.check_writable(options["plot"], plot.FORMATS)
-    device = train.resolve_device(options["device"].value)
-    if options["slurm_opts"] is not None and not options["slurm"]:
-        raise UsageError("--slurm-opts sets the SLURM jobs of --slurm: give --slurm too, or leave it out")
-    cluster.check_options(options["workers"], options["threads"], options["dask_scheduler"], options["slurm"])
-    executor = executors.choose(options["executor"], options)
-    options["threads"] = cluster.run_threads(options["threads"], options["workers"], options["dask_scheduler"],
-                                             options["slurm"])
-    training = {k: options[k] for k in TRAINING_OPTIONS}
-    for name, value in training.items():  # the schema every setting is checked by, named as typed here
-        if name in SETTINGS and value is not None and not isinstance(value, Enum):
-            SETTINGS[name].check(value, label=f"--{name.replace('_', '-')}")
-    training["amp"] = None if options["amp"] == Amp.none else options["amp"].value  # None: the study's own
-    training["compile"] = options["compile"] or None
-    seeds = sequential.seeds_option(options["seeds"], options["resolution"])
-    prepared = runner.prepare(study, training, seeds, device, options["data_dir"], out, options["resume"],
-                              options["force"], options["save_models"], options["pack"], taken)
-    if any(a == "--scheduler" or a.startswith("--scheduler=") for a in ARGV):
-        prepared.notes.append("note: --scheduler is now --dask-scheduler (the old name works in this release)")
+    typed = runner.StudyOptions.of(options, ARGV, taken)  # every option typed, every combination checked
+    prepared = runner.prepare(study, typed)
     for note in prepared.notes:
         stderr.print(note, highlight=False)
-    if options["dry_run"]:
+    out = prepared.out
+    if typed.dry_run:
         report.print_wide(stdout, report.dry_run_table(estimate.dry_run(prepared), study.name, out,
                                                        prepared.auto and prepared.auto.auto.spec()))
         if options["slurm"]:
             stdout.print(f"each of the {options['workers'] or 1} SLURM jobs would run:", highlight=False)
-            sys.stdout.write(cluster.slurm_job_script(options["threads"], options["slurm_opts"]))
+            sys.stdout.write(cluster.slurm_job_script(typed.executor_options["threads"], options["slurm_opts"]))
         return
-    metadata = {**results.provenance(ARGV), "device": device.type, "study": study.metadata()}
-    trained = _train(prepared, metadata, executor, options)
+    metadata = {**results.provenance(typed.argv), "device": typed.device.type, "study": study.metadata()}
+    trained = _train(prepared, metadata, typed.executor, typed.executor_options)
     frame = trained.runs
     report.print_wide(stdout, report.study_summary(frame, study.factors))
     if trained.auto is not None:
@@ -430,9 +406,11 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
     if study.per_class:
         report.print_wide(stdout, report.class_table(trained.class_rows))
     stderr.print(f"results: {out} (per-class rows: {results.per_class_path(out)})", highlight=False)
-    if options["plot"] is not None:
-        plot.draw(out, options["plot"], study.plot, run_ids=set(frame["run_id"]))
-        stderr.print(f"figure: {options['plot']}", highlight=False)
+    if typed.plot is not None:
+        from ablate import plot
+
+        plot.draw(out, typed.plot, study.plot, run_ids=set(frame["run_id"]))
+        stderr.print(f"figure: {typed.plot}", highlight=False)
 
 
 def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, options: dict):
@@ -463,7 +441,7 @@ def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, option
 
 
 class _Drawing:
-    """The progress display, drawn from the executors' one contract (ablate.executors.Progress),
+    """The progress display, drawn from the executors' one contract (ablate.progress.Progress),
     whichever executor trains: the images trained of all planned, the packs running and where,
     the last loss, and the images per second."""
 

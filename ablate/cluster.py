@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from queue import SimpleQueue
 from typing import Callable, Iterator
 
-from ablate import executors, plugins
+from ablate import machine, plugins, progress
 from ablate.data import Dataset, load_dataset
 from ablate.errors import EnvironmentFailure, UsageError
 
@@ -31,15 +31,6 @@ PACKAGES = ("ablate", "torch", "torchvision")
 SLURM_MAX_JOBS = 1000  # --slurm --workers N: N jobs submitted at once (SLURM sites cap a user's jobs near this)
 PROTOCOLS = ("tcp", "tls", "ws", "wss", "ucx")  # Dask's, for a scheduler in another process
 CONNECT_SECONDS = 10  # to reach an existing scheduler: then a clean refusal, not a hang
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on: its affinity mask (what a container, taskset or
-    SLURM allots), else every core of the machine."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _cores(n: int) -> str:
@@ -98,11 +89,11 @@ def _on_worker(work: Callable, topic: str, plugin_modules: list[str], pack, data
         data = data.load()
     worker = get_worker()
 
-    def send(progress: executors.Progress) -> None:
-        worker.log_event(topic, dataclasses.astuple(progress))
+    def send(event: progress.Progress) -> None:
+        worker.log_event(topic, dataclasses.astuple(event))
 
-    send(executors.started(pack, worker.address))
-    return work(pack, data, on_batch=executors.batch_reporter(pack, send, worker.address))
+    send(progress.started(pack, worker.address))
+    return work(pack, data, on_batch=progress.batch_reporter(pack, send, worker.address))
 
 
 class DaskExecutor:
@@ -136,7 +127,7 @@ class DaskExecutor:
             pending = as_completed(futures)
             while not pending.is_empty():
                 while not events.empty():
-                    report(executors.Progress(*events.get()))
+                    report(progress.Progress(*events.get()))
                 for future in pending.next_batch(block=False):
                     yield futures[future], future.result()
                 time.sleep(0.05)
@@ -417,7 +408,7 @@ def run_threads(threads: int | None, workers: int | None, scheduler: str | None,
     if scheduler:
         return 1
     if workers or slurm:
-        return max(1, cpu_cores() // (workers or 1))
+        return max(1, machine.cpu_cores() // (workers or 1))
     import torch
 
     return torch.get_num_threads()
@@ -478,7 +469,7 @@ def check_options(workers: int | None, threads: int | None, scheduler: str | Non
     if scheduler is not None:
         scheduler_address(scheduler)
         return
-    cores = cpu_cores()
+    cores = machine.cpu_cores()
     if slurm:
         if workers is not None and workers > SLURM_MAX_JOBS:
             raise UsageError(f"--slurm --workers {workers}: at most {SLURM_MAX_JOBS} SLURM jobs at once "

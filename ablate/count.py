@@ -25,7 +25,6 @@ This module is the entry point and the counting pass; its parts, each imported f
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import Counter
 from contextlib import nullcontext
@@ -38,7 +37,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ablate import other_counters
+from ablate import machine, other_counters
 from ablate.arch import Shape, describe_error
 from ablate.count_rules import FORMULAS, RECURRENT, recurrent, recurrent_backward
 from ablate.errors import UsageError, first_line
@@ -367,26 +366,11 @@ def _unused_rows(records: list[tuple[_Param, nn.Module]], entered: set[int], tra
 # ---------------------------------------------------------------- on fake tensors, else a real forward
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available: Linux's MemAvailable, else the free pages; None if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _count_real(model: nn.Module, input_shape: Shape, batch: int, training: bool, reason: str) -> Counts:
     """The fallback: a real forward pass, when it can fit."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     needed = batch * math.prod(input_shape) * _dtype(model).itemsize
-    available = available_memory()
+    available = machine.available_memory()
     if available is not None and needed > available:
         raise UsageError(f"{reason}; a real forward pass does not fit: its input alone needs "
                          f"{needed / 1e9:.3g} GB ({available / 1e9:.3g} GB of memory free)")
@@ -448,7 +432,7 @@ def count_meta(build: Callable[[], nn.Module], input_shape: Shape, batch: int = 
             return count_model(model, input_shape, batch, training)
         except NeedsRealTensors as error:
             weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-            available = available_memory()
+            available = machine.available_memory()
             if available is not None and weights > available:
                 raise UsageError(f"{error}; a real forward pass does not fit: its weights need "
                                  f"{weights / 1e9:.3g} GB ({available / 1e9:.3g} GB of memory free)") from None

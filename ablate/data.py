@@ -357,10 +357,10 @@ def data_bytes(n_train: int, n_test: int, shape: tuple[int, ...], loading: int =
 def _check_memory(what: str, n_train: int, n_test: int, shape: tuple[int, ...], loading: int = 0,
                   hint: str = "use a smaller --image-size or fewer images (--limit-train, --limit-test)") -> None:
     """Refuse data that would not fit in the memory available now, before it is made."""
-    from ablate import count
+    from ablate import machine
 
     need = data_bytes(n_train, n_test, shape, loading)
-    free = count.available_memory()
+    free = machine.available_memory()
     if free is None or need <= free:
         return
     images = f"{n_train:,} + {n_test:,} images" if n_train else f"{n_test:,} images"

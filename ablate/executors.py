@@ -9,7 +9,8 @@ on the way in and stopped on the way out) that gives an object with
 `work(pack, data, on_batch=...)` trains a pack (it is picklable: another process may run it);
 `report(Progress)` is how the executor tells the command line what is happening: a `started`
 event when a pack begins, `trained` events as it trains (`on_batch` gives them). ablate's own
-executors, `inprocess` and `dask`, are registered like a plugin's (`register_executor`).
+executors, `inprocess` and `dask`, are registered like a plugin's (`register_executor`). The
+progress contract is `ablate.progress`, which a cluster's workers use too.
 
 Nothing here imports torch.
 """
@@ -21,46 +22,8 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 from ablate.errors import UsageError
+from ablate.progress import batch_reporter, started
 from ablate.registry import Registry
-
-HERE = "this process"
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One event of a study's progress, the same from every executor."""
-
-    kind: str  # "start": a pack begins; "images": it has trained `images` so far
-    key: str  # the pack's first run_id
-    label: str  # the pack, in words: "relu seed 0", "relu seeds 0-2"
-    epochs: int  # the pack's planned epochs
-    where: str = HERE  # a worker's address, or this process
-    epoch: int = 0
-    images: int = 0  # images trained so far, all of the pack's runs together
-    loss: float | None = None
-
-
-def pack_label(pack) -> str:
-    seeds = [r.seed for r in pack]
-    if len(seeds) == 1:
-        return pack[0].label
-    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
-    return f"{pack[0].variant} seeds {span}"
-
-
-def started(pack, where: str = HERE) -> Progress:
-    return Progress("start", pack[0].run_id, pack_label(pack), pack[0].config.epochs, where)
-
-
-def batch_reporter(pack, report: Callable[[Progress], None], where: str = HERE):
-    """The `on_batch` to give `work` for `pack`: each report of the training loop as a Progress."""
-    key, label, epochs = pack[0].run_id, pack_label(pack), pack[0].config.epochs
-
-    def on_batch(epoch: int, images: int, loss: float, speed: float) -> None:
-        report(Progress("images", key, label, epochs, where, epoch, int(images), float(loss)))
-
-    return on_batch
-
 
 @dataclass(frozen=True)
 class ExecutorEntry:

@@ -5,21 +5,42 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
-from ablate import arch, results, schema
-from ablate.config import DATA_FIELDS
-from ablate.errors import UsageError
+from ablate import arch, results, schema, transforms, weights
+from ablate.config import AMP, DATA_FIELDS, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, used_settings
+from ablate.errors import UsageError, unknown_name
 from ablate.studies import MAX_VARIANTS, Study
 from ablate.tasks import TASKS
-from ablate.train import RunConfig, resolve
 
 
 RUN_COLUMNS = schema.types(schema.table(arch.registry_knobs()))  # every study file's: ablate's own models' arguments
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """`config` checked, with every constructor argument of its model in `model_args` (the
+    model's own default where none is given). Every named choice must exist, and an argument
+    the model does not take is a usage error: a row records only what decided the run."""
+    config = checked(config)  # every field's type and range (config.SETTINGS)
+    for registry, name in ((TASKS, config.task), (OPTIMIZERS, config.optimizer),
+                           (SCHEDULERS, config.scheduler), (transforms.NORMALIZATIONS, config.normalization),
+                           (transforms.PERMUTATIONS, config.permutation)):
+        registry.get(name)
+    config = checked(used_settings(config))  # the defaults filled in are checked too (lr_max = 4 x lr)
+    transforms.augmentation(config.augment)
+    if config.amp not in AMP:
+        raise unknown_name("amp", config.amp, AMP)
+    if config.trainable not in TRAINABLE:
+        raise unknown_name("trainable", config.trainable, TRAINABLE)
+    if config.weights is not None:
+        weights.get(config.model, config.weights)  # made once: the file read, or the name looked up
+    args = arch.model_source(config.model).typed_args(dict(config.model_args))
+    return replace(config, model_args=tuple(sorted(args.items())))
+
 
 
 def run_columns(runs: list[Run]) -> dict[str, type]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -18,9 +19,10 @@ from ablate.checks import (check_memory, check_model, check_outputs, check_weigh
                            trainable_params)
 from ablate.data import Dataset, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError, one_line
-from ablate.executors import InProcess, Progress
+from ablate.executors import InProcess
 from ablate.planning import (RUN_COLUMNS, Run, check_resumable, configurations, overridden_options, plan,
                              results_schema, run_columns, study_settings, typed_columns)
+from ablate.progress import Progress
 from ablate.results import StudyFile
 from ablate.sequential import AutoRecord, AutoSeeds, Rule
 from ablate.studies import Study
@@ -181,19 +183,79 @@ class Interrupted(KeyboardInterrupt):
         self.saved, self.planned = saved, planned
 
 
-def prepare(study: Study, options: dict, seeds: int | AutoSeeds, device: torch.device, data_dir: Path | None,
-            out: Path, resume: bool = False, force: bool = False, save_models: bool = False,
-            pack: bool | None = None, taken: frozenset = frozenset()) -> Prepared:
+@dataclass(frozen=True)
+class StudyOptions:
+    """A study command's options, each typed once and their combinations checked (`of`): what
+    `prepare` and the executors take; nothing downstream sees the command line's text."""
+
+    training: dict  # the RunConfig settings given (None: not given, the study's or RunConfig's own)
+    seeds: int | AutoSeeds
+    device: torch.device
+    out: Path | None  # None: results/STUDY.parquet
+    data_dir: Path | None = None
+    resume: bool = False
+    force: bool = False
+    save_models: bool = False
+    pack: bool | None = None  # --pack/--no-pack; None: measured (ablate.autopack)
+    plot: Path | None = None
+    dry_run: bool = False
+    executor: str = "inprocess"
+    executor_options: dict = field(default_factory=dict)  # what its `make` reads (workers, threads, ...)
+    argv: tuple[str, ...] = ()  # the command line, for the files' provenance
+    taken: frozenset = frozenset()  # the options the study's builder took itself
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, options: dict, argv=(), taken: frozenset = frozenset()) -> StudyOptions:
+        """The options of a study command (Typer's values, by option name) typed and checked."""
+        from ablate import cluster, executors, sequential
+        from ablate.config import SETTINGS, setting_of
+        from ablate.train import resolve_device
+
+        given = {k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
+        if given.get("plot") is not None:
+            from ablate import plot
+
+            results.check_writable(given["plot"], plot.FORMATS)
+        if given.get("slurm_opts") is not None and not given.get("slurm"):
+            raise UsageError("--slurm-opts sets the SLURM jobs of --slurm: give --slurm too, or leave it out")
+        cluster.check_options(given.get("workers"), given.get("threads"), given.get("dask_scheduler"),
+                              bool(given.get("slurm")))
+        executor = executors.choose(given.get("executor"), given)
+        given["threads"] = cluster.run_threads(given.get("threads"), given.get("workers"),
+                                               given.get("dask_scheduler"), bool(given.get("slurm")))
+        training = {k: v for k, v in given.items() if setting_of(k) == k}
+        for name, value in training.items():  # the schema every setting is checked by, named as typed
+            if value is not None:
+                training[name] = SETTINGS[name].check(value, label=f"--{name.replace('_', '-')}")
+        training["amp"] = None if training.get("amp") == "none" else training.get("amp")  # None: the study's own
+        training["compile"] = training.get("compile") or None
+        said = ("note: --scheduler is now --dask-scheduler (the old name works in this release)",) \
+            if any(a == "--scheduler" or a.startswith("--scheduler=") for a in argv) else ()
+        return cls(training, sequential.seeds_option(given.get("seeds", "1"), given.get("resolution")),
+                   resolve_device(given.get("device", "auto")), given.get("out"), given.get("data_dir"),
+                   bool(given.get("resume")), bool(given.get("force")), bool(given.get("save_models")),
+                   given.get("pack"), given.get("plot"), bool(given.get("dry_run")), executor, given,
+                   tuple(argv), frozenset(taken), said)
+
+
+def prepare(study: Study, options: StudyOptions) -> Prepared:
     """Check everything a study needs, the cheap checks first; raise UsageError on the first
-    problem. Creates no file or folder. `seeds`: how many, or --seeds auto's rule."""
+    problem. Creates no file or folder."""
     from ablate import weights
+
+    o = options
+    out = Path(o.out) if o.out is not None else Path("results") / f"{study.name}.parquet"
+    seeds, device, data_dir, resume, force, save_models, pack = (o.seeds, o.device, o.data_dir, o.resume, o.force,
+                                                                 o.save_models, o.pack)
+    options = o.training
 
     weights.forget()  # each --weights read afresh for this study, once (then the same tensors to its end)
     existing = results.existing_runs(out, resume, force)
     auto = seeds if isinstance(seeds, AutoSeeds) else None
     runs = plan(study, options, auto.most if auto else seeds)
     rule = Rule.of(auto, runs) if auto else None
-    notes = overridden_options(study, options, taken)  # `taken`: the options the study's builder took
+    notes = [*o.notes, *overridden_options(study, options, o.taken)]  # taken: those the study's builder took
     if rule is not None and resume and not existing.empty:
         before = None
         with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: nothing to compare

@@ -7,7 +7,7 @@ import functools
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 
 from ablate import arch, transforms, weights
 from ablate import pack as packing
-from ablate.config import AMP, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, used_settings
+from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig, used_settings
 from ablate.data import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
 from ablate.tasks import TASKS, Task
@@ -66,27 +66,6 @@ def latent_correlation(model: nn.Module, x: torch.Tensor, prepare) -> float | No
 
 
 # ---------------------------------------------------------------- models
-
-
-def resolve(config: RunConfig) -> RunConfig:
-    """`config` checked, with every constructor argument of its model in `model_args` (the
-    model's own default where none is given). Every named choice must exist, and an argument
-    the model does not take is a usage error: a row records only what decided the run."""
-    config = checked(config)  # every field's type and range (config.SETTINGS)
-    for registry, name in ((TASKS, config.task), (OPTIMIZERS, config.optimizer),
-                           (SCHEDULERS, config.scheduler), (transforms.NORMALIZATIONS, config.normalization),
-                           (transforms.PERMUTATIONS, config.permutation)):
-        registry.get(name)
-    config = checked(used_settings(config))  # the defaults filled in are checked too (lr_max = 4 x lr)
-    transforms.augmentation(config.augment)
-    if config.amp not in AMP:
-        raise unknown_name("amp", config.amp, AMP)
-    if config.trainable not in TRAINABLE:
-        raise unknown_name("trainable", config.trainable, TRAINABLE)
-    if config.weights is not None:
-        weights.get(config.model, config.weights)  # made once: the file read, or the name looked up
-    args = arch.model_source(config.model).typed_args(dict(config.model_args))
-    return replace(config, model_args=tuple(sorted(args.items())))
 
 
 def build_model(config: RunConfig, in_channels: int, num_classes: int, image_size: int = 32) -> nn.Module:
@@ -496,12 +475,13 @@ def pretrained_encoder(config: RunConfig, data: Dataset, seed: int, device: torc
     split without labels, from the run's seed, with report 001's setting (AdamW, lr 0.001,
     batch 32, pixels in [0, 1]); the same weights for every run that asks with this seed."""
     knobs = {k: v for k, v in config.model_args if k in ("latent_dim", "depth", "width")}
-    autoencoder = resolve(RunConfig(task="reconstruct", dataset=config.dataset, model="autoencoder",
-                                    epochs=config.pretrain_epochs, batch_size=32, lr=0.001, optimizer="adamw",
-                                    momentum=None, weight_decay=OPTIMIZERS.get("adamw").weight_decay,
-                                    normalization="none", image_size=config.image_size,
-                                    limit_train=config.limit_train, limit_test=config.limit_test,
-                                    deterministic=config.deterministic).with_fields(**knobs))
+    args = arch.model_source("autoencoder").typed_args(knobs)  # as planning.resolve fills them in
+    autoencoder = used_settings(RunConfig(task="reconstruct", dataset=config.dataset, model="autoencoder",
+                                          epochs=config.pretrain_epochs, batch_size=32, lr=0.001, optimizer="adamw",
+                                          momentum=None, weight_decay=OPTIMIZERS.get("adamw").weight_decay,
+                                          normalization="none", image_size=config.image_size,
+                                          limit_train=config.limit_train, limit_test=config.limit_test,
+                                          deterministic=config.deterministic, model_args=tuple(sorted(args.items()))))
     key = (autoencoder, seed, data.name, len(data.train_y), str(device))
     if key not in _PRETRAINED:
         state = train_run(autoencoder, data, seed, device, keep_model=True).state

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from ablate.data import Dataset
-from ablate.train import RunConfig, resolve, train_runs
+from ablate.planning import resolve
+from ablate.train import RunConfig, train_runs
 from speed import cifar_shaped  # benchmarks/speed.py, beside this file
 
 PROTOCOL = [["conv1"], ["linearity"], ["permutation"]]  # report A

@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import planning, results
-from ablate.train import RunConfig, resolve
+from ablate.planning import resolve
+from ablate.train import RunConfig
 
 
 def run_rows(config: RunConfig, columns: dict, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -27,7 +27,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ablate.data import Dataset
-from ablate.train import RunConfig, build_model, resolve, train_run, train_runs
+from ablate.planning import resolve
+from ablate.train import RunConfig, build_model, train_run, train_runs
 
 
 def cifar_shaped(n: int) -> Dataset:

@@ -10,7 +10,8 @@ from ablate import planning, results
 from ablate.cli import app
 from ablate.data import load_dataset
 from ablate.results import write_frame
-from ablate.train import RunConfig, resolve
+from ablate.planning import resolve
+from ablate.train import RunConfig
 
 # A whole study in about a second: 300 synthetic images, 2 epochs.
 TINY = ["--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "2",

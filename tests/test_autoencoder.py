@@ -12,8 +12,8 @@ from ablate import planning, runner, saved, studies
 from ablate.data import load_dataset
 from ablate.results import models_path
 from ablate.tasks import TASKS
-from ablate.train import (RunConfig, build_model, evaluate_copies, latent_correlation, pretrained_encoder, resolve,
-                          train_run)
+from ablate.planning import resolve
+from ablate.train import RunConfig, build_model, evaluate_copies, latent_correlation, pretrained_encoder, train_run
 
 CPU = torch.device("cpu")
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "2", "--device", "cpu"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ablate import autopack, planning, results, train
-from ablate.train import RunConfig, resolve
+from ablate.planning import resolve
+from ablate.train import RunConfig
 
 CPU = torch.device("cpu")
 

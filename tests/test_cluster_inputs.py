@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ablate import cluster
+from ablate import cluster, machine
 
 STUDY = ["linearity", "--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "1",
          "--batch-size", "50", "--device", "cpu"]
@@ -42,7 +42,7 @@ def nothing_starts(monkeypatch):
 
 def test_cpu_cores_is_the_affinity_mask(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
-    assert cluster.cpu_cores() == 3
+    assert machine.cpu_cores() == 3
 
 
 @pytest.mark.parametrize("cores,args,message", [

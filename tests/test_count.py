@@ -9,7 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ablate import arch, count
+from ablate import arch, count, machine
 from ablate.count import build_meta, count_meta, count_model
 from ablate.errors import UsageError
 
@@ -645,7 +645,7 @@ class BigDataDependent(DataDependent):
 
 
 def test_data_dependent_models_fall_back_to_a_real_forward(monkeypatch):
-    monkeypatch.setattr(count, "available_memory", lambda: 8 * 10 ** 9)  # whatever this machine has free
+    monkeypatch.setattr(machine, "available_memory", lambda: 8 * 10 ** 9)  # whatever this machine has free
     counts = count_meta(DataDependent, (4,))
     assert (counts.rows[0].macs, counts.params) == (16, 20)
     with pytest.raises(UsageError, match=r"cannot count on fake tensors.*input alone needs 1.6e\+03 GB \(8 GB of"):

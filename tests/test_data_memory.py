@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from ablate import count, data
+from ablate import data, machine
 from ablate.errors import UsageError
 from test_folder_data import fake_mnist, pets
 
@@ -15,9 +15,9 @@ SYNTHETIC_1024 = "--image-size 1024: the data would need about 289.4 GB in memor
 
 @pytest.fixture
 def free(monkeypatch):
-    """free(bytes): the memory available, as ablate.count.available_memory says."""
+    """free(bytes): the memory available, as ablate.machine.available_memory says."""
     def set_free(n):
-        monkeypatch.setattr(count, "available_memory", lambda: n)
+        monkeypatch.setattr(machine, "available_memory", lambda: n)
     set_free(20_100_000_000)
     return set_free
 

@@ -14,7 +14,7 @@ import pytest
 from ablate import config, planning, schema, studies
 from ablate.config import RunConfig
 from ablate.errors import UsageError
-from ablate.train import resolve
+from ablate.planning import resolve
 from conftest import TINY
 
 SMALL = ["--dataset", "synthetic", "--limit-train", "80", "--limit-test", "20", "--image-size", "16", "--device", "cpu"]

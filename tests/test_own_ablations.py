@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ablate import arch, planning, runner, studies
-from ablate.train import RunConfig, build_model, resolve
+from ablate.planning import resolve
+from ablate.train import RunConfig, build_model
 
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "1",
         "--batch-size", "50", "--device", "cpu"]

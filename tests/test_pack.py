@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablate import arch, pack, planning, runner, train
-from ablate.train import RunConfig, build_model, resolve, train_runs
+from ablate.planning import resolve
+from ablate.train import RunConfig, build_model, train_runs
 
 CPU = torch.device("cpu")
 SEEDS = [0, 1, 2]

@@ -15,7 +15,8 @@ from ablate.config import OPTIMIZERS, SCHEDULERS, column
 from ablate.errors import UsageError
 from ablate import metrics
 from ablate.tasks import TASKS, Task
-from ablate.train import RunConfig, build_model, evaluate_copies, make_optimizer, make_scheduler, resolve, train_runs
+from ablate.planning import resolve
+from ablate.train import RunConfig, build_model, evaluate_copies, make_optimizer, make_scheduler, train_runs
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,8 @@ import torch
 
 from ablate import planning, studies
 from ablate.errors import UsageError
-from ablate.train import RunConfig, make_optimizer, make_scheduler, resolve
+from ablate.planning import resolve
+from ablate.train import RunConfig, make_optimizer, make_scheduler
 
 TINY = ["--dataset", "synthetic", "--limit-train", "120", "--limit-test", "60", "--epochs", "2",
         "--batch-size", "30", "--device", "cpu", "--seeds", "1"]

@@ -14,7 +14,8 @@ from ablate.data import load_dataset
 from ablate.errors import UsageError
 from ablate.results import read_metadata
 from ablate.tasks import TASKS
-from ablate.train import RunConfig, RunResult, evaluate_copies, resolve, train_run
+from ablate.planning import resolve
+from ablate.train import RunConfig, RunResult, evaluate_copies, train_run
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from ablate import planning, studies, transforms
 from ablate.count import count_model
 from ablate.data import load_dataset
-from ablate.train import RunConfig, build_model, resolve, train_run
+from ablate.planning import resolve
+from ablate.train import RunConfig, build_model, train_run
 
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "1",
         "--batch-size", "50", "--device", "cpu"]

@@ -12,7 +12,8 @@ import torch
 from ablate import arch, checks, planning, runner
 from ablate.data import Dataset
 from ablate.errors import UsageError
-from ablate.train import RunConfig, resolve
+from ablate.planning import resolve
+from ablate.train import RunConfig
 
 NET = '''
 import torch
