@@ -20,14 +20,14 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 # name -> (module, attribute): loaded on first use, so that `import ablate` stays light
 _PUBLIC = {
-    "register_study": ("ablate.studies", "register_study"), "Study": ("ablate.studies", "Study"),
+    "register_study": ("ablate.study.studies", "register_study"), "Study": ("ablate.study.studies", "Study"),
     "UsageError": ("ablate.errors", "UsageError"),
     "register_model": ("ablate.arch", "register_model"),
-    "register_task": ("ablate.tasks", "register_task"), "Task": ("ablate.tasks", "Task"),
+    "register_task": ("ablate.training.tasks", "register_task"), "Task": ("ablate.training.tasks", "Task"),
     "Metric": ("ablate.metrics", "Metric"), "accuracy": ("ablate.metrics", "accuracy"), "psnr": ("ablate.metrics", "psnr"),
-    "register_dataset": ("ablate.data", "register_dataset"),
-    "register_executor": ("ablate.executors", "register_executor"), "Progress": ("ablate.progress", "Progress"),
-    "started": ("ablate.progress", "started"), "batch_reporter": ("ablate.progress", "batch_reporter"),
+    "register_dataset": ("ablate.data.datasets", "register_dataset"),
+    "register_executor": ("ablate.execution.executors", "register_executor"), "Progress": ("ablate.execution.progress", "Progress"),
+    "started": ("ablate.execution.progress", "started"), "batch_reporter": ("ablate.execution.progress", "batch_reporter"),
     "plugin_modules": ("ablate.plugins", "modules"), "load_plugins": ("ablate.plugins", "load_named"),
 }
 __all__ = ["__version__", *_PUBLIC]

@@ -23,14 +23,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from ablate import plugins, report, studies
+from ablate import plugins
 from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig
-from ablate.convention import CONVENTION
+from ablate.counting.convention import CONVENTION
 from ablate.errors import EnvironmentFailure, UsageError
-from ablate.progress import HERE
+from ablate.execution.progress import HERE
+from ablate.reporting import report
+from ablate.study import studies
 
 if TYPE_CHECKING:
-    from ablate import runner
+    from ablate.execution import runner
 
 stdout = Console()
 stderr = Console(stderr=True, soft_wrap=True)  # one message, one line, however narrow the terminal
@@ -145,7 +147,8 @@ def params(
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the rows on stdout."),
     list_models: bool = typer.Option(False, "--list", help="List the model names and exit."),
 ):
-    from ablate import arch, count, results
+    from ablate import arch, count
+    from ablate.results import files as results
 
     if list_models:
         return list_command(Topic.models, json_output=format == OutputFormat.json)
@@ -212,12 +215,12 @@ def _listing(topic: Topic) -> list[dict]:
     if topic == Topic.plugins:
         return plugins.listing()
     if topic == Topic.executors:
-        from ablate import executors
+        from ablate.execution import executors
 
         return [{"name": n, "description": e.description, "source": executors.EXECUTORS.owners[n]}
                 for n, e in executors.EXECUTORS.items()]
     if topic == Topic.tasks:
-        from ablate.tasks import TASKS
+        from ablate.training.tasks import TASKS
 
         return [{"name": n, "metrics": ", ".join(m.name for m in t.metrics) or "loss only",
                  "per-class accuracy": t.classifies, "source": TASKS.owners[n]} for n, t in TASKS.items()]
@@ -233,7 +236,7 @@ def _listing(topic: Topic) -> list[dict]:
             {"name": n, "source": "torchvision", "input": "", "description": ""}
             for n in arch.torchvision_models()]
     if topic == Topic.datasets:
-        from ablate import data
+        from ablate.data import datasets as data
 
         return [{"name": n, "classes": ", ".join(d.classes), "description": d.description}
                 for n, d in data.DATASETS.items()]
@@ -383,7 +386,8 @@ def _progress() -> Progress:
 def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset()) -> None:
     """Shared by every study command: the runner checks everything and creates nothing until
     then, trains, and gives back the rows this prints."""
-    from ablate import cluster, estimate, results, runner
+    from ablate.execution import cluster, estimate, runner
+    from ablate.results import files as results
 
     typed = runner.StudyOptions.of(options, ARGV, taken)  # every option typed, every combination checked
     prepared = runner.prepare(study, typed)
@@ -407,7 +411,7 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
         report.print_wide(stdout, report.class_table(trained.class_rows))
     stderr.print(f"results: {out} (per-class rows: {results.per_class_path(out)})", highlight=False)
     if typed.plot is not None:
-        from ablate import plot
+        from ablate.reporting import plot
 
         plot.draw(out, typed.plot, study.plot, run_ids=set(frame["run_id"]))
         stderr.print(f"figure: {typed.plot}", highlight=False)
@@ -417,7 +421,8 @@ def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, option
     """Run the study under a progress display on stderr, on the executor chosen (a cluster is
     started, or refused in one line, before the display starts); Ctrl-C says what is saved,
     whenever it comes."""
-    from ablate import executors, results, runner
+    from ablate.execution import executors, runner
+    from ablate.results import files as results
 
     progress = _progress()
     task = progress.add_task(prepared.study.name, total=0, status="")
@@ -441,7 +446,7 @@ def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, option
 
 
 class _Drawing:
-    """The progress display, drawn from the executors' one contract (ablate.progress.Progress),
+    """The progress display, drawn from the executors' one contract (ablate.execution.progress.Progress),
     whichever executor trains: the images trained of all planned, the packs running and where,
     the last loss, and the images per second."""
 
@@ -579,7 +584,9 @@ def report_command(
     interval."""
     import pandas as pd
 
-    from ablate import compare, results, sequential
+    from ablate.reporting import compare
+    from ablate.results import files as results
+    from ablate.study import sequential
 
     if epoch is not None and best:
         raise UsageError("give --epoch or --best, not both")
@@ -611,7 +618,7 @@ def report_command(
             if study in auto:
                 report.print_wide(stdout, report.auto_table(study, auto[study]))
     if html is not None:
-        from ablate import html_report
+        from ablate.reporting import html_report
 
         html_report.write(paths, frame, summary, label, html)
         stderr.print(f"report: {html}", highlight=False)
@@ -635,7 +642,8 @@ def plot_command(
 ):
     """Draw a study's figure: learning curves, a sweep (the U-curve of conv1), per-class bars,
     steps with intervals, or an autoencoder's reconstructions and latent interpolation."""
-    from ablate import plot, results
+    from ablate.reporting import plot
+    from ablate.results import files as results
 
     results.check_writable(out, plot.FORMATS)
     classes = studies.parse_numbers(pair, "--pair", int, 0)

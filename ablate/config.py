@@ -2,7 +2,7 @@
 the augmentations' names.
 
 Nothing here imports torch: the command line's help and listings read these without paying
-for it. `ablate.train` and `ablate.transforms` turn them into torch objects.
+for it. `ablate.training.train` and `ablate.transforms` turn them into torch objects.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class RunConfig:
     labels: int | None = None  # train on this many class-balanced labelled images (the rest: pretraining only)
     pretrain_epochs: int | None = None  # first train an autoencoder on the train split, unlabelled; take its encoder
     freeze_encoder: bool | None = None  # with pretraining: the encoder's weights stay as pretrained
-    weights: str | None = None  # pretrained weights (ablate.weights): a torchvision name or a file; the head is new
+    weights: str | None = None  # pretrained weights (ablate.models.weights): a torchvision name or a file; the head is new
     trainable: str = "all"  # all, or head: only the class-dependent head trains (a probe); the rest in eval mode
     epochs: int = 10
     batch_size: int = 128

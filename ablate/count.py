@@ -37,14 +37,15 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ablate import machine, other_counters
+from ablate import machine
 from ablate.arch import Shape, describe_error
-from ablate.count_rules import FORMULAS, RECURRENT, recurrent, recurrent_backward
+from ablate.counting import other_counters
+from ablate.counting.count_rules import FORMULAS, RECURRENT, recurrent, recurrent_backward
+from ablate.counting.fake_run import NeedsRealTensors, build_meta, run_forward  # ablate.count's public names too
+from ablate.counting.fake_run import fake_state, on_meta
+from ablate.counting.receptive import Fields
+from ablate.counting.tensor_tree import shapes, tensors
 from ablate.errors import UsageError, first_line
-from ablate.fake_run import NeedsRealTensors, build_meta, run_forward  # ablate.count's public names too
-from ablate.fake_run import fake_state, on_meta
-from ablate.receptive import Fields
-from ablate.tensor_tree import shapes, tensors
 
 
 # ---------------------------------------------------------------- the records

@@ -55,7 +55,7 @@ psnr = METRICS.register("psnr", Metric(
 
 def register(metric: Metric) -> None:
     """Add a task's metric under its name; the same metric again is no change. (Its name is a
-    column: `ablate.tasks.register_task` checks it against the schema first.)"""
+    column: `ablate.training.tasks.register_task` checks it against the schema first.)"""
     if metric.name in METRICS and METRICS.get(metric.name) is metric:
         return
     METRICS.register(metric.name, metric)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ablate.data import Dataset
-from ablate.planning import resolve
-from ablate.train import RunConfig, train_runs
+from ablate.data.datasets import Dataset
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig, train_runs
 from speed import cifar_shaped  # benchmarks/speed.py, beside this file
 
 PROTOCOL = [["conv1"], ["linearity"], ["permutation"]]  # report A

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate import planning, results
-from ablate.planning import resolve
-from ablate.train import RunConfig
+from ablate.results import files as results
+from ablate.study import planning
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig
 
 
 def run_rows(config: RunConfig, columns: dict, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:

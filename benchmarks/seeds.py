@@ -1,6 +1,6 @@
 """`--seeds auto` simulated: many studies of a variant against its baseline, with normal noise
 and a true difference of 0 to 2 standard deviations of the per-seed paired difference,
-through the rounds and decisions `--seeds auto` makes (ablate.sequential, no training). Prints,
+through the rounds and decisions `--seeds auto` makes (ablate.study.sequential, no training). Prints,
 per true difference, how often the rule said different, equal and reached MAX, and the seeds
 it took on average; then the same looks with the plain 95 % t-interval at each, which is
 what the correction is for.
@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from ablate import sequential
+from ablate.study import sequential
 
 
 def stopping(differences: np.ndarray, most: int, resolution: float) -> sequential.Decision:

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from ablate.data import Dataset
-from ablate.planning import resolve
-from ablate.train import RunConfig, build_model, train_run, train_runs
+from ablate.data.datasets import Dataset
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig, build_model, train_run, train_runs
 
 
 def cifar_shaped(n: int) -> Dataset:
@@ -142,7 +142,7 @@ AUTO = {  # --pack auto against --no-pack, whole studies of 3 seeds: the tutoria
 def auto_packing(rounds: int) -> None:
     """Wall time of each AUTO study with --no-pack, and with --pack auto measuring afresh (its
     remembered decisions set aside for the run, then put back): auto's probe is in its time."""
-    from ablate.data import cache_dir, on_disk
+    from ablate.data.datasets import cache_dir, on_disk
 
     ablate = Path(sys.executable).with_name("ablate")
     remembered = cache_dir() / "packing.json"
@@ -166,7 +166,7 @@ def auto_packing(rounds: int) -> None:
                     remembered.unlink(missing_ok=True)
                     if kept is not None:
                         remembered.write_bytes(kept)
-                from ablate.results import read_metadata
+                from ablate.results.files import read_metadata
 
                 chose = ", ".join(f"{v}: {'packed' if c['packed'] else 'one by one'} ({c['ratio'] or 0:.2f} x)"
                                   for v, c in read_metadata(out)["packing"].items())

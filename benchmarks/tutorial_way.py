@@ -22,9 +22,9 @@ import torchvision.transforms as T  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ablate.config import RunConfig  # noqa: E402
-from ablate.data import load_dataset  # noqa: E402
-from ablate.planning import resolve  # noqa: E402
-from ablate.train import build_model  # noqa: E402
+from ablate.data.datasets import load_dataset  # noqa: E402
+from ablate.study.planning import resolve  # noqa: E402
+from ablate.training.train import build_model  # noqa: E402
 
 VARIANTS = {  # ablate's linearity study on its default model, the tutorial net (`ablate list studies`)
     "relu": {"activation": "relu", "fc1_features": 120},

@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import planning, results
 from ablate.cli import app
-from ablate.data import load_dataset
-from ablate.results import write_frame
-from ablate.planning import resolve
-from ablate.train import RunConfig
+from ablate.data.datasets import load_dataset
+from ablate.results import files as results
+from ablate.results.files import write_frame
+from ablate.study import planning
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig
 
 # A whole study in about a second: 300 synthetic images, 2 epochs.
 TINY = ["--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "2",
@@ -31,7 +32,7 @@ def ablate():
 @pytest.fixture(autouse=True)
 def packing_decisions(tmp_path_factory, monkeypatch):
     """--pack auto remembers its decisions in a file of each test's own, not the machine's cache."""
-    from ablate import autopack
+    from ablate.execution import autopack
 
     path = tmp_path_factory.mktemp("cache") / "packing.json"
     monkeypatch.setattr(autopack, "_path", lambda: path)
@@ -43,7 +44,7 @@ def no_downloaded_weights(tmp_path_factory, monkeypatch):
     """torchvision's weights are never downloaded in a test, nor taken from this machine's cache."""
     import torch
 
-    from ablate import weights
+    from ablate.models import weights
 
     def offline(url, *args, **kwargs):
         raise OSError(f"the tests reach no network ({url})")

@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate import planning, runner, saved, studies
-from ablate.data import load_dataset
-from ablate.results import models_path
-from ablate.tasks import TASKS
-from ablate.planning import resolve
-from ablate.train import RunConfig, build_model, evaluate_copies, latent_correlation, pretrained_encoder, train_run
+from ablate.data.datasets import load_dataset
+from ablate.execution import runner
+from ablate.results import saved
+from ablate.results.files import models_path
+from ablate.study import planning, studies
+from ablate.study.planning import resolve
+from ablate.training.tasks import TASKS
+from ablate.training.train import RunConfig, build_model, evaluate_copies, latent_correlation, pretrained_encoder, train_run
 
 CPU = torch.device("cpu")
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "2", "--device", "cpu"]

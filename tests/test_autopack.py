@@ -8,9 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate import autopack, planning, results, train
-from ablate.planning import resolve
-from ablate.train import RunConfig
+from ablate.execution import autopack
+from ablate.results import files as results
+from ablate.study import planning
+from ablate.study.planning import resolve
+from ablate.training import train
+from ablate.training.train import RunConfig
 
 CPU = torch.device("cpu")
 
@@ -22,7 +25,7 @@ def runs(seeds=3, **fields):
 
 @pytest.fixture
 def big_data():
-    from ablate.data import load_dataset
+    from ablate.data.datasets import load_dataset
 
     return load_dataset("synthetic", limit_train=4000, limit_test=100)  # 32 steps of 128 an epoch
 

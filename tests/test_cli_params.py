@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ablate import studies
 from ablate.cli import app
 from ablate.count import COLUMNS
-from ablate.results import read_metadata
+from ablate.results.files import read_metadata
+from ablate.study import studies
 
 runner = CliRunner()
 

@@ -137,7 +137,7 @@ def test_the_slurm_job_script(ablate, monkeypatch, tmp_path):
 def test_data_a_worker_cannot_see_is_sent_once_per_worker(tmp_path, tiny_data):
     from distributed import Future
 
-    from ablate import cluster
+    from ablate.execution import cluster
 
     client, local = cluster.local_cluster(2, 1)
     try:

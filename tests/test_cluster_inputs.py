@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from ablate import cluster, machine
+from ablate import machine
+from ablate.execution import cluster
 
 STUDY = ["linearity", "--dataset", "synthetic", "--limit-train", "300", "--limit-test", "100", "--epochs", "1",
          "--batch-size", "50", "--device", "cpu"]

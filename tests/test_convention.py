@@ -1,7 +1,7 @@
 """The convention `ablate params --help` prints is made from the counting rules: every rule has
 its words, every word belongs to a rule, and the help prints them all."""
 
-from ablate import convention, count_rules
+from ablate.counting import convention, count_rules
 
 
 def one_line(text: str) -> str:

@@ -6,7 +6,8 @@ import time
 import pytest
 import torch
 
-from ablate import data, machine
+from ablate import machine
+from ablate.data import datasets as data
 from ablate.errors import UsageError
 from test_folder_data import fake_mnist, pets
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate import data, transforms
+from ablate import transforms
+from ablate.data import datasets as data
 from ablate.errors import UsageError
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ablate import data
+from ablate.data import datasets as data
 from ablate.errors import UsageError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

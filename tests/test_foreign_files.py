@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from ablate import compare, report, results
-from ablate.results import per_class_path, read_metadata, write_frame
+from ablate.reporting import compare, report
+from ablate.results import files as results
+from ablate.results.files import per_class_path, read_metadata, write_frame
 from conftest import TINY, late_failing_model
 
 KEYS = ["study", "variant", "seed", "epoch", "split", "run_id", "config_id"]

@@ -16,8 +16,8 @@ import pytest
 import torch
 from filelock import FileLock
 
-from ablate import results
-from ablate.results import write_frame
+from ablate.results import files as results
+from ablate.results.files import write_frame
 from conftest import NUMBERS, TINY
 
 README = Path(__file__).parent.parent / "docs" / "reliability.md"
@@ -93,7 +93,7 @@ def test_every_bad_input_in_the_readme(workdir, monkeypatch, ablate, command, me
 
     # matplotlib writes its font cache under XDG_CACHE_HOME on its first import, which the CLI
     # makes only when it draws: imported before XDG_CACHE_HOME points into the snapshot
-    from ablate import plot  # noqa: F401
+    from ablate.reporting import plot  # noqa: F401
 
     def offline(*args, **kwargs):
         raise OSError("no network")

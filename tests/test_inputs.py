@@ -11,10 +11,11 @@ import textwrap
 import pandas as pd
 import pytest
 
-from ablate import config, planning, schema, studies
+from ablate import config, schema
 from ablate.config import RunConfig
 from ablate.errors import UsageError
-from ablate.planning import resolve
+from ablate.study import planning, studies
+from ablate.study.planning import resolve
 from conftest import TINY
 
 SMALL = ["--dataset", "synthetic", "--limit-train", "80", "--limit-test", "20", "--image-size", "16", "--device", "cpu"]

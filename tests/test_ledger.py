@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from ablate import results
+from ablate.results import files as results
 
 SCHEMA = results.arrow_schema({"study": str, "variant": str, "seed": int, "epoch": int, "split": str,
                                "loss": float, "accuracy": float, "status": str, "run_id": str, "config_id": str})
@@ -108,7 +108,7 @@ WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_ledger import SCHEMA, run
-    from ablate import results
+    from ablate.results import files as results
 
     results.StudyFile.PATIENCE = 20
     store = results.StudyFile({path!r}, SCHEMA, order={{f"run{{n:05d}}": n for n in range(100000)}})

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate import arch, planning, runner, studies
-from ablate.planning import resolve
-from ablate.train import RunConfig, build_model
+from ablate import arch
+from ablate.execution import runner
+from ablate.study import planning, studies
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig, build_model
 
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "1",
         "--batch-size", "50", "--device", "cpu"]

@@ -1,4 +1,4 @@
-"""Seeds packed into one model (ablate.pack): the same training as one seed at a time."""
+"""Seeds packed into one model (ablate.training.pack): the same training as one seed at a time."""
 
 import math
 import sys
@@ -10,9 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate import arch, pack, planning, runner, train
-from ablate.planning import resolve
-from ablate.train import RunConfig, build_model, train_runs
+from ablate import arch
+from ablate.execution import runner
+from ablate.study import planning
+from ablate.study.planning import resolve
+from ablate.training import pack, train
+from ablate.training.train import RunConfig, build_model, train_runs
 
 CPU = torch.device("cpu")
 SEEDS = [0, 1, 2]

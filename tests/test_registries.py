@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from ablate import studies, transforms
+from ablate import transforms
+from ablate import metrics
 from ablate.config import OPTIMIZERS, SCHEDULERS, column
 from ablate.errors import UsageError
-from ablate import metrics
-from ablate.tasks import TASKS, Task
-from ablate.planning import resolve
-from ablate.train import RunConfig, build_model, evaluate_copies, make_optimizer, make_scheduler, train_runs
+from ablate.study import studies
+from ablate.study.planning import resolve
+from ablate.training.tasks import TASKS, Task
+from ablate.training.train import RunConfig, build_model, evaluate_copies, make_optimizer, make_scheduler, train_runs
 
 CPU = torch.device("cpu")
 
@@ -224,7 +225,7 @@ def test_a_task_says_what_it_reports():
                                   "latent_dim"])
 def test_a_metric_named_like_a_column_ablate_fills_is_refused(name):
     """Checked against the schema where a task registers it: nothing is registered."""
-    from ablate.tasks import TASKS, register_task
+    from ablate.training.tasks import TASKS, register_task
 
     metric = metrics.Metric(name, name, lambda out, x, y: out.sum())
     with pytest.raises(UsageError, match=f"metric '{name}'"):
@@ -239,8 +240,8 @@ HEAVY = ("torch", "torchvision", "pandas", "pyarrow", "matplotlib", "scipy")
 
 BUILD_EVERY_STUDY = f"""
 import sys
-from ablate import studies
 from ablate.errors import UsageError
+from ablate.study import studies
 
 built, refused = [], []
 for name, entry in studies.STUDIES.items():
@@ -285,7 +286,7 @@ def test_every_studys_variants_are_valid_runs_and_its_factors_are_columns(name):
 def test_a_tasks_first_metric_decides_best_and_comes_first(monkeypatch):
     import pandas as pd
 
-    from ablate import compare
+    from ablate.reporting import compare
 
     monkeypatch.setitem(metrics.TASK_METRICS, "two-metrics", ["psnr", "accuracy"])
     frame = pd.DataFrame({"task": "two-metrics", "run_id": "r", "status": "ok", "split": "test", "study": "s",

@@ -8,7 +8,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from ablate import compare
+from ablate.reporting import compare
 
 
 def test_interval_by_hand():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate import planning, studies
+from ablate.study import planning, studies
 
 PREVIOUS = json.loads((Path(__file__).parent / "data" / "run_ids_previous_release.json").read_text())
 # Changed on purpose: onecycle used to cycle the momentum (torch's default) and start at lr_max / 25 whatever

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablate import results
+from ablate.results import files as results
 from conftest import TINY
 
 

@@ -9,10 +9,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ablate import compare, results, runner, sequential
 from ablate.errors import UsageError
-from ablate.sequential import AutoSeeds, decide, looks, next_target, parse_seeds, seeds_needed, spent
-from ablate.train import EpochRecord, RunResult
+from ablate.execution import runner
+from ablate.reporting import compare
+from ablate.results import files as results
+from ablate.study import sequential
+from ablate.study.sequential import AutoSeeds, decide, looks, next_target, parse_seeds, seeds_needed, spent
+from ablate.training.train import EpochRecord, RunResult
 
 # ---------------------------------------------------------------- the stopping rule, simulated
 

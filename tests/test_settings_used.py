@@ -5,10 +5,10 @@ base rate and the momentum asked for, and an option a study's variants override 
 import pytest
 import torch
 
-from ablate import planning, studies
 from ablate.errors import UsageError
-from ablate.planning import resolve
-from ablate.train import RunConfig, make_optimizer, make_scheduler
+from ablate.study import planning, studies
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig, make_optimizer, make_scheduler
 
 TINY = ["--dataset", "synthetic", "--limit-train", "120", "--limit-test", "60", "--epochs", "2",
         "--batch-size", "30", "--device", "cpu", "--seeds", "1"]
@@ -82,7 +82,7 @@ def _final_losses(frame):
 
 
 def test_momentum_under_onecycle_changes_the_numbers(tmp_path, ablate):
-    from ablate import results
+    from ablate.results import files as results
 
     study = tmp_path / "m.toml"
     study.write_text('[base]\nscheduler = "onecycle"\n[vary]\nmomentum = [0.0, 0.5, 0.9]\n')

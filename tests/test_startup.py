@@ -4,8 +4,10 @@ seconds); what the help names without importing them is checked against the real
 import subprocess
 import sys
 
-from ablate import config, data, studies, transforms
+from ablate import config, transforms
 from ablate.cli import SHARED_OPTIONS
+from ablate.data import datasets as data
+from ablate.study import studies
 
 HEAVY = ("torch", "torchvision", "pandas", "pyarrow", "matplotlib", "scipy")
 
@@ -40,7 +42,7 @@ def test_help_and_listings_import_nothing_heavy():
 
 
 def test_provenance_reads_versions_without_importing_torch():
-    result = python("import sys\nfrom ablate import results\nresults.provenance([])\n"
+    result = python("import sys\nfrom ablate.results import files as results\nresults.provenance([])\n"
                     "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

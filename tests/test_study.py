@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from ablate import planning, runner, studies
-from ablate.data import load_dataset
+from ablate.data.datasets import load_dataset
 from ablate.errors import UsageError
-from ablate.results import read_metadata
-from ablate.tasks import TASKS
-from ablate.planning import resolve
-from ablate.train import RunConfig, RunResult, evaluate_copies, train_run
+from ablate.execution import runner
+from ablate.results.files import read_metadata
+from ablate.study import planning, studies
+from ablate.study.planning import resolve
+from ablate.training.tasks import TASKS
+from ablate.training.train import RunConfig, RunResult, evaluate_copies, train_run
 
 CPU = torch.device("cpu")
 

@@ -11,11 +11,12 @@ import duckdb
 import polars
 import pyarrow.parquet as pq
 
-from ablate import planning, studies, transforms
+from ablate import transforms
 from ablate.count import count_model
-from ablate.data import load_dataset
-from ablate.planning import resolve
-from ablate.train import RunConfig, build_model, train_run
+from ablate.data.datasets import load_dataset
+from ablate.study import planning, studies
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig, build_model, train_run
 
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "100", "--epochs", "1",
         "--batch-size", "50", "--device", "cpu"]

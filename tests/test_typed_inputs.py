@@ -6,8 +6,10 @@ import textwrap
 import pandas as pd
 import pytest
 
-from ablate import arch, results, studies
+from ablate import arch
 from ablate.errors import UsageError
+from ablate.results import files as results
+from ablate.study import studies
 
 TINY = ["--dataset", "synthetic", "--limit-train", "120", "--limit-test", "60", "--epochs", "1",
         "--batch-size", "60", "--device", "cpu", "--seeds", "1"]

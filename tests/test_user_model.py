@@ -9,11 +9,13 @@ import textwrap
 import pytest
 import torch
 
-from ablate import arch, checks, planning, runner
-from ablate.data import Dataset
+from ablate import arch
+from ablate.data.datasets import Dataset
 from ablate.errors import UsageError
-from ablate.planning import resolve
-from ablate.train import RunConfig
+from ablate.execution import checks, runner
+from ablate.study import planning
+from ablate.study.planning import resolve
+from ablate.training.train import RunConfig
 
 NET = '''
 import torch
@@ -216,7 +218,7 @@ def test_ablates_own_and_torchvision_models_pass(tiny_data, model, task, strip, 
 
 
 def test_the_transfer_study_is_not_pretrained_by_the_check(tiny_data, monkeypatch):
-    from ablate import train
+    from ablate.training import train
 
     monkeypatch.setattr(train, "pretrained_encoder", lambda *a: pytest.fail("the check pretrained"))
     config = resolve(RunConfig(model="latent-mlp", dataset="synthetic", pretrain_epochs=1, freeze_encoder=True))

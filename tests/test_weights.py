@@ -8,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ablate import planning, results, weights
 from ablate.errors import UsageError
-from ablate.results import models_path
-from ablate.studies import get_study
+from ablate.models import weights
+from ablate.results import files as results
+from ablate.results.files import models_path
+from ablate.study import planning
+from ablate.study.studies import get_study
 
 NETS = '''
 from torch import nn
@@ -234,7 +236,7 @@ def test_the_head_of_every_torchvision_family_is_replaced_for_the_datas_classes(
     """ImageNet-shaped weights (1000 classes, built on the meta device: nothing is allocated)
     into the net for 7 classes: every other entry fits, and the net gives 7 outputs."""
     from ablate import arch
-    from ablate.fake_run import build_meta
+    from ablate.counting.fake_run import build_meta
 
     source = arch.model_source(name)
     build = lambda n: source.build(3, n, 64)  # noqa: E731
@@ -327,7 +329,7 @@ def test_a_weights_file_is_read_once_for_a_study_of_many_variants(nets, ablate, 
 def test_a_probe_keeps_every_frozen_module_in_eval_mode_dropout_included():
     from torch import nn
 
-    from ablate.train import RunConfig, train_mode
+    from ablate.training.train import RunConfig, train_mode
 
     net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4),
                         nn.Sequential(nn.Dropout(0.5), nn.Linear(4, 2)))

@@ -13,12 +13,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ablate import arch, transforms, weights
-from ablate import pack as packing
+from ablate import arch, transforms
 from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig, used_settings
-from ablate.data import Dataset, balanced_subset
+from ablate.data.datasets import Dataset, balanced_subset
 from ablate.errors import UsageError, unknown_name
-from ablate.tasks import TASKS, Task
+from ablate.models import weights
+from ablate.training import pack as packing
+from ablate.training.tasks import TASKS, Task
 
 
 @dataclass
@@ -39,7 +40,7 @@ class RunResult:
     latent_corr: float | None = None  # a model with encode(): mean |Pearson r| of its code's coordinates
     state: dict | None = None  # the final weights, when asked for (keep_model)
     error: str | None = None  # status "failed": the first line of the exception the run raised
-    packed: int = 1  # how many seeds trained together in one packed model (ablate.pack)
+    packed: int = 1  # how many seeds trained together in one packed model (ablate.training.pack)
 
     @property
     def last_epoch(self) -> int:
@@ -175,7 +176,7 @@ def train_runs(
     pack: bool = True,
 ) -> list[RunResult]:
     """Train one model per seed, evaluating each before training (epoch 0) and after every
-    epoch; the seeds train together as one packed model (ablate.pack) when the model packs and
+    epoch; the seeds train together as one packed model (ablate.training.pack) when the model packs and
     `pack` is set, else one after another. `on_batch(epoch, images trained so far by all the
     seeds, running loss, images per second)` reports progress; `other_test`
     (name, images, labels) is evaluated too, as split `test:NAME`. Nothing outside a run's seed
@@ -239,14 +240,14 @@ def freeze(model: nn.Module, config: RunConfig, shape: tuple[int, ...], classes:
 
 @functools.cache
 def class_dependent(config: RunConfig, shape: tuple[int, ...], classes: int) -> tuple[str, ...]:
-    """The state entries of the run's model that depend on the class count (ablate.weights)."""
+    """The state entries of the run's model that depend on the class count (ablate.models.weights)."""
     return tuple(weights.class_dependent(lambda n: build_model(config, shape[0], n, shape[1]), classes))
 
 
 def model_for_checks(config: RunConfig, shape: tuple[int, ...], classes: int) -> nn.Module:
     """The run's model, built on the meta device where it can be (nothing allocated), without
     drawing from torch's global generator."""
-    from ablate.fake_run import build_meta
+    from ablate.counting.fake_run import build_meta
 
     with torch.random.fork_rng(devices=[]):
         model = build_meta(lambda: build_model(config, shape[0], classes, shape[1]))

@@ -14,14 +14,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ablate import metrics as task_metrics  # noqa: E402
 from ablate import schema  # noqa: E402
-from ablate.compare import finished_runs, last_epochs  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
-from ablate.results import (  # noqa: E402
-    per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
+from ablate.reporting.compare import finished_runs, last_epochs  # noqa: E402
+from ablate.results.files import (  # noqa: E402
+    FIGURE_SUFFIXES, per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
 )
 
 KINDS = ("curves", "sweep", "classes", "variants", "reconstructions", "interpolation")
-FORMATS = (".png", ".svg", ".pdf")
+FORMATS = FIGURE_SUFFIXES  # .png, .svg, .pdf
 
 
 def _title(frame: pd.DataFrame) -> str:
@@ -124,7 +124,7 @@ def variants(frame: pd.DataFrame, path: Path) -> None:
     """The task's first metric on the test split at the last epoch (accuracy, PSNR) per variant,
     in the study's order, mean over seeds with its 95 % t-interval and each seed's value: a
     ladder of steps reads left to right."""
-    from ablate.compare import interval
+    from ablate.reporting.compare import interval
 
     final = last_epochs(frame)
     final = final[final.split == "test"]
@@ -219,8 +219,9 @@ def _saved_models(path: Path, frame: pd.DataFrame, data_dir):
     its lowest seed."""
     import torch
 
-    from ablate import saved, transforms
-    from ablate.data import load_dataset
+    from ablate import transforms
+    from ablate.data.datasets import load_dataset
+    from ablate.results import saved
 
     first = frame.sort_values("seed").drop_duplicates("variant")
     row = first.iloc[0]

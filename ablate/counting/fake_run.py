@@ -16,8 +16,8 @@ from torch._subclasses import fake_tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ablate.arch import Shape
+from ablate.counting.tensor_tree import shapes
 from ablate.errors import UsageError, first_line
-from ablate.tensor_tree import shapes
 
 T = TypeVar("T")
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ablate import arch, metrics, schema
-from ablate.data import Dataset
-from ablate.metrics import Metric
+from ablate.data.datasets import Dataset
 from ablate.errors import UsageError
+from ablate.metrics import Metric
 from ablate.registry import Registry
 
 

@@ -2,7 +2,7 @@
 recurrent layers' by formula, whichever operators their backend runs.
 
 RULES groups the operators by rule name; a rule's words, what `ablate params --help` prints, are
-`ablate.convention.RULES[name]` (torch-free, so that the help loads no torch).
+`ablate.counting.convention.RULES[name]` (torch-free, so that the help loads no torch).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def _counted_by(formula: Formula, names: str) -> dict:
     return dict.fromkeys(operators(names), formula)
 
 
-RULES: dict[str, dict] = {  # rule name -> {operator: formula}; its words: ablate.convention.RULES
+RULES: dict[str, dict] = {  # rule name -> {operator: formula}; its words: ablate.counting.convention.RULES
     "products": {**_counted_by(_conv, CONVOLUTIONS), **_counted_by(_mm, "mm bmm"),
                  **_counted_by(_addmm, "addmm baddbmm")},
     "attention": _counted_by(_attention, ATTENTION),

@@ -11,9 +11,9 @@ import re
 import torch
 from torch import nn
 
-from ablate.count_rules import (ACTIVATIONS, ADAPTIVE_AVG_POOLS, ADAPTIVE_MAX_POOLS, ARITHMETIC, AVG_POOLS,
+from ablate.counting.count_rules import (ACTIVATIONS, ADAPTIVE_AVG_POOLS, ADAPTIVE_MAX_POOLS, ARITHMETIC, AVG_POOLS,
                                 CONVOLUTIONS, MAX_POOLS, operators)
-from ablate.tensor_tree import tensors
+from ablate.counting.tensor_tree import tensors
 
 aten = torch.ops.aten
 

@@ -22,9 +22,10 @@ from importlib.metadata import PackageNotFoundError, version
 from queue import SimpleQueue
 from typing import Callable, Iterator
 
-from ablate import machine, plugins, progress
-from ablate.data import Dataset, load_dataset
+from ablate import machine, plugins
+from ablate.data.datasets import Dataset, load_dataset
 from ablate.errors import EnvironmentFailure, UsageError
+from ablate.execution import progress
 
 PROGRESS_TOPIC = "ablate-progress"
 PACKAGES = ("ablate", "torch", "torchvision")
@@ -71,7 +72,7 @@ def _load_once(spec: DataSpec) -> Dataset:
 
 def can_load(spec: DataSpec) -> bool:
     """Whether this process sees the dataset without downloading it (run on each worker)."""
-    from ablate import data
+    from ablate.data import datasets as data
 
     return data.on_disk(spec.name, spec.data_dir)
 

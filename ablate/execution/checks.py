@@ -9,11 +9,11 @@ import math
 import torch
 
 from ablate import arch, count, machine
-from ablate.data import Dataset, data_bytes
+from ablate.data.datasets import Dataset, data_bytes
 from ablate.errors import UsageError
-from ablate.planning import Run
-from ablate.tasks import TASKS
-from ablate.train import RunConfig, build_model
+from ablate.study.planning import Run
+from ablate.training.tasks import TASKS
+from ablate.training.train import RunConfig, build_model
 
 
 @functools.cache  # every seed of a variant has the same model
@@ -30,7 +30,7 @@ def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count
 @functools.cache
 def trainable_params(config: RunConfig, shape: tuple[int, ...], classes: int) -> int:
     """How many of the run's parameters its optimiser trains (counted on the meta device)."""
-    from ablate.train import freeze, model_for_checks
+    from ablate.training.train import freeze, model_for_checks
 
     model = freeze(model_for_checks(config, shape, classes), config, shape, classes)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -75,8 +75,8 @@ def check_weights(run: Run, data: Dataset) -> list[str]:
     config = run.config
     if config.weights is None:
         return []
-    from ablate import weights
-    from ablate.train import load_weights, model_for_checks
+    from ablate.models import weights
+    from ablate.training.train import load_weights, model_for_checks
 
     shape, classes = data.shape, len(data.classes)
     try:

@@ -7,12 +7,13 @@ import time
 
 import torch
 
-from ablate import autopack, results
-from ablate.checks import model_size
-from ablate.data import Dataset
-from ablate.runner import Prepared
-from ablate.tasks import TASKS
-from ablate.train import RunConfig, build_model
+from ablate.data.datasets import Dataset
+from ablate.execution import autopack
+from ablate.execution.checks import model_size
+from ablate.execution.runner import Prepared
+from ablate.results import files as results
+from ablate.training.tasks import TASKS
+from ablate.training.train import RunConfig, build_model
 
 
 def seconds_per_image(config: RunConfig, data: Dataset, device: torch.device, steps: int = 3) -> float:

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 
 from ablate import metrics as task_metrics
-from ablate import sequential
 from ablate.errors import UsageError, unknown_name
+from ablate.study import sequential
 
 
 def finished_runs(frame: pd.DataFrame, where: str | None = None, doing: str = "report") -> pd.DataFrame:
@@ -131,7 +131,7 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
 
 
 def _needed(paired: pd.Series, compared: bool) -> dict:
-    """What more seeds would tell of a paired difference (ablate.sequential): the seeds at which
+    """What more seeds would tell of a paired difference (ablate.study.sequential): the seeds at which
     its interval would exclude 0 at the spread seen so far, and the smallest difference the
     seeds it has resolve; none for the baseline itself."""
     if not compared:

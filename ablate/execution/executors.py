@@ -10,7 +10,7 @@ on the way in and stopped on the way out) that gives an object with
 `report(Progress)` is how the executor tells the command line what is happening: a `started`
 event when a pack begins, `trained` events as it trains (`on_batch` gives them). ablate's own
 executors, `inprocess` and `dask`, are registered like a plugin's (`register_executor`). The
-progress contract is `ablate.progress`, which a cluster's workers use too.
+progress contract is `ablate.execution.progress`, which a cluster's workers use too.
 
 Nothing here imports torch.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 from ablate.errors import UsageError
-from ablate.progress import batch_reporter, started
+from ablate.execution.progress import batch_reporter, started
 from ablate.registry import Registry
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _in_process(options: dict):
                    "at --dask-scheduler, or --workers SLURM jobs with --slurm",
                    options=("workers", "dask_scheduler", "slurm"))
 def _dask(options: dict):
-    from ablate import cluster
+    from ablate.execution import cluster
 
     with cluster.dask_executor(options["workers"], options["threads"], options["dask_scheduler"],
                                options["slurm"], options["slurm_opts"], options["data_spec"]) as executor:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ablate import arch
+from ablate.counting.fake_run import build_meta
 from ablate.errors import UsageError, first_line, unknown_name
-from ablate.fake_run import build_meta
 from ablate.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FILE_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -145,7 +145,7 @@ def preprocessing(model: str, spec: str | None) -> Preprocessing | None:
 
 
 def weights_dir() -> Path:
-    from ablate.data import cache_dir
+    from ablate.data.datasets import cache_dir
 
     return cache_dir() / "weights"
 

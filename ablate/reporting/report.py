@@ -143,7 +143,7 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
     an autoencoder's latent correlation, and the difference of the means to the first variant.
     Failed runs (one row, no epoch) are counted, never averaged."""
     from ablate import metrics as task_metrics
-    from ablate.compare import last_epochs
+    from ablate.reporting.compare import last_epochs
 
     failed = frame["status"] == "failed" if "status" in frame else frame["epoch"].isna()
     final = last_epochs(frame[~failed & frame["epoch"].notna()])
@@ -272,7 +272,7 @@ def needed_cells(row, scale: float, digits: int) -> tuple[str, str]:
 
 def auto_table(study: str, record) -> Table:
     """`--seeds auto`: per variant, the seeds it got, why it stopped, and the interval that decided
-    (the file's metadata `auto_seeds`, an `ablate.sequential.AutoRecord`)."""
+    (the file's metadata `auto_seeds`, an `ablate.study.sequential.AutoRecord`)."""
     from ablate.metrics import METRICS, heading
 
     metric = METRICS.get(record.metric) if record.metric in METRICS else None

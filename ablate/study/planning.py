@@ -11,11 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from ablate import arch, results, schema, transforms, weights
+from ablate import arch, schema, transforms
 from ablate.config import AMP, DATA_FIELDS, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, used_settings
 from ablate.errors import UsageError, unknown_name
-from ablate.studies import MAX_VARIANTS, Study
-from ablate.tasks import TASKS
+from ablate.models import weights
+from ablate.results import files as results
+from ablate.study.studies import MAX_VARIANTS, Study
+from ablate.training.tasks import TASKS
 
 
 RUN_COLUMNS = schema.types(schema.table(arch.registry_knobs()))  # every study file's: ablate's own models' arguments
@@ -192,7 +194,7 @@ def weights_preprocessing(study: Study, settings: dict) -> dict:
     they define them and the study does not set them: every variant (one trained from scratch
     too) sees the same data, so weights that expect two sizes are refused unless one is given.
     Weights whose mean and std ablate has no name for keep the study's normalisation."""
-    from ablate import weights
+    from ablate.models import weights
 
     expected = {}
     for fields in study.variants.values():

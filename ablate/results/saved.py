@@ -9,12 +9,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ablate import arch, results
+from ablate import arch
 from ablate import schema
 from ablate.config import column
-from ablate.data import Dataset
+from ablate.data.datasets import Dataset
 from ablate.errors import UsageError
-from ablate.train import RunConfig, build_model
+from ablate.results import files as results
+from ablate.training.train import RunConfig, build_model
 
 
 def config_from_row(row: pd.Series) -> RunConfig:

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate import metrics, report, results, sequential
+from ablate import metrics
 from ablate.errors import EnvironmentFailure, UsageError
+from ablate.reporting import report
+from ablate.results import files as results
+from ablate.study import sequential
 
 STYLE = """
 :root { color-scheme: light dark; --fg: #1d1f23; --bg: #fff; --muted: #5f6670; --line: #d8dce1; --mark: #b3261e; }
@@ -128,7 +131,7 @@ def _figures(path: Path, study: dict) -> str:
     """The study's natural figure, its learning curves, its per-class accuracy where the study
     shows it, and an autoencoder's reconstructions and interpolation where its weights were
     saved, as inline SVG; a figure that cannot be drawn says why instead."""
-    from ablate import plot
+    from ablate.reporting import plot
 
     kinds = [study.get("plot", "curves"), "curves", *(["classes"] if study.get("per_class") else [])]
     if results.models_path(path).is_dir() and any(results.models_path(path).glob("*.safetensors")):

@@ -14,19 +14,20 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ablate import autopack, results
-from ablate.checks import (check_memory, check_model, check_outputs, check_weights, model_size, pack_size,
+from ablate.execution import autopack
+from ablate.results import files as results
+from ablate.execution.checks import (check_memory, check_model, check_outputs, check_weights, model_size, pack_size,
                            trainable_params)
-from ablate.data import Dataset, deferred_cache_writes, load_dataset, load_test_dataset
+from ablate.data.datasets import Dataset, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError, one_line
-from ablate.executors import InProcess
-from ablate.planning import (RUN_COLUMNS, Run, check_resumable, configurations, overridden_options, plan,
+from ablate.execution.executors import InProcess
+from ablate.study.planning import (RUN_COLUMNS, Run, check_resumable, configurations, overridden_options, plan,
                              results_schema, run_columns, study_settings, typed_columns)
-from ablate.progress import Progress
-from ablate.results import StudyFile
-from ablate.sequential import AutoRecord, AutoSeeds, Rule
-from ablate.studies import Study
-from ablate.train import RunResult, train_runs
+from ablate.execution.progress import Progress
+from ablate.results.files import StudyFile
+from ablate.study.sequential import AutoRecord, AutoSeeds, Rule
+from ablate.study.studies import Study
+from ablate.training.train import RunResult, train_runs
 
 
 # ---------------------------------------------------------------- rows
@@ -64,7 +65,7 @@ Work = Callable[[Pack, Dataset], list[RunResult]]
 
 def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool | dict[str, bool] = True) -> list[Pack]:
     """The runs in the groups they train in: the seeds of one configuration together, as many
-    as fit in memory at once (ablate.pack trains them as one model when it can), or each run
+    as fit in memory at once (ablate.training.pack trains them as one model when it can), or each run
     alone where `pack` (one for all, or one per config_id) says not to."""
     out = []
     for config_id, group in configurations(runs).items():
@@ -75,7 +76,7 @@ def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool | dic
 
 class Executor(Protocol):
     """Maps `work` over picklable packs of runs, yielding (pack, results) as each finishes and
-    telling `report` how it goes (ablate.executors: the registry and the contract)."""
+    telling `report` how it goes (ablate.execution.executors: the registry and the contract)."""
 
     def map(self, work: Work, packs: list[Pack], data: Dataset,
             report: Callable[[Progress], None]) -> Iterator[tuple[Pack, list[RunResult]]]: ...
@@ -85,9 +86,9 @@ def train_pack(pack: Pack, data: Dataset, device: torch.device, on_batch=None, o
                keep_model: bool = False, made_weights: tuple = ()) -> list[RunResult]:
     """The runs of one pack with their thread count; an exception of their own (a user's model
     that raises) is their result, status `failed`, and the study goes on. `made_weights`: the
-    --weights the driver read (ablate.weights.Weights), which the runs start from wherever
+    --weights the driver read (ablate.models.weights.Weights), which the runs start from wherever
     they train."""
-    from ablate import weights
+    from ablate.models import weights
 
     weights.provide(made_weights)
     threads = torch.get_num_threads()
@@ -121,7 +122,7 @@ def execute(
     pack finishes (then its weights, when the store keeps models)."""
     done = store.done()
     todo = packs([r for r in (runs if only is None else only) if r.run_id not in done], data, device, pack)
-    from ablate import weights
+    from ablate.models import weights
 
     made = tuple({(c.model, c.weights): weights.get(c.model, c.weights) for c in {r.config for r in runs}
                   if c.weights is not None}.values())
@@ -153,7 +154,7 @@ class Prepared:
     resume: bool
     force: bool
     save_models: bool = False
-    pack: bool | None = None  # --pack/--no-pack: the seeds of a variant train together (ablate.pack); None: auto
+    pack: bool | None = None  # --pack/--no-pack: the seeds of a variant train together (ablate.training.pack); None: auto
     other_test: tuple | None = None  # (name, images, labels) of --test-dataset
     notes: list[str] = field(default_factory=list)  # what the user should know before training
     schema: pa.Schema | None = None  # the results file's columns: the planned runs' and the file's
@@ -196,7 +197,7 @@ class StudyOptions:
     resume: bool = False
     force: bool = False
     save_models: bool = False
-    pack: bool | None = None  # --pack/--no-pack; None: measured (ablate.autopack)
+    pack: bool | None = None  # --pack/--no-pack; None: measured (ablate.execution.autopack)
     plot: Path | None = None
     dry_run: bool = False
     executor: str = "inprocess"
@@ -208,15 +209,14 @@ class StudyOptions:
     @classmethod
     def of(cls, options: dict, argv=(), taken: frozenset = frozenset()) -> StudyOptions:
         """The options of a study command (Typer's values, by option name) typed and checked."""
-        from ablate import cluster, executors, sequential
         from ablate.config import SETTINGS, setting_of
-        from ablate.train import resolve_device
+        from ablate.execution import cluster, executors
+        from ablate.study import sequential
+        from ablate.training.train import resolve_device
 
         given = {k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
         if given.get("plot") is not None:
-            from ablate import plot
-
-            results.check_writable(given["plot"], plot.FORMATS)
+            results.check_writable(given["plot"], results.FIGURE_SUFFIXES)
         if given.get("slurm_opts") is not None and not given.get("slurm"):
             raise UsageError("--slurm-opts sets the SLURM jobs of --slurm: give --slurm too, or leave it out")
         cluster.check_options(given.get("workers"), given.get("threads"), given.get("dask_scheduler"),
@@ -242,7 +242,7 @@ class StudyOptions:
 def prepare(study: Study, options: StudyOptions) -> Prepared:
     """Check everything a study needs, the cheap checks first; raise UsageError on the first
     problem. Creates no file or folder."""
-    from ablate import weights
+    from ablate.models import weights
 
     o = options
     out = Path(o.out) if o.out is not None else Path("results") / f"{study.name}.parquet"
@@ -355,7 +355,7 @@ def weights_record(runs: list[Run], resumed: Path | None) -> dict[str, str]:
     """The file's metadata `weights`: each --weights of the runs, and what it was (a file's
     SHA-256; the torchvision weights a name chose). A study resumed from other weights under
     the same name (a file overwritten since, DEFAULT meaning newer weights) is refused."""
-    from ablate import weights
+    from ablate.models import weights
 
     record = {spec: weights.get(config.model, spec).identity for config in {r.config for r in runs}
               if (spec := config.weights) is not None}
@@ -385,7 +385,7 @@ def packing_record(prepared: Prepared, choices: dict) -> dict:
 def data_spec(prepared: Prepared, data_dir: Path | None):
     """How a worker loads the study's dataset itself (a cluster sends it only to workers that
     cannot)."""
-    from ablate.cluster import DataSpec
+    from ablate.execution.cluster import DataSpec
 
     config = prepared.runs[0].config
     return DataSpec(config.dataset, str(data_dir) if data_dir else None, config.limit_train, config.limit_test,

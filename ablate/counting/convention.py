@@ -1,4 +1,4 @@
-"""The counting convention in words: what each rule of `ablate.count_rules` counts, and the text
+"""The counting convention in words: what each rule of `ablate.counting.count_rules` counts, and the text
 `ablate params --help` prints, made from those words.
 
 The words live here and the formulas in count_rules.py because the help must come without

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ablate import train
-from ablate.data import Dataset, cache_dir
-from ablate.checks import pack_size
-from ablate.planning import Run, configurations
+from ablate.data.datasets import Dataset, cache_dir
+from ablate.execution.checks import pack_size
+from ablate.study.planning import Run, configurations
+from ablate.training import train
 
 PROBE_STEPS = (3, 10)  # timed training steps of each kind, after one untimed: as many as the budget allows
 BUDGET = 0.05  # the probe's cost, at most this share of the variant's planned training

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 from ablate.errors import EnvironmentFailure, UsageError
 
 SUFFIXES = (".parquet", ".csv")
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")  # the figures ablate draws (ablate plot, --plot)
 ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 PER_CLASS_FOLDER = "_per_class"  # readers of a folder skip names starting with _ or .
 MODELS_FOLDER = "_models"

@@ -212,7 +212,7 @@ class Rule:
     def of(cls, auto: AutoSeeds, runs: list) -> Rule:
         """The rule of the planned runs (of MAX seeds); a usage error where none can decide."""
         from ablate.metrics import task_decides
-        from ablate.tasks import TASKS
+        from ablate.training.tasks import TASKS
 
         variants = list(dict.fromkeys(r.variant for r in runs))
         if len(variants) < 2:

@@ -1,0 +1,1 @@
+"""The counter's parts (ablate/count.py is its face): rules, receptive fields, fake runs."""

@@ -1,0 +1,1 @@
+"""Datasets: the registry, the built-in ones and image folders, in memory as uint8 tensors."""

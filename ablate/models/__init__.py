@@ -1,0 +1,1 @@
+"""Pretrained weights for the models ablate trains: torchvision's or a file, the head fresh."""

@@ -1,0 +1,1 @@
+"""What results files say: statistics over seeds, tables, the HTML page, figures."""
