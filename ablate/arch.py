@@ -387,20 +387,30 @@ class ArgType:
     kind: type | None
     optional: bool  # None is a value (the annotation allows it, or the default is None)
     item: type | None = None  # tuple[int, ...]: each element's kind
+    choices: tuple = ()  # Literal["a", "b"]: the values it takes
 
     @staticmethod
     def of(annotation, default) -> ArgType:
+        """An annotation of one kind (Optional allowed) is that kind; several kinds (`int | str`),
+        `Any` or no annotation: the default's type, else any value."""
         union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)] if union \
             else [annotation] if annotation is not None else []
         optional = default is None or (union and len(kinds) < len(typing.get_args(annotation)))
-        kind = kinds[0] if len(kinds) == 1 else None
+        if len(kinds) > 1 or annotation is typing.Any:
+            return ArgType(None, True)
+        kind = kinds[0] if kinds else None
+        if typing.get_origin(kind) is typing.Literal:
+            choices = typing.get_args(kind)
+            same = {type(c) for c in choices}
+            return ArgType(same.pop() if len(same) == 1 and type(choices[0]) in _SCALARS else None, optional,
+                           choices=choices)
         origin = typing.get_origin(kind) or kind
         if origin in (tuple, list) or (isinstance(origin, type) and origin is not str
                                        and issubclass(origin, collections.abc.Sequence)):
             items = [a for a in typing.get_args(kind) if a is not Ellipsis]
             item = items[0] if items and all(a == items[0] for a in items) and items[0] in _SCALARS else None
-            if item is None and isinstance(default, tuple) and default and \
+            if item is None and isinstance(default, (tuple, list)) and default and \
                     len({type(v) for v in default}) == 1 and type(default[0]) in _SCALARS:
                 item = type(default[0])
             return ArgType(tuple, optional, item)
@@ -411,9 +421,15 @@ class ArgType:
         return ArgType(None, True)
 
     def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(repr, self.choices)) + (" (or none)" if self.optional else "")
         words = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string",
                  tuple: "a list" + (f" of {_WORDS[self.item]}s" if self.item else "")}
         return words.get(self.kind, "any value") + (" (or none)" if self.optional and self.kind else "")
+
+    def column(self, default) -> type:
+        """The type of the argument's column: its kind, text for a tuple (its repr), else the default's."""
+        return self.kind if self.kind in _SCALARS else str if self.kind is tuple else knob_type(default)
 
     def convert(self, value, where: str):
         if value is None or (self.kind is not str and isinstance(value, str) and value.strip().lower() == "none"
@@ -422,7 +438,12 @@ class ArgType:
                 return None
             raise UsageError(f"{where} takes {self.describe()}, got none")
         if self.kind is None:
-            return _hashable(value)
+            value = _hashable(value)
+            if self.choices and value not in self.choices:
+                value = _literal_or(value) if isinstance(value, str) else value
+            if self.choices and value not in self.choices:
+                raise UsageError(f"{where} takes {self.describe()}, got {value!r}")
+            return value
         if self.kind is tuple:
             if isinstance(value, str):
                 value = _literal_or(value)
@@ -433,7 +454,10 @@ class ArgType:
                 except UsageError:
                     raise UsageError(f"{where} takes {self.describe()}, got {value!r}") from None
             return tuple(_hashable(v) for v in items)
-        return _scalar(self.kind, value, where, self.describe())
+        out = _scalar(self.kind, value, where, self.describe())
+        if self.choices and out not in self.choices:
+            raise UsageError(f"{where} takes {self.describe()}, got {value!r}")
+        return out
 
 
 _SCALARS = (bool, int, float, str)
@@ -532,11 +556,18 @@ def _knobs(function) -> tuple[dict, frozenset, dict]:
     knobs = {n: p.default for n, p in parameters.items()
              if n not in MODEL_INPUTS and n not in reserved and p.default is not inspect.Parameter.empty
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    try:
-        hints = typing.get_type_hints(function)
+    try:  # a class's constructor's annotations (get_type_hints of a class reads its attributes')
+        hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
     except Exception:  # an annotation that names what its module cannot resolve: the defaults' types
         hints = {}
-    arg_types = {n: ArgType.of(hints.get(n), default) for n, default in knobs.items()}
+    arg_types = {}
+    for name, default in knobs.items():  # the defaults typed too: `dropout: float = 0` is 0.0 given or not
+        arg_types[name] = ArgType.of(hints.get(name), default)
+        try:
+            knobs[name] = arg_types[name].convert(default, name)
+        except UsageError:  # a default its annotation does not allow: the argument takes any value
+            arg_types[name] = ArgType(None, True)
+            knobs[name] = _hashable(default)
     return knobs, frozenset(n for n in MODEL_INPUTS if n in parameters), arg_types
 
 
@@ -584,8 +615,9 @@ def registry_knobs() -> dict[str, type]:
     """Every constructor argument of ablate's own models, with its column type."""
     types = {}
     for entry in registered_models():
-        for name, default in _knobs(entry.build)[0].items():
-            types.setdefault(name, knob_type(default))
+        knobs, _, arg_types = _knobs(entry.build)
+        for name, default in knobs.items():
+            types.setdefault(name, arg_types[name].column(default))
     return types
 
 

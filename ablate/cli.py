@@ -397,9 +397,10 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
     if typed.dry_run:
         report.print_wide(stdout, report.dry_run_table(estimate.dry_run(prepared), study.name, out,
                                                        prepared.auto and prepared.auto.auto.spec()))
-        if options["slurm"]:
-            stdout.print(f"each of the {options['workers'] or 1} SLURM jobs would run:", highlight=False)
-            sys.stdout.write(cluster.slurm_job_script(typed.executor_options["threads"], options["slurm_opts"]))
+        chosen = typed.executor_options
+        if chosen.get("slurm"):
+            stdout.print(f"each of the {chosen.get('workers') or 1} SLURM jobs would run:", highlight=False)
+            sys.stdout.write(cluster.slurm_job_script(chosen["threads"], chosen.get("slurm_opts")))
         return
     metadata = {**results.provenance(typed.argv), "device": typed.device.type, "study": study.metadata()}
     trained = _train(prepared, metadata, typed.executor, typed.executor_options)

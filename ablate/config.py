@@ -214,7 +214,7 @@ for _name, _optimizer in {
     "nesterov": Optimizer("SGD", lambda c: dict(lr=c.lr, momentum=_momentum(c), nesterov=True,
                                                 weight_decay=c.weight_decay), 0.02, 0.9, 0.0),
     "rmsprop": Optimizer("RMSprop", lambda c: dict(lr=c.lr, momentum=c.momentum or 0, weight_decay=c.weight_decay),
-                         0.001, None, 0.0),
+                         0.001, 0.0, 0.0),
     "adam": Optimizer("Adam", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.0, False),
     "adamw": Optimizer("AdamW", lambda c: dict(lr=c.lr, weight_decay=c.weight_decay), 0.001, None, 0.01, False),
 }.items():
@@ -266,9 +266,16 @@ def used_settings(config: RunConfig) -> RunConfig:
     values.update({k: v for k, v in scheduler.defaults(config).items() if getattr(config, k) is None})
     if not optimizer.takes_momentum or values.get("cycle_momentum", config.cycle_momentum):
         values["momentum"] = None
+    elif config.momentum is None:  # what the optimiser trains with: SGD's 0.9, RMSprop's 0
+        values["momentum"] = optimizer.momentum
     if not config.pretrain_epochs:
         values["freeze_encoder"] = None
-    config = replace(config, **values)
+    return replace(config, **values)
+
+
+def cross_checked(config: RunConfig) -> RunConfig:
+    """`config` (its settings used) with the settings that must agree with each other checked:
+    a run's whole configuration, not a study's base before its variants."""
     if config.lr_max is not None and config.lr_max < config.lr:
         raise UsageError(f"lr_max ({config.lr_max:g}) is below lr ({config.lr:g}): onecycle rises from lr to lr_max")
     return config

@@ -41,6 +41,13 @@ TAIL = (
 # A row's identity: never null (`status` too), and what a reader needs to tell runs apart.
 IDENTITY = ("study", "variant", "seed", "run_id", "config_id", "status")
 REQUIRED = ("study", "variant", "seed", "epoch", "split", "run_id", "config_id", "status", "loss", "accuracy")
+# The per-class file beside a study file (_per_class/): one row per (run, class) of the last epoch's test split.
+PER_CLASS = (
+    Column("study", str, KEY), Column("variant", str, KEY), Column("seed", int, KEY), Column("run_id", str, KEY),
+    Column("config_id", str, KEY), Column("class_index", int, KEY), Column("class_name", str, KEY),
+    Column("images", int, OUTCOME), Column("accuracy", float, METRIC),
+)
+PER_CLASS_REQUIRED = ("study", "seed", "run_id", "class_index", "class_name", "accuracy")  # what its readers need
 
 
 def settings() -> tuple[Column, ...]:

@@ -9,9 +9,10 @@ import pytest
 from ablate.study import planning, studies
 
 PREVIOUS = json.loads((Path(__file__).parent / "data" / "run_ids_previous_release.json").read_text())
-# Changed on purpose: onecycle used to cycle the momentum (torch's default) and start at lr_max / 25 whatever
-# lr was; it now follows what was asked and records cycle_momentum = False, so its runs are new runs.
-CHANGED = {("scheduler", "onecycle")}
+# Changed on purpose, each a row that recorded what its run did not train with: onecycle used to cycle the
+# momentum (torch's default) and start at lr_max / 25 whatever lr was, and now follows what was asked and
+# records cycle_momentum = False; rmsprop recorded momentum null and trained with 0, and now records 0.0.
+CHANGED = {("scheduler", "onecycle"), ("optimizer", "rmsprop")}
 SWEEPS = {  # the sweeps of the recorded file: --vary items, --model
     "sweep lr=0.01,0.1": (["lr=0.01,0.1"], None),
     "sweep dropout=0.0,0.5 batchnorm=False,True": (["dropout=0.0,0.5", "batchnorm=False,True"], "threeconv"),

@@ -106,6 +106,31 @@ def test_an_option_every_variant_sets_is_refused_and_one_some_set_is_said(tmp_pa
 
 
 def test_an_option_the_study_takes_itself_is_not_said(tmp_path, ablate):
-    result = ablate(["optimizer", "--optimizers", "sgd,adam", *TINY, "--lr", "0.05", "--dry-run"])
+    """batch-size --scale-lr takes --lr as its base rate: each variant's own rate is scaled from it."""
+    result = ablate(["batch-size", "--values", "30,60", "--scale-lr", *TINY, "--lr", "0.1", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "holds for" not in result.output
+    assert "holds for" not in result.output and "every variant" not in result.output
+
+
+def test_a_momentum_left_empty_records_what_the_optimiser_trains_with():
+    assert resolve(RunConfig(optimizer="momentum", momentum=None)).momentum == 0.9
+    assert resolve(RunConfig(optimizer="rmsprop", momentum=None)).momentum == 0.0
+    study = studies.get_study("sweep", vary=["momentum=none,0.9"])
+    with pytest.raises(UsageError, match="would train the same runs.*default"):
+        _plan(study)
+
+
+def test_threads_ablate_chose_is_not_an_option_the_user_gave(tmp_path, ablate):
+    result = ablate(["sweep", "--vary", "threads=1,2", *TINY, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "--threads" not in result.output
+
+
+def test_lr_max_is_checked_against_each_variants_rate_not_the_bases(tmp_path, ablate):
+    study = tmp_path / "s.toml"
+    study.write_text('[base]\nscheduler = "onecycle"\nlr_max = 0.01\n[vary]\nlr = [0.001, 0.005]\n')
+    result = ablate(["run", study, *TINY, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    study.write_text('[base]\nscheduler = "onecycle"\nlr_max = 0.01\n[vary]\nlr = [0.001, 0.05]\n')
+    result = ablate(["run", study, *TINY, "--dry-run"])
+    assert result.exit_code == 2 and "variant 'lr=0.05': lr_max (0.01) is below lr (0.05)" in result.output

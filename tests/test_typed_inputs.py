@@ -196,3 +196,70 @@ def test_a_study_file_without_a_name_is_named_after_out_then_itself(tmp_path):
     assert studies.from_toml(study).name == "my_study"
     assert studies.from_toml(study, out=tmp_path / "w.parquet").name == "w"
     assert studies.from_toml(study, name="given", out=tmp_path / "w.parquet").name == "given"
+
+
+ANNOTATED = '''
+from typing import Any, Literal, Optional
+
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels=3, num_classes=10, dropout: float = 0, width: Optional[int] = 4,
+                 mode: Literal["a", "b"] = "a", pad: int | str = 0, anything: Any = 1, widths: list = [4, 8],
+                 count: int = "3"):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+'''
+
+
+@pytest.fixture
+def annotated(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "annotated.py").write_text(ANNOTATED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("annotated", None)
+    yield arch.model_source("annotated:Net")
+    arch.model_source.cache_clear()
+
+
+def test_a_class_is_typed_by_its_constructors_annotations_and_its_defaults_too(annotated):
+    assert annotated.typed("dropout", 0.1) == 0.1 and annotated.knobs["dropout"] == 0.0  # not int: the annotation
+    assert annotated.typed("dropout", 0) == annotated.knobs["dropout"]  # given or not: one value, one run_id
+    assert annotated.typed("width", "none") is None and annotated.typed("width", "8") == 8
+    assert annotated.typed("mode", "b") == "b"
+    with pytest.raises(UsageError, match="one of 'a', 'b'"):
+        annotated.typed("mode", "c")
+    assert annotated.typed("pad", "same") == "same" and annotated.typed("anything", [1]) == (1,)  # several kinds
+    assert annotated.knobs["widths"] == (4, 8) and annotated.typed("widths", [16]) == (16,)  # hashable
+    assert annotated.knobs["count"] == 3
+
+
+def test_a_study_file_of_variants_keeps_its_name(tmp_path):
+    study = tmp_path / "file.toml"
+    study.write_text('name = "mine"\n[variants."dropout+bn"]\nlr = 0.01\n[variants.b]\nlr = 0.02\n')
+    assert studies.from_toml(study).name == "mine"
+    study.write_text('[variants."dropout+bn"]\nlr = 0.01\n[variants.b]\nlr = 0.02\n')
+    assert studies.from_toml(study).name == "file"
+
+
+def test_an_old_sweep_resumes_under_its_old_name(tmp_path, ablate):
+    out = tmp_path / "old.parquet"
+    assert ablate(["sweep", "--vary", "lr=0.01,0.05", *TINY, "--out", out, "--name", "sweep"]).exit_code == 0
+    result = ablate(["sweep", "--vary", "lr=0.01,0.05", *TINY, "--out", out, "--resume"])
+    assert result.exit_code == 2 and "--name sweep resumes it" in result.output
+    assert ablate(["sweep", "--vary", "lr=0.01,0.05", *TINY, "--out", out, "--resume", "--name", "sweep"]).exit_code == 0
+
+
+def test_a_saved_row_gives_back_its_configuration_typed():
+    from ablate.results.saved import config_from_row
+    from ablate.study.planning import resolve
+    from ablate.training.train import RunConfig
+
+    config = resolve(RunConfig(model="mlp").with_fields(hidden=(32, 16), dropout=0.25))
+    row = pd.Series({**config.columns(), "run_id": "r"})
+    assert resolve(config_from_row(row)) == config

@@ -340,3 +340,49 @@ def test_a_probe_keeps_every_frozen_module_in_eval_mode_dropout_included():
     assert net[3][0].training  # the head's own dropout trains with it
     train_mode(net, RunConfig(trainable="all"))
     assert all(m.training for m in net.modules())
+
+
+def test_a_torchvision_name_is_looked_up_and_loaded_once_for_a_study_of_many_variants(tmp_path, ablate, monkeypatch):
+    import torchvision
+
+    monkeypatch.chdir(tmp_path)
+    imagenet = torchvision.models.squeezenet1_1(num_classes=1000).state_dict()
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, *a, **k: torch.save(imagenet, dst))
+    looked_up, loaded = [], []
+    real_lookup, real_load = weights.torchvision_weights, torch.load
+    monkeypatch.setattr(weights, "torchvision_weights", lambda *a: looked_up.append(a) or real_lookup(*a))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    result = ablate(["optimizer", "--model", "squeezenet1_1", "--weights", "DEFAULT", "--dataset", "synthetic",
+                     "--image-size", "32", "--limit-train", "100", "--limit-test", "50", "--epochs", "1",
+                     "--device", "cpu", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert len(looked_up) == 1 and len(loaded) == 1  # six variants: one lookup, one reading
+
+
+def test_workers_train_from_the_drivers_tensors_not_the_file(nets, ablate, monkeypatch):
+    """A process pool's workers (fresh interpreters) get the tensors with their work: the file
+    is gone once the study is prepared, and every run still starts from its weights."""
+    from pathlib import Path
+
+    from ablate.execution import runner
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
+    state = pretrained(nets / "w.pt")
+    real_prepare = runner.prepare
+
+    def prepare_then_delete(*args, **kwargs):
+        prepared = real_prepare(*args, **kwargs)
+        (nets / "w.pt").unlink()
+        return prepared
+
+    monkeypatch.setattr(runner, "prepare", prepare_then_delete)
+    result = ablate(["optimizer", "--optimizers", "sgd,adam", "--model", "nets:Net", "--weights", "w.pt",
+                     "--trainable", "head", "--plugin", "ablate_example_plugin", "--executor", "process-pool",
+                     "--dataset", "synthetic", "--limit-train", "100", "--limit-test", "50", "--epochs", "1",
+                     "--batch-size", "50", "--device", "cpu", "--save-models", "--out", "p.parquet"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(nets / "p.parquet").drop_duplicates("run_id")
+    assert (frame["status"] == "ok").all() and len(frame) == 2, frame[["variant", "status", "error"]]
+    for run in frame.itertuples():  # the frozen body is the driver's weights
+        kept = load_file(models_path(nets / "p.parquet") / f"{run.run_id}.safetensors")
+        assert torch.equal(kept["body.0.weight"], state["body.0.weight"])

@@ -205,6 +205,7 @@ class StudyOptions:
     argv: tuple[str, ...] = ()  # the command line, for the files' provenance
     taken: frozenset = frozenset()  # the options the study's builder took itself
     notes: tuple[str, ...] = ()
+    stated: frozenset = frozenset()  # the settings in `training` the user gave (threads may be ablate's choice)
 
     @classmethod
     def of(cls, options: dict, argv=(), taken: frozenset = frozenset()) -> StudyOptions:
@@ -222,6 +223,8 @@ class StudyOptions:
         cluster.check_options(given.get("workers"), given.get("threads"), given.get("dask_scheduler"),
                               bool(given.get("slurm")))
         executor = executors.choose(given.get("executor"), given)
+        stated = frozenset(k for k, v in given.items() if setting_of(k) == k and v is not None and v is not False
+                           and v != "none")
         given["threads"] = cluster.run_threads(given.get("threads"), given.get("workers"),
                                                given.get("dask_scheduler"), bool(given.get("slurm")))
         training = {k: v for k, v in given.items() if setting_of(k) == k}
@@ -236,7 +239,7 @@ class StudyOptions:
                    resolve_device(given.get("device", "auto")), given.get("out"), given.get("data_dir"),
                    bool(given.get("resume")), bool(given.get("force")), bool(given.get("save_models")),
                    given.get("pack"), given.get("plot"), bool(given.get("dry_run")), executor, given,
-                   tuple(argv), frozenset(taken), said)
+                   tuple(argv), frozenset(taken), said, stated)
 
 
 def prepare(study: Study, options: StudyOptions) -> Prepared:
@@ -255,7 +258,8 @@ def prepare(study: Study, options: StudyOptions) -> Prepared:
     auto = seeds if isinstance(seeds, AutoSeeds) else None
     runs = plan(study, options, auto.most if auto else seeds)
     rule = Rule.of(auto, runs) if auto else None
-    notes = [*o.notes, *overridden_options(study, options, o.taken)]  # taken: those the study's builder took
+    stated = {k: v for k, v in options.items() if k in o.stated}  # not ablate's own choice of threads
+    notes = [*o.notes, *overridden_options(study, stated, o.taken)]  # taken: those the study's builder took
     if rule is not None and resume and not existing.empty:
         before = None
         with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: nothing to compare

@@ -55,13 +55,11 @@ def torchvision_weights(model: str, spec: str):
     return enum[name]
 
 
-def check(model: str, spec: str) -> None:
-    """`spec` names weights: a file's path, or torchvision weights of `model` (not read yet)."""
+def check(spec: str) -> None:
+    """`spec` is not empty (what it names is looked up by `get`, once)."""
     if not spec.strip():
         raise UsageError("--weights is empty: give a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a "
                          f"weights file ({', '.join(FILE_SUFFIXES)})")
-    if not is_file(spec):
-        torchvision_weights(model, spec)
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ class Weights:
     def state(self) -> dict[str, torch.Tensor]:
         """The tensors, on the CPU: a file's as read when made; torchvision's downloaded once."""
         if self._state is None:
-            self._state = _torchvision_state(self.model, self.spec)
+            self._state = _torchvision_state(self.torchvision, self.model, self.spec)
         return self._state
 
     def describe(self) -> str:
@@ -123,7 +121,7 @@ def get(model: str, spec: str) -> Weights:
     driver's (`provide`) with its work, before any run."""
     key = (model, spec)
     if key not in _MADE:
-        check(model, spec)
+        check(spec)
         if is_file(spec):
             path = Path(spec).resolve()
             identity, state = _read(path, spec)
@@ -151,8 +149,8 @@ def weights_dir() -> Path:
 
 
 @functools.cache
-def _torchvision_state(model: str, spec: str) -> dict[str, torch.Tensor]:
-    weights = torchvision_weights(model, spec)
+def _torchvision_state(weights, model: str, spec: str) -> dict[str, torch.Tensor]:
+    """The state of torchvision's `weights` (an enum member), downloaded once into `weights_dir()`."""
     path = weights_dir() / Path(weights.url).name
     try:
         if not path.exists():  # torchvision's file names end in their hash's first digits: it is checked

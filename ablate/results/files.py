@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
+from ablate import schema as result_columns  # the columns' one owner (a local `schema` is Arrow's)
 from ablate.errors import EnvironmentFailure, UsageError
 
 SUFFIXES = (".parquet", ".csv")
@@ -37,10 +38,7 @@ def arrow_schema(columns: dict[str, type]) -> pa.Schema:
     return pa.schema([pa.field(name, ARROW_TYPES[kind]) for name, kind in columns.items()])
 
 
-PER_CLASS_SCHEMA = arrow_schema({
-    "study": str, "variant": str, "seed": int, "run_id": str, "config_id": str,
-    "class_index": int, "class_name": str, "images": int, "accuracy": float,
-})
+PER_CLASS_SCHEMA = arrow_schema(result_columns.types(result_columns.PER_CLASS))
 
 
 def provenance(argv: list[str]) -> dict[str, str]:
@@ -240,14 +238,14 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
         frame = frame.reset_index(drop=all(level is None for level in frame.index.names))
     name = repr(str(path))
     if kinds is None:  # a study file: its key columns first, the message a foreign file gets
-        from ablate import schema  # no torch: the columns ablate writes and their types
         from ablate.metrics import METRICS
 
-        fixed = schema.types(schema.of_kind(schema.KEY, schema.SETTING, schema.OUTCOME, schema.METRIC))
-        keys = schema.types(schema.of_kind(schema.KEY))
-        required = {name: fixed[name] for name in schema.REQUIRED}
+        table = result_columns
+        fixed = table.types(table.of_kind(table.KEY, table.SETTING, table.OUTCOME, table.METRIC))
+        keys = table.types(table.of_kind(table.KEY))
+        required = {name: fixed[name] for name in table.REQUIRED}
         optional = {name: kind for name, kind in fixed.items() if name not in required}
-        never_null = schema.IDENTITY
+        never_null = table.IDENTITY
     else:
         keys, required, optional, never_null = kinds, kinds, {}, tuple(c for c, k in kinds.items() if k is not float)
     missing = [c for c in keys if c not in frame.columns]
@@ -330,7 +328,7 @@ def read_per_class(path: Path) -> pd.DataFrame:
     parts = [class_part(p) for p in run_parts(path) if class_part(p).exists()]  # a run's rows say it is saved
     if not per_class.exists() and not parts:
         return pd.DataFrame(columns=PER_CLASS_SCHEMA.names)
-    kinds = {"study": str, "seed": int, "run_id": str, "class_index": int, "class_name": str, "accuracy": float}
+    kinds = {c.name: c.type for c in result_columns.PER_CLASS if c.name in result_columns.PER_CLASS_REQUIRED}
     try:
         return read_results(per_class, kinds, "ablate's per-class rows", parts)
     except UsageError as error:
@@ -615,9 +613,7 @@ def separate_configurations(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str
         configs = rows.drop_duplicates("config_id").set_index("config_id")
         if len(configs) < 2:
             continue
-        from ablate import schema
-
-        settings = [c for c in configs.columns if c not in schema.outcome_names() | {"study", "variant"}]
+        settings = [c for c in configs.columns if c not in result_columns.outcome_names() | {"study", "variant"}]
         differ = [c for c in settings if configs[c].astype(str).nunique() > 1] or ["config_id"]
         for config_id, config in configs.iterrows():
             said = ", ".join(f"{c}={config_id if c == 'config_id' else config[c]}" for c in differ)

@@ -3,7 +3,6 @@ beside the results (the autoencoder figures use them)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pandas as pd
@@ -29,13 +28,12 @@ def config_from_row(row: pd.Series) -> RunConfig:
         value = row[column_name]
         values[field_name] = None if pd.isna(value) else types[column_name](value)
     config = RunConfig(**values)
-    knobs = arch.model_source(config.model).knobs
+    source = arch.model_source(config.model)
     args = {}
-    for name, default in knobs.items():
+    for name in source.knobs:  # each as its declared type: the text of a tuple is a tuple again
         if name in row and not pd.isna(row[name]):
             value = row[name]
-            args[name] = ast.literal_eval(value) if isinstance(value, str) and not isinstance(default, str) \
-                else type(default)(value) if isinstance(default, (bool, int, float)) else value
+            args[name] = source.typed(name, value.item() if hasattr(value, "item") else value)
     return config.with_fields(**args)
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ablate import arch, schema, transforms
-from ablate.config import AMP, DATA_FIELDS, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, used_settings
+from ablate.config import (AMP, DATA_FIELDS, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, cross_checked,
+                           setting_of, used_settings)
 from ablate.errors import UsageError, unknown_name
 from ablate.models import weights
 from ablate.results import files as results
@@ -23,16 +24,20 @@ from ablate.training.tasks import TASKS
 RUN_COLUMNS = schema.types(schema.table(arch.registry_knobs()))  # every study file's: ablate's own models' arguments
 
 
-def resolve(config: RunConfig) -> RunConfig:
+def resolve(config: RunConfig, whole: bool = True) -> RunConfig:
     """`config` checked, with every constructor argument of its model in `model_args` (the
     model's own default where none is given). Every named choice must exist, and an argument
-    the model does not take is a usage error: a row records only what decided the run."""
+    the model does not take is a usage error: a row records only what decided the run.
+    `whole`: a run's configuration, whose settings must also agree with each other (not a
+    study's base before its variants)."""
     config = checked(config)  # every field's type and range (config.SETTINGS)
     for registry, name in ((TASKS, config.task), (OPTIMIZERS, config.optimizer),
                            (SCHEDULERS, config.scheduler), (transforms.NORMALIZATIONS, config.normalization),
                            (transforms.PERMUTATIONS, config.permutation)):
         registry.get(name)
     config = checked(used_settings(config))  # the defaults filled in are checked too (lr_max = 4 x lr)
+    if whole:
+        cross_checked(config)
     transforms.augmentation(config.augment)
     if config.amp not in AMP:
         raise unknown_name("amp", config.amp, AMP)
@@ -146,10 +151,14 @@ def _unused(first: dict, second: dict, config: RunConfig) -> str:
     differ = sorted(k for k in {*first, *second} if first.get(k) != second.get(k))
     if not differ:
         return "they set the same values; give each variant settings of its own"
-    said = ", ".join(f"{k} ({first.get(k)!r} and {second.get(k)!r})" for k in differ)
-    return (f"they differ only in {said}, which a run with optimizer {config.optimizer!r}, scheduler "
-            f"{config.scheduler!r}{' and pretraining' if config.pretrain_epochs else ', no pretraining'} does not "
-            "use (docs/studies.md: which settings a run uses); vary what the run uses")
+    unused = [k for k in differ if setting_of(k) and getattr(config, setting_of(k)) is None]
+    said = "; ".join(f"{k} ({first.get(k)!r} and {second.get(k)!r})" for k in differ)
+    if unused:
+        return (f"they differ only in {said}, and a run with optimizer {config.optimizer!r}, scheduler "
+                f"{config.scheduler!r}{' and pretraining' if config.pretrain_epochs else ', no pretraining'} does "
+                f"not use {', '.join(unused)} (docs/own-models-and-data.md: which settings a run uses); vary what "
+                "the run uses")
+    return f"they differ only in {said}: one gives the value the other takes by default"
 
 
 def overridden_options(study: Study, options: dict, taken: frozenset = frozenset()) -> list[str]:
@@ -158,16 +167,17 @@ def overridden_options(study: Study, options: dict, taken: frozenset = frozenset
     do. `taken`: the options the study's builder took (`ablate optimizer --lr` sets each
     variant's rate itself)."""
     notes = []
+    variants = {v: {setting_of(k) or k: x for k, x in fields.items()} for v, fields in study.variants.items()}
     for name, value in options.items():
         if value is None or name in taken:
             continue
-        own = [v for v, fields in study.variants.items() if name in fields and fields[name] != value]
+        own = [v for v, fields in variants.items() if name in fields and fields[name] != value]
         if not own:
             continue
         option = f"--{name.replace('_', '-')} {value}"
         if len(own) == len(study.variants):
             raise UsageError(f"{option}: every variant of study {study.name!r} sets its own {name} "
-                             f"({', '.join(f'{v}: {study.variants[v][name]}' for v in own[:4])}"
+                             f"({', '.join(f'{v}: {variants[v][name]}' for v in own[:4])}"
                              f"{', ...' if len(own) > 4 else ''}); leave {option.split()[0]} out")
         notes.append(f"note: {option} holds for the variants that do not set {name}; "
                      f"{', '.join(own)} keep{'s' if len(own) == 1 else ''} {'its' if len(own) == 1 else 'their'} own")
@@ -186,7 +196,7 @@ def study_settings(study: Study, options: dict) -> dict:
     given = {k: v for k, v in options.items() if v is not None}
     settings = {**study.base, **given}
     return {"study": study.name, **resolve(RunConfig().with_fields(**weights_preprocessing(study, settings),
-                                                                   **settings)).columns()}
+                                                                   **settings), whole=False).columns()}
 
 
 def weights_preprocessing(study: Study, settings: dict) -> dict:
@@ -244,8 +254,11 @@ def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tupl
     if differences:
         said = "; ".join(f"{c}: {', '.join(map(str, before))} in the file, {now} now"
                          for c, (before, now) in differences.items())
+        hint = ""
+        if set(differences) == {"study"}:  # a sweep of the previous release is the study `sweep`, whatever --out
+            hint = f" (a sweep or a study file: --name {differences['study'][0][0]} resumes it)"
         raise UsageError(f"--resume: {str(path)!r} holds runs made with other settings ({said}); "
-                         "give the same options (--threads too), another --out, or --force to replace it")
+                         f"give the same options (--threads too){hint}, another --out, or --force to replace it")
 
 
 def results_schema(runs: list[Run], existing: pd.DataFrame, path: Path) -> pa.Schema:

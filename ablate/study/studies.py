@@ -22,8 +22,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, SCHEDULERS, RunConfig, Setting,
-                           FIELD_OF_COLUMN, SETTINGS, augmentation_parts, column)
+from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, SCHEDULERS, SETTINGS, RunConfig,
+                           Setting, augmentation_parts, column, setting_of)
 from ablate.errors import UsageError, unknown_name
 from ablate.registry import Registry
 
@@ -354,11 +354,11 @@ def parse_values(name: str, text: str, model: str | None) -> list:
     argument of the model, Python literals (strings may be bare)."""
     from ablate import arch  # imports torch: only a sweep being made needs it
 
-    field = FIELD_OF_COLUMN.get(name, name)
+    field = setting_of(name)
     if field in FIXED_PER_STUDY:
         raise UsageError(f"--vary {name}: the data settings ({', '.join(sorted(FIXED_PER_STUDY))}) are the same "
                          f"for every variant of a study; give --{field.replace('_', '-')} once")
-    if field in FIELDS:
+    if field is not None:
         items = parse_list(text, f"value of {name}")
         return [_typed(name, item, SETTINGS[field]) for item in items]  # factorial refuses equal values
     source = arch.model_source(model or RunConfig.model)
@@ -499,10 +499,10 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
         raise UsageError(f"{path}, {_line(text, kind)}: [{kind}] is empty: give at least one "
                          + ("[variants.NAME] table" if kind == "variants" else "NAME = [values]"))
     if kind == "variants":
-        for name, fields in spec["variants"].items():
+        for variant, fields in spec["variants"].items():
             if not isinstance(fields, dict):
-                raise UsageError(f"{path}, {_line(text, name)}: variant {name!r} must be a table "
-                                 f"([variants.{name}]) of settings, got {fields!r}")
+                raise UsageError(f"{path}, {_line(text, variant)}: variant {variant!r} must be a table "
+                                 f"([variants.{variant}]) of settings, got {fields!r}")
     model = model or base.get("model")
     if model is not None and not isinstance(model, str):
         raise UsageError(f"{path}, {_line(text, 'model')}: model must be a string, got {model!r}")
@@ -513,14 +513,14 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
                                  if kind == "variants" else [(kind, spec[kind])])
     for where, table in tables:
         for key in table:
-            if key not in settings and key not in FIXED_PER_STUDY | {"model"}:
+            if not setting_of(key) and key not in knobs:
                 raise UsageError(f"{path}, {_line(text, key)}: unknown setting {key!r}; allowed: "
                                  + ", ".join(settings))
             if where != "base" and key in FIXED_PER_STUDY:
                 raise UsageError(f"{path}, {_line(text, key)}: {key} is a data setting, the same for every "
                                  f"variant: set it in [base], not in [{where}]")
     def typed(key, value, own=source):  # a model argument as its declared type (TOML has no tuples)
-        if key in FIELDS or key in FIXED_PER_STUDY or key not in own.knobs:
+        if setting_of(key) or key not in own.knobs:
             return value
         try:
             return own.typed(key, value)
@@ -530,9 +530,9 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
     base = {key: typed(key, value) for key, value in base.items()}
     if kind == "variants":
         variants = {}
-        for name, fields in spec["variants"].items():
+        for variant, fields in spec["variants"].items():
             own = arch.model_source(fields["model"]) if isinstance(fields.get("model"), str) else source
-            variants[name] = {key: typed(key, value, own) for key, value in fields.items()}
+            variants[variant] = {key: typed(key, value, own) for key, value in fields.items()}
         factors = tuple(dict.fromkeys(k for fields in variants.values() for k in fields))
     else:
         factors_values = {}
