@@ -44,9 +44,20 @@ MODELS: Registry[ModelEntry] = Registry("model", hint="`ablate list models` list
 
 
 def register_model(name: str, input_shape: Shape, description: str):
-    """Add a model builder to the registry under `name`; a name can be registered once."""
+    """Add a model builder to the registry under `name`; a name can be registered once. A
+    registration that is not right (an input shape that is not channels x height x width) is
+    refused in one line naming the model: its plugin does not load, everything else works."""
+    shape_ok = isinstance(input_shape, tuple) and len(input_shape) == 3 and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in input_shape)
+    if not shape_ok:
+        raise UsageError(f"model {name!r}: input_shape must be (channels, height, width) of whole numbers >= 1, "
+                         f"got {input_shape!r:.60}")
+    if not isinstance(description, str):
+        raise UsageError(f"model {name!r}: description must be a string, got {description!r:.60}")
 
     def decorator(build):
+        if not callable(build):
+            raise UsageError(f"model {name!r}: register_model decorates a function or class that builds the model")
         MODELS.register(name, ModelEntry(name, build, input_shape, description))
         return build
 

@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from ablate import plugins
 from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig
 from ablate.counting.convention import CONVENTION
-from ablate.errors import EnvironmentFailure, UsageError
+from ablate.errors import EnvironmentFailure, UsageError, describe_error
 from ablate.execution.progress import HERE
 from ablate.reporting import report
 from ablate.study import studies
@@ -96,7 +96,9 @@ class _OneLineErrors(TyperGroup):
             typer.echo(f"warning: plugin {plugin.name!r} ({plugin.source}) did not load: {plugin.error}", err=True)
         for name, entry in studies.STUDIES.items():
             if name not in self.commands:
-                _study_command(name, entry)
+                reason = _study_command(name, entry)
+                if reason is not None:
+                    typer.echo(f"warning: {reason}; every other command works", err=True)
                 self.add_command(typer.main.get_command(app).commands[name], name)
 
 
@@ -204,7 +206,10 @@ def _first_line(function) -> str:
 def _study_row(name: str, entry: studies.StudyEntry) -> dict:
     if entry.build.__doc__:  # a study made from its options (sweep): no variants of its own
         return {"name": name, "variants": "given by its options", "description": _first_line(entry.build)}
-    study = studies.get_study(name)
+    try:
+        study = studies.get_study(name)
+    except UsageError as error:  # a plugin's broken study: listed as such, the others as they are
+        return {"name": name, "variants": "", "description": f"broken: {error}"}
     return {"name": name, "variants": ", ".join(study.variants), "description": study.description}
 
 
@@ -522,25 +527,59 @@ def _command(name: str, help: str, build, own: dict, shared_help: dict | None = 
     app.command(name, help=help)(command)
 
 
-def _study_command(name: str, entry: studies.StudyEntry) -> None:
+def _study_command(name: str, entry: studies.StudyEntry) -> str | None:
+    """`ablate NAME` for a registered study, or, for one whose command cannot be made (a
+    plugin's builder that fails, returns no Study, options it does not take), a command that
+    says why in one line; returns that reason (None: the study is sound)."""
+    try:
+        _sound_study_command(name, entry)
+        return None
+    except Exception as error:  # noqa: BLE001 - a broken entry spoils only its own command
+        reason = str(error) if isinstance(error, UsageError) else \
+            f"study {name!r} cannot be made a command: {describe_error(error)}"
+        who = studies.STUDIES.owners.get(name, "ablate")
+        if who != "ablate" and f"plugin {who!r}" not in reason:
+            reason = f"plugin {who!r}: {reason}"
+
+        def broken(ctx: typer.Context):
+            raise UsageError(reason)
+
+        app.command(name, help=f"(broken: {reason})", context_settings={
+            "ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})(broken)
+        return reason
+
+
+def _untyped(default) -> type:
+    """An option's type where its function does not annotate it: its default's, else text."""
+    return type(default) if isinstance(default, (bool, int, float, str)) else str
+
+
+def _sound_study_command(name: str, entry: studies.StudyEntry) -> None:
     """`ablate NAME` for a registered study: its own options (their types and defaults are its
     builder's), and any shared option the builder names is passed to it too, when given (left
     out, the builder's own default holds)."""
     signature = inspect.signature(entry.build).parameters
+    if not isinstance(entry.options, dict) or not all(isinstance(h, str) for h in entry.options.values()):
+        raise UsageError(f"study {name!r}: its options must be name=help text, got {entry.options!r:.80}")
+    missing = [o for o in entry.options if o not in signature and o not in SHARED_OPTIONS]  # a shared one: its help
+    if missing:
+        raise UsageError(f"study {name!r} names option {missing[0]!r}, which its function does not take")
     hints = typing.get_type_hints(entry.build)
-    own = {option: (hints[option], signature[option].default, typer.Option(help=help))
+    own = {option: (hints.get(option, _untyped(signature[option].default)), signature[option].default,
+                    typer.Option(help=help))
            for option, help in entry.options.items() if option not in SHARED_OPTIONS}
     shared_help = {option: help for option, help in entry.options.items() if option in SHARED_OPTIONS}
     passes = [p for p in signature if p in SHARED_OPTIONS]
-    base = {} if entry.build.__doc__ else studies.get_study(name).base  # a study made from options has none
+    built = None if entry.build.__doc__ else studies.get_study(name)  # its base and description, for the help
+    base = {} if built is None else built.base  # a study made from options has none
     for option in ("epochs", "batch_size", "model", "dataset"):
         if option in base and option not in shared_help:
             shared_help[option] = f"{SHARED_OPTIONS[option][2].help} This study's own: {base[option]}."
-    help = entry.build.__doc__ or studies.get_study(name).description
+    help = entry.build.__doc__ or built.description
 
     def build(own_values, shared):  # the study, and the shared options its builder took
         taken = {k: shared[k] for k in passes if shared[k] is not None}
-        return entry.build(**own_values, **taken), frozenset(taken)
+        return studies.build(name, entry, **own_values, **taken), frozenset(taken)
 
     _command(name, help, build, own, shared_help)
 
@@ -611,9 +650,9 @@ def report_command(
             with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none to show
                 meta = results.read_metadata(path)
                 record = sequential.AutoRecord.from_metadata(meta.get("auto_seeds"))
-                study = meta.get("study")
-                if record is not None and isinstance(study, dict) and isinstance(study.get("name"), str):
-                    auto[study["name"]] = record
+                name = results.study_metadata(meta)["name"]
+                if record is not None and name is not None:
+                    auto[name] = record
         for study in summary["study"].unique():
             report.print_wide(stdout, report.comparison_table(summary, study, label, auto=study in auto))
             if study in auto:

@@ -104,3 +104,21 @@ def test_an_unreadable_decision_file_is_measured_again(monkeypatch, big_data, pa
     (choice,) = autopack.choose(runs(epochs=5), big_data, CPU, None).values()
     assert (choice.packed, choice.why) == (True, "measured")
     assert list(json.loads(packing_decisions.read_text()).values()) == [{"packed": True, "ratio": 1.4}]
+
+
+@pytest.mark.parametrize("entry", [5, "packed", [], None, {}, {"ratio": "fast"}, {"packed": "yes", "ratio": 1.2},
+                                   {"packed": True, "ratio": "fast"}, {"packed": True, "ratio": -1.0},
+                                   {"packed": False, "ratio": float("nan")}, {"packed": 1, "ratio": 1.2}])
+def test_a_damaged_decision_is_measured_again_and_the_file_rewritten_whole(monkeypatch, big_data,
+                                                                           packing_decisions, entry):
+    planned = runs(epochs=5)
+    timed_as(monkeypatch, 1.4)
+    (first,) = autopack.choose(planned, big_data, CPU, None).values()
+    (key,) = json.loads(packing_decisions.read_text())
+    packing_decisions.write_text(json.dumps({key: entry, "other": {"ratio": "fast"}, "kept": {"packed": False,
+                                                                                             "ratio": 0.8}}))
+    timed_as(monkeypatch, 0.7)
+    (choice,) = autopack.choose(planned, big_data, CPU, None).values()
+    assert (choice.packed, choice.ratio, choice.why) == (False, 0.7, "measured")
+    assert json.loads(packing_decisions.read_text()) == {key: {"packed": False, "ratio": 0.7},
+                                                         "kept": {"packed": False, "ratio": 0.8}}

@@ -141,3 +141,69 @@ def test_kill_9_while_saving_loses_no_saved_run(tmp_path, after):
     assert final["run_id"].drop_duplicates().tolist() == sorted(held)  # in the study's order, however saved
     assert len(results.read_per_class(path)) == 3 * len(held)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_reader_that_lists_a_part_the_writer_then_compacts_sees_each_run_once(tmp_path, parts_always,
+                                                                                 monkeypatch):
+    """The race of `ablate report` during a study: the reader lists the parts, the writer
+    compacts them into the file and removes them, the reader reads. It reads again: no false
+    error, each run once."""
+    path = tmp_path / "s.parquet"
+    store = results.StudyFile(path, SCHEMA)
+    for n in range(4):
+        store.add(*run(n), {}, f"run {n}")
+    listed = results.run_parts(path)
+    real_read = pd.read_parquet
+    compacted = []
+
+    def read_after_compaction(file, *args, **kwargs):
+        if not compacted and file in listed:  # the writer gets there first
+            compacted.append(file)
+            store.compact()
+        return real_read(file, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_parquet", read_after_compaction)
+    seen = results.read_results(path)
+    assert compacted and results.run_parts(path) == []
+    assert sorted(seen["run_id"].unique()) == [f"run{n:05d}" for n in range(4)] and len(seen) == 16
+    store.close()
+
+
+def test_parts_that_cannot_be_removed_after_compaction_lose_nothing(tmp_path, parts_always, monkeypatch, capfd):
+    path = tmp_path / "s.parquet"
+    real_unlink = type(path).unlink
+
+    def immutable(self, *args, **kwargs):
+        if results.PARTS_FOLDER in self.parts:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(path), "unlink", immutable)
+    with results.StudyFile(path, SCHEMA) as store:
+        for n in range(3):
+            store.add(*run(n), {}, f"run {n}")
+    err = capfd.readouterr().err
+    assert err.count("warning:") == 1 and "could not be removed (permission denied)" in err
+    assert sorted(pd.read_parquet(path)["run_id"].unique()) == [f"run{n:05d}" for n in range(3)]
+    assert len(results.read_results(path)) == 12  # the parts left behind are not counted twice
+
+
+def test_a_full_disk_with_runs_in_parts_says_where_they_are(tmp_path, parts_always, monkeypatch):
+    import errno
+
+    path = tmp_path / "s.parquet"
+    store = results.StudyFile(path, SCHEMA)
+    for n in range(3):
+        store.add(*run(n), {}, f"run {n}")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "write_frames", full)
+    with pytest.raises(results.EnvironmentFailure) as failure:
+        store.add(*run(3), {}, "run 3")
+    said = str(failure.value)
+    assert said.startswith("disk full while saving run 3: 3 runs are saved in ")
+    assert f"{path} and 2 part files in {results.parts_path(path)}" in said and "pandas sees the file's" in said
+    assert len(pd.read_parquet(path)["run_id"].unique()) == 1 and len(results.read_results(path)) == 12
+    store.lock.release()

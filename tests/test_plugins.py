@@ -204,3 +204,76 @@ def test_plugin_without_a_module_is_a_usage_error(tmp_path):
     result = ablate(["linearity", "--plugin"], tmp_path)
     assert result.returncode == 2 and result.stderr.strip() == (
         "ablate linearity: error: --plugin takes a MODULE, importable from the current directory: --plugin mymod")
+
+
+BROKEN_STUDIES = '''
+import ablate
+
+
+@ablate.register_study("raises")
+def raises() -> ablate.Study:
+    raise ValueError("oops")
+
+
+@ablate.register_study("as-dict")
+def as_dict():
+    return {"name": "as-dict"}
+
+
+@ablate.register_study("empty")
+def empty():
+    return ablate.Study("empty", "", variants={}, factors=())
+
+
+@ablate.register_study("unknown-option", width="help")
+def unknown_option():
+    return ablate.Study("unknown-option", "", variants={"a": {}}, factors=())
+
+
+@ablate.register_study("fine")
+def fine():
+    return ablate.Study("fine", "sound", variants={"a": {"lr": 0.1}, "b": {"lr": 0.2}}, factors=("base_lr",))
+'''
+BROKEN_STUDY_LINES = {
+    "raises": "study 'raises' of plugin 'brokenstudies' failed to build: ValueError: oops",
+    "as-dict": "study 'as-dict' of plugin 'brokenstudies' returned dict, not an ablate.Study",
+    "empty": "plugin 'brokenstudies': study 'empty' must have variants",
+    "unknown-option": "plugin 'brokenstudies': study 'unknown-option' names option 'width', which its function "
+                      "does not take",
+}
+
+
+def test_a_broken_plugin_study_spoils_only_itself(tmp_path):
+    (tmp_path / "brokenstudies.py").write_text(BROKEN_STUDIES)
+    env = {"ABLATE_PLUGINS": "brokenstudies"}
+    result = ablate(["linearity", "--dataset", "synthetic", "--epochs", "1", "--dry-run"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(BROKEN_STUDY_LINES)  # one line each, naming the plugin and the entry
+    for name, said in BROKEN_STUDY_LINES.items():
+        assert any(said in line for line in warnings), (name, warnings)
+        own = ablate([name, "--epochs", "1"], tmp_path, env)
+        assert own.returncode == 2 and "Traceback" not in own.stderr
+        assert own.stderr.splitlines()[-1] == f"ablate {name}: error: " + next(
+            line for line in warnings if said in line).removeprefix("warning: ").removesuffix(
+            "; every other command works")
+    listed = ablate(["list", "--json"], tmp_path, env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["fine"]["variants"] == "a, b" and rows["raises"]["description"].startswith("broken: ")
+    assert ablate(["fine", "--dataset", "synthetic", "--epochs", "1", "--dry-run"], tmp_path, env).returncode == 0
+
+
+@pytest.mark.parametrize("code, said", [
+    ("ablate.register_model('m', 32, 'a net')(lambda: None)", "model 'm': input_shape must be (channels, height"),
+    ("ablate.register_task('classify-again')", "register_task takes an ablate.Task, got str"),
+    ("ablate.register_executor('e', 'an executor', options=[5])(lambda options: None)",
+     "executor 'e': register_executor takes a description"),
+])
+def test_a_broken_registration_is_one_line_naming_it(tmp_path, code, said):
+    (tmp_path / "badentry.py").write_text(f"import ablate\n\n{code}\n")
+    result = ablate(["linearity", "--dataset", "synthetic", "--epochs", "1", "--dry-run"], tmp_path,
+                    {"ABLATE_PLUGINS": "badentry"})
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "plugin 'badentry'" in warnings[0] and said in warnings[0], warnings

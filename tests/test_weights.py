@@ -376,10 +376,19 @@ def test_workers_train_from_the_drivers_tensors_not_the_file(nets, ablate, monke
         return prepared
 
     monkeypatch.setattr(runner, "prepare", prepare_then_delete)
-    result = ablate(["optimizer", "--optimizers", "sgd,adam", "--model", "nets:Net", "--weights", "w.pt",
-                     "--trainable", "head", "--plugin", "ablate_example_plugin", "--executor", "process-pool",
-                     "--dataset", "synthetic", "--limit-train", "100", "--limit-test", "50", "--epochs", "1",
-                     "--batch-size", "50", "--device", "cpu", "--save-models", "--out", "p.parquet"])
+    from ablate import plugins, registry
+
+    try:
+        result = ablate(["optimizer", "--optimizers", "sgd,adam", "--model", "nets:Net", "--weights", "w.pt",
+                         "--trainable", "head", "--plugin", "ablate_example_plugin", "--executor", "process-pool",
+                         "--dataset", "synthetic", "--limit-train", "100", "--limit-test", "50", "--epochs", "1",
+                         "--batch-size", "50", "--device", "cpu", "--save-models", "--out", "p.parquet"])
+    finally:  # the plugin's studies, models and datasets leave with it: other tests list the built-in ones
+        import sys
+
+        registry.take_back("ablate_example_plugin")
+        plugins.LOADED.pop("ablate_example_plugin", None)
+        sys.modules.pop("ablate_example_plugin", None)
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(nets / "p.parquet").drop_duplicates("run_id")
     assert (frame["status"] == "ok").all() and len(frame) == 2, frame[["variant", "status", "error"]]

@@ -71,9 +71,9 @@ def _decide(config, data: Dataset, device: torch.device, k: int, measure: bool) 
         default = device.type == "cuda"  # where per-step costs dominate
         return Choice(default, None, f"too short to measure ({steps} steps): the {device.type} default")
     key = _key(config, data, device, k)
-    remembered = _remembered().get(key)
+    remembered = _read_entry(_remembered().get(key))
     if remembered is not None:
-        return Choice(remembered["packed"], remembered["ratio"], "remembered")
+        return remembered
     if not measure:
         return Choice(device.type == "cuda", None, "to be measured before it trains")
     ratio = train.packing_speedup(config, data, k, device, timed)
@@ -117,10 +117,24 @@ def _remembered() -> dict:
         return {}
 
 
+def _read_entry(entry) -> Choice | None:
+    """A remembered decision, or None where the entry does not read as one (missing, or edited
+    into another shape: `5`, `{"ratio": "fast"}`): that configuration is measured again."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("packed"), bool):
+        return None
+    ratio = entry.get("ratio")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+                                  and math.isfinite(ratio) and ratio > 0):
+        return None
+    return Choice(entry["packed"], ratio, "remembered")
+
+
 def _remember(key: str, choice: Choice) -> None:
-    """Kept for the next run of the same command; a cache that cannot be written is no error
-    (the next run measures again)."""
-    held = {**_remembered(), key: {"packed": choice.packed, "ratio": choice.ratio}}
+    """Kept for the next run of the same command, the file rewritten whole with the entries that
+    read (a damaged one is dropped); a cache that cannot be written is no error (the next run
+    measures again)."""
+    held = {k: v for k, v in _remembered().items() if _read_entry(v) is not None}
+    held[key] = {"packed": choice.packed, "ratio": choice.ratio}
     try:
         _path().parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=_path().parent, prefix=".packing.", suffix=".tmp")

@@ -39,9 +39,16 @@ def register_executor(name: str, description: str, options: tuple[str, ...] = ()
     """`@register_executor("name", "what it is")` on `make(options)`, a context manager that
     gives the executor (a generator function is made one)."""
 
+    if not isinstance(description, str) or not isinstance(options, (tuple, list)) or not all(
+            isinstance(o, str) for o in options):
+        raise UsageError(f"executor {name!r}: register_executor takes a description (a string) and the names of "
+                         f"the options that choose it (strings), got {description!r:.40} and {options!r:.40}")
+
     def decorator(make):
+        if not callable(make):
+            raise UsageError(f"executor {name!r}: register_executor decorates make(options), a function")
         maker = contextlib.contextmanager(make) if _is_generator(make) else make
-        EXECUTORS.register(name, ExecutorEntry(maker, description, options))
+        EXECUTORS.register(name, ExecutorEntry(maker, description, tuple(options)))
         return make
 
     return decorator

@@ -366,7 +366,8 @@ def weights_record(runs: list[Run], resumed: Path | None) -> dict[str, str]:
     before = {}
     if resumed is not None:
         with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: nothing to compare
-            before = results.read_metadata(resumed).get("weights") or {}
+            held = results.metadata_value(results.read_metadata(resumed), "weights", dict, {})
+            before = {k: v for k, v in held.items() if isinstance(v, str)}
     for spec, now in record.items():
         if spec in before and before[spec] != now:
             raise UsageError(f"--resume: --weights {spec!r} is not what the file's runs started from "
@@ -381,7 +382,8 @@ def packing_record(prepared: Prepared, choices: dict) -> dict:
     before = {}
     if prepared.resume and prepared.out.exists():
         with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none kept
-            before = results.read_metadata(prepared.out).get("packing") or {}
+            held = results.metadata_value(results.read_metadata(prepared.out), "packing", dict, {})
+            before = {k: v for k, v in held.items() if isinstance(v, dict)}
     variants = {r.config_id: r.variant for r in prepared.runs}
     return {**before, **{variants[c]: choice.record() for c, choice in choices.items()}}
 

@@ -94,7 +94,7 @@ def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
 
 def _compared(frame: pd.DataFrame, study: dict) -> str:
     """What was compared: each variant's factors, its seeds, and the settings every run shares."""
-    factors = [f for f in study.get("factors", []) if f in frame]
+    factors = [f for f in study["factors"] or [] if f in frame]
     variants = []
     for variant, rows in frame.groupby("variant", sort=False):
         first = rows.iloc[0]
@@ -133,8 +133,10 @@ def _figures(path: Path, study: dict) -> str:
     saved, as inline SVG; a figure that cannot be drawn says why instead."""
     from ablate.reporting import plot
 
-    kinds = [study.get("plot", "curves"), "curves", *(["classes"] if study.get("per_class") else [])]
-    if results.models_path(path).is_dir() and any(results.models_path(path).glob("*.safetensors")):
+    kinds = [study["plot"], "curves", *(["classes"] if study["per_class"] else [])]
+    rows = results.read_results(path)
+    rebuilds = "task" in rows and (rows["task"] == "reconstruct").any()  # an autoencoder's figures: its own
+    if rebuilds and results.models_path(path).is_dir() and any(results.models_path(path).glob("*.safetensors")):
         kinds += ["reconstructions", "interpolation"]
     out = []
     for kind in dict.fromkeys(kinds):
@@ -165,11 +167,13 @@ def _auto(record: sequential.AutoRecord | None) -> str:
 
 
 def _provenance(meta: dict, path: Path, seeds: int) -> str:
-    command = meta.get("command", "")
-    rows = [["command", command], ["ablate", meta.get("ablate_version", "")],
-            ["torch", meta.get("torch_version", "")], ["torchvision", meta.get("torchvision_version", "")],
-            ["device", meta.get("device", "")], ["started", meta.get("created", "")], ["file", str(path)]]
-    packing = meta.get("packing") or {}
+    said = {key: results.metadata_value(meta, key, str, "") for key in
+            ("command", "ablate_version", "torch_version", "torchvision_version", "device", "created")}
+    command = said["command"]
+    rows = [["command", command], ["ablate", said["ablate_version"]], ["torch", said["torch_version"]],
+            ["torchvision", said["torchvision_version"]], ["device", said["device"]], ["started", said["created"]],
+            ["file", str(path)]]
+    packing = {v: c for v, c in (results.metadata_value(meta, "packing", dict) or {}).items() if isinstance(c, dict)}
     if packing:
         rows.append(["seeds packed", ", ".join(f"{v}: {'packed' if c.get('packed') else 'one by one'} "
                                                 f"({c.get('why', '')})" for v, c in packing.items())])
@@ -191,7 +195,7 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
             meta = results.read_metadata(path)
         except (ValueError, OSError):
             pass
-        study = meta.get("study") if isinstance(meta.get("study"), dict) else {}
+        study = results.study_metadata(meta)
         names = list(dict.fromkeys(results.read_results(path)["study"]))
         for name in names:
             rows = summary[summary["study"] == name]
@@ -201,7 +205,7 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
             seeds = runs["seed"].nunique()
             auto = sequential.AutoRecord.from_metadata(meta.get("auto_seeds"))
             sections.append(
-                f"<section><h2>{_e(name)}</h2><p>{_e(study.get('description', ''))}</p>"
+                f"<section><h2>{_e(name)}</h2><p>{_e(study['description'])}</p>"
                 f"<h3>What was compared</h3>{_compared(runs, study)}"
                 f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows, auto is not None)}{_auto(auto)}"
                 f"<h3>Runs that did not finish well</h3>{_problems(runs)}"

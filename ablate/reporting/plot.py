@@ -17,7 +17,7 @@ from ablate import schema  # noqa: E402
 from ablate.errors import UsageError  # noqa: E402
 from ablate.reporting.compare import finished_runs, last_epochs  # noqa: E402
 from ablate.results.files import (  # noqa: E402
-    FIGURE_SUFFIXES, per_class_path, read_metadata, read_per_class, read_results, separate_configurations,
+    FIGURE_SUFFIXES, per_class_path, read_metadata, study_metadata, read_per_class, read_results, separate_configurations,
 )
 
 KINDS = ("curves", "sweep", "classes", "variants", "reconstructions", "interpolation")
@@ -284,17 +284,16 @@ def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = No
         notes.insert(0, f"{failed} failed run{'s are' if failed > 1 else ' is'} left out (no epoch to draw); "
                         "--resume trains failed runs again")
     try:
-        study = read_metadata(path).get("study", {})
+        study = study_metadata(read_metadata(path))
     except ValueError:  # metadata that is not ablate's JSON: as if there were none
-        study = {}
-    study = study if isinstance(study, dict) else {}
+        study = study_metadata({})
     if kind is None:
-        kind = study.get("plot", "curves")
+        kind = study["plot"]  # one ablate does not draw is refused below, naming it
         if kind not in KINDS:
             raise UsageError(f"{str(path)!r} names its figure {kind!r}, which ablate does not draw: give "
                              f"--kind ({', '.join(KINDS)})")
-    factors = study.get("factors")
-    if not isinstance(factors, list):  # no metadata: any setting, never a seed, an epoch or a result
+    factors = study["factors"]
+    if factors is None:  # no metadata: any setting, never a seed, an epoch or a result
         factors = [c for c in frame.columns if c not in schema.outcome_names() | {"study", "variant"}]
     factors = tuple(map(str, factors))
     rows = None

@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -152,12 +153,38 @@ def read_schema(path: Path) -> pa.Schema:
 
 def read_metadata(path: Path) -> dict:
     """The ablate metadata stored in a Parquet file by `write_frame` (of a study file not yet
-    written, its newest saved run's)."""
+    written, its newest saved run's): always a dict, empty where the file holds none or holds
+    something else under ablate's key (edited by hand: `null`, a list), as a file of another
+    tool's. Its readers check each key they use (`metadata_value`)."""
     path = Path(path)
     if not path.exists() and run_parts(path):
         path = max(run_parts(path), key=lambda p: p.stat().st_mtime)
     meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta.get(b"ablate", b"{}"))
+    held = json.loads(meta.get(b"ablate", b"{}"))
+    return held if isinstance(held, dict) else {}
+
+
+def study_metadata(meta: dict) -> dict:
+    """The metadata `study` (Study.metadata) as its readers take it, each key checked: a key
+    edited into another type reads as absent (no factors, the curves, no per-class table)."""
+    study = metadata_value(meta, "study", dict, {})
+    factors = study.get("factors")
+    return {"name": study.get("name") if isinstance(study.get("name"), str) else None,
+            "description": study.get("description") if isinstance(study.get("description"), str) else "",
+            "factors": [f for f in factors if isinstance(f, str)] if isinstance(factors, list) else None,
+            "plot": study.get("plot") if isinstance(study.get("plot"), str) else "curves",
+            "per_class": study.get("per_class") is True}
+
+
+def metadata_value(meta: dict, key: str, kind: type, default=None):
+    """`meta[key]` where it is a `kind` (a dict's values too, where `kind` is dict: str keys),
+    else `default`: a hand-edited key reads as absent, never as a crash."""
+    value = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        return default
+    if kind is dict and not all(isinstance(k, str) for k in value):
+        return default
+    return value
 
 
 def parts_path(path: Path) -> Path:
@@ -206,13 +233,30 @@ def _inside(path: Path, folder: str, name: str) -> Path:
     return derived
 
 
-def _read_parquet(path: Path, parts: list[Path]) -> pd.DataFrame:
+def _read_parquet(path: Path, parts: list[Path], relist=None) -> pd.DataFrame:
     """The file at `path` (if any) with the rows of `parts`, each part's runs in place of any
-    rows the file holds of them (a run saved again, or saved and compacted before a kill)."""
+    rows the file holds of them (a run saved again, or saved and compacted before a kill). A
+    part that is gone when it is read was compacted into the file after it was listed (its
+    rows are in the file now): the file and the parts (`relist()`) are read again, so a reader
+    sees each run once while a study is being written, and never a false error."""
+    for _ in range(10):
+        try:
+            return _read_once(path, parts)
+        except FileNotFoundError:
+            parts = relist() if relist is not None else [p for p in parts if Path(p).exists()]
+    return _read_once(path, parts, settled=True)
+
+
+def _read_once(path: Path, parts: list[Path], settled: bool = False) -> pd.DataFrame:
     frames = []
     for file in ([Path(path)] if Path(path).is_file() else []) + list(parts):
         try:
             frames.append(pd.read_parquet(file))
+        except FileNotFoundError:
+            if not settled:
+                raise
+            raise UsageError(f"{str(file)!r} went away while it was read: another process is writing this "
+                             "study; read it again once it is done") from None
         except Exception as error:
             raise UsageError(f"{str(file)!r} is not a readable Parquet file ({type(error).__name__})") from None
     if len(frames) == 1:
@@ -224,7 +268,7 @@ def _read_parquet(path: Path, parts: list[Path]) -> pd.DataFrame:
 
 
 def read_results(path: Path, kinds: dict[str, type] | None = None,
-                 what: str = "an ablate study result", parts: list[Path] = ()) -> pd.DataFrame:
+                 what: str = "an ablate study result", parts: list[Path] = (), relist=None) -> pd.DataFrame:
     """A study file written by ablate, checked whole against what its readers need: every
     column they read, holding what ablate writes there (`kinds`: {column: int, float, str
     or bool}, every one required, for another of ablate's tables). Anything else is a usage
@@ -233,7 +277,7 @@ def read_results(path: Path, kinds: dict[str, type] | None = None,
     parts = run_parts(path) if kinds is None else parts
     if not Path(path).is_file() and not parts:
         raise UsageError(f"no such file: {str(path)!r}")
-    frame = _read_parquet(path, parts)
+    frame = _read_parquet(path, parts, (lambda: run_parts(path)) if kinds is None else relist)
     if not isinstance(frame.index, pd.RangeIndex):  # an index another tool stored: its named levels are columns
         frame = frame.reset_index(drop=all(level is None for level in frame.index.names))
     name = repr(str(path))
@@ -325,12 +369,15 @@ def read_per_class(path: Path) -> pd.DataFrame:
     """The per-class rows written beside the study file `path` (empty when there are none),
     checked as `read_results` checks a study file."""
     per_class = per_class_path(path)
-    parts = [class_part(p) for p in run_parts(path) if class_part(p).exists()]  # a run's rows say it is saved
+    def listed():  # a run's rows say it is saved
+        return [class_part(p) for p in run_parts(path) if class_part(p).exists()]
+
+    parts = listed()
     if not per_class.exists() and not parts:
         return pd.DataFrame(columns=PER_CLASS_SCHEMA.names)
     kinds = {c.name: c.type for c in result_columns.PER_CLASS if c.name in result_columns.PER_CLASS_REQUIRED}
     try:
-        return read_results(per_class, kinds, "ablate's per-class rows", parts)
+        return read_results(per_class, kinds, "ablate's per-class rows", parts, listed)
     except UsageError as error:
         raise UsageError(f"{error}; move it away to go on") from None
 
@@ -394,6 +441,7 @@ class StudyFile:
             self._replaced = run_parts(self.path) if force and study_exists(self.path) else None
             self.metadata = None  # the newest run's, for the study file
             self._stale = False  # set_metadata changed it since the file was written
+            self._said_kept = False  # part files that could not be removed: said once
             # each save: (its runs' rows, their per-class rows); the first, what the files held
             runs = existing_runs(self.path, resume, force)
             self._saves = [(runs, read_per_class(self.path) if len(runs) else pd.DataFrame())]
@@ -549,10 +597,20 @@ class StudyFile:
         except OSError as error:
             self._saves = before
             self._failed(error, label)
+        kept = []
         for part in [*self._on_disk, *(self._replaced or [])]:
             for file in (class_part(part), part):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     file.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as error:  # an immutable folder: the rows are in the study file all the same
+                    kept.append((file, error))
+        if kept and not self._said_kept:
+            self._said_kept = True
+            sys.stderr.write(f"warning: {len(kept)} compacted part file{'s' if len(kept) > 1 else ''} in "
+                             f"{kept[0][0].parent} could not be removed ({failure_reason(kept[0][1])}); their rows "
+                             f"are in {self.path} too, and ablate's readers count each run once\n")
         self._on_disk, self._replaced, self._stale = [], None, False
         self._compacted_at, self._compact_seconds = time.monotonic(), time.monotonic() - start
 
@@ -567,9 +625,13 @@ class StudyFile:
     def _failed(self, error: Exception, label: str, what: str | None = None):
         saved, reason = len(self.done()), failure_reason(error)
         remedy = {"disk full": "free space", "permission denied": "make the folder writable"}.get(reason, "fix that")
+        parts = len({p.name for p in run_parts(self.path)})
+        where = str(self.path) if not parts else \
+            f"{self.path} and {parts} part file{'s' if parts != 1 else ''} in {parts_path(self.path)} (ablate's " \
+            "readers see them all; pandas sees the file's until --resume compacts them)"
         raise EnvironmentFailure(
             f"{reason} while saving {what or label}: {saved} run{'s' if saved != 1 else ''} "
-            f"{'are' if saved != 1 else 'is'} saved in {self.path}; {remedy} and run the same command with "
+            f"{'are' if saved != 1 else 'is'} saved in {where}; {remedy} and run the same command with "
             "--resume") from None
 
 

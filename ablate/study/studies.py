@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, SCHEDULERS, SETTINGS, RunConfig,
                            Setting, augmentation_parts, column, setting_of)
-from ablate.errors import UsageError, unknown_name
+from ablate.errors import UsageError, describe_error, unknown_name
 from ablate.registry import Registry
 
 
@@ -40,6 +40,13 @@ class Study:
 
     def __post_init__(self):
         check_name(self.name)
+        if not isinstance(self.variants, dict) or not self.variants or not all(
+                isinstance(v, str) and isinstance(f, dict) for v, f in self.variants.items()):
+            raise UsageError(f"study {self.name!r} must have variants: a dict of variant names to the settings "
+                             f"each sets, like {{'a': {{'lr': 0.1}}}}; got {self.variants!r:.80}")
+        if not isinstance(self.base, dict):
+            raise UsageError(f"study {self.name!r}: base must be a dict of settings, got {self.base!r:.80}")
+        object.__setattr__(self, "factors", tuple(self.factors))
 
     def metadata(self) -> dict:
         """What `ablate report` and `ablate plot` need to know of the study, kept in its file."""
@@ -83,8 +90,25 @@ def register_study(name: str, /, **options: str):
     return decorator
 
 
-def get_study(name: str, **values) -> Study:
-    return STUDIES.get(name).build(**values)
+def get_study(name: str, /, **values) -> Study:
+    return build(name, STUDIES.get(name), **values)
+
+
+def build(name: str, entry: StudyEntry, /, **values) -> Study:
+    """The study `entry` builds from `values`, checked: a builder that fails (not with a usage
+    error of its own), returns something that is not a Study, or a Study without variants is a
+    usage error naming the study and who registered it; nothing else is affected."""
+    who = STUDIES.owners.get(name, "ablate")
+    said = f"study {name!r}" + ("" if who == "ablate" else f" of plugin {who!r}")
+    try:
+        study = entry.build(**values)
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a plugin's bug is its own study's error
+        raise UsageError(f"{said} failed to build: {describe_error(error)}") from None
+    if not isinstance(study, Study):
+        raise UsageError(f"{said} returned {type(study).__name__}, not an ablate.Study")
+    return study
 
 
 def parse_list(text: str | list, kind: str, allowed=None) -> list[str]:

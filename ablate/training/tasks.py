@@ -79,6 +79,8 @@ def register_task(task: Task) -> Task:
     """Add `task` under its name (a plugin's, or ablate's own), and its metrics. A metric's name
     is a column: it may not be one a run's settings or results already fill (the schema's), nor
     an argument of ablate's own models (a column of every file)."""
+    if not isinstance(task, Task):
+        raise UsageError(f"register_task takes an ablate.Task, got {type(task).__name__}")
     for metric in task.metrics:
         if metric.name not in metrics.METRICS and (metric.name in schema.reserved_names()
                                                    or metric.name in arch.registry_knobs()):
