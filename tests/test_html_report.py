@@ -63,12 +63,16 @@ def test_the_pages_numbers_are_the_csv_reports(studied, ablate, options):
         scale, digits = (100, 2) if percent else (1, 4)
         row = cells[(r["variant"], "test accuracy (%)" if percent else "test loss")]
         assert row[2] == str(r["seeds"]) and row[3] == f"{scale * r['mean']:.{digits}f}"
+        assert row[4] == f"{scale * r['std']:.{digits}f}"  # every cell, not only the mean
         assert row[5] == f"[{scale * r['ci_low']:.{digits}f}, {scale * r['ci_high']:.{digits}f}]"
         if r["variant"] == r["baseline"]:
-            assert row[6] == "—"
+            assert row[6] == "—" and row[7] == "—" and row[9] == "—" and row[10] == "—"
         else:
             assert row[6] == f"{scale * r['diff']:+.{digits}f}"
+            assert row[7] == f"[{scale * r['diff_ci_low']:+.{digits}f}, {scale * r['diff_ci_high']:+.{digits}f}]"
             assert row[8] == ("*" if r["significant"] else "")
+            assert row[9] == ("not resolvable" if pd.isna(r["seeds_needed"]) else f"{int(r['seeds_needed']):,}")
+            assert row[10] == f"±{scale * r['resolvable_diff']:.{digits}f}"
 
 
 def test_the_page_embeds_its_figures_and_loads_nothing(studied, ablate):
@@ -114,3 +118,21 @@ def test_a_page_of_runs_that_all_finished_says_so(studied, ablate):
     page = Page((studied.parent / "page.html").read_text())
     assert not any(t[0] == ["variant", "seed", "status", "first line of the error"] for t in page.tables)
     assert "every run finished" in (studied.parent / "page.html").read_text()
+
+
+def test_text_with_markup_characters_reads_back_exactly_and_adds_no_element(tmp_path, ablate, fake_study):
+    name = '<i>x</i> & "y" <script>'
+    path = fake_study(tmp_path / "r.parquet", variants=("plain", name))
+    result = ablate(["report", path, "--html", tmp_path / "page.html"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "page.html").read_text()
+    page = Page(text)
+    assert any(name in row for table in page.tables for row in table)  # the name, exactly, as a cell's text
+    plain = fake_study(tmp_path / "p.parquet", variants=("plain", "other"))
+    assert ablate(["report", plain, "--html", tmp_path / "plain.html"]).exit_code == 0
+    import re
+
+    def tags(html):  # the page's own elements; a figure draws its text as glyphs, as many as it has letters
+        return sorted(Page(re.sub(r"<svg.*?</svg>", "", html, flags=re.S)).tags)
+
+    assert tags(text) == tags((tmp_path / "plain.html").read_text())  # the name added no element

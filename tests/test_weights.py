@@ -395,3 +395,90 @@ def test_workers_train_from_the_drivers_tensors_not_the_file(nets, ablate, monke
     for run in frame.itertuples():  # the frozen body is the driver's weights
         kept = load_file(models_path(nets / "p.parquet") / f"{run.run_id}.safetensors")
         assert torch.equal(kept["body.0.weight"], state["body.0.weight"])
+
+
+def test_a_weights_path_that_loops_is_one_line(tmp_path, ablate):
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    result = ablate(["linearity", "--dataset", "synthetic", "--epochs", "1", "--weights", tmp_path / "a.pt",
+                     "--dry-run"])
+    assert result.exit_code == 2 and "cannot follow this path" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_head_probe_of_a_layer_stack_trains_only_its_last_layer(tmp_path, ablate, tiny_data):
+    """A stack ending in a fixed Linear(10) has no class-dependent entry: its last layer is the head."""
+    from ablate.study.planning import resolve
+    from ablate.training import train
+    from ablate.training.train import RunConfig
+
+    spec = "Conv2d(4, 3), ReLU(), Flatten(), Linear(10)"
+    config = resolve(RunConfig(model=spec, trainable="head", dataset="synthetic", epochs=1, batch_size=50,
+                               limit_train=300, limit_test=100))
+    cpu = torch.device("cpu")
+    initial = {k: v.clone() for k, v in train._model(config, tiny_data, 0, cpu).state_dict().items()}
+    final = train.train_run(config, tiny_data, 0, cpu, keep_model=True).state
+    moved = sorted(k for k in initial if not torch.equal(initial[k], final[k]))
+    assert moved == ["3.bias", "3.weight"]
+    out = tmp_path / "h.parquet"
+    result = ablate(["lr", "--values", "0.1", "--model", spec, "--trainable", "head", "--dataset", "synthetic",
+                     "--limit-train", "300", "--limit-test", "100", "--epochs", "1", "--out", out])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(out)
+    assert set(rows["trainable_params"]) == {4 * 30 * 30 * 10 + 10} and set(rows["params"]) == {4 * 3 * 9 + 4 + 36010}
+
+
+PROBED = '''
+import torch
+from torch import nn
+
+SEEN = []  # (module, training) at every forward of the frozen body
+
+
+class Recorder(nn.Module):
+    """A stochastic-depth-like block: no parameters, behaves by `training`."""
+
+    def forward(self, x):
+        SEEN.append(("stochastic", self.training))
+        return x * (torch.rand(1) > 0.5).float() if self.training else x
+
+
+class Net(nn.Module):
+    def __init__(self, in_channels=3, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.AdaptiveAvgPool2d(2))
+        self.norm = nn.BatchNorm2d(4, affine=False)  # beside the body, at the top: no parameter of its own
+        self.depth, self.drop = Recorder(), nn.Dropout(0.5)
+        self.fc = nn.Linear(16, num_classes)
+        for module in (self.norm, self.drop):
+            module.register_forward_hook(lambda m, i, o: SEEN.append((type(m).__name__, m.training)))
+
+    def forward(self, x):
+        return self.fc(self.drop(self.depth(self.norm(self.body(x))).flatten(1)))
+'''
+
+
+def test_a_probes_frozen_body_is_in_eval_mode_throughout(tmp_path, monkeypatch, tiny_data):
+    import sys
+
+    from ablate import arch
+    from ablate.study.planning import resolve
+    from ablate.training import train
+    from ablate.training.train import RunConfig
+
+    (tmp_path / "probed.py").write_text(PROBED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("probed", None)
+    import probed
+
+    config = resolve(RunConfig(model="probed:Net", trainable="head", dataset="synthetic", epochs=1, batch_size=50,
+                               limit_train=300, limit_test=100))
+    cpu = torch.device("cpu")
+    initial = {k: v.clone() for k, v in train._model(config, tiny_data, 0, cpu).state_dict().items()}
+    probed.SEEN.clear()
+    final = train.train_run(config, tiny_data, 0, cpu, keep_model=True).state
+    assert probed.SEEN and not any(training for _, training in probed.SEEN), set(probed.SEEN)
+    for entry in ("norm.running_mean", "norm.running_var", "body.0.weight"):
+        assert torch.equal(initial[entry], final[entry]), entry
+    assert not torch.equal(initial["fc.weight"], final["fc.weight"])
+    arch.model_source.cache_clear()

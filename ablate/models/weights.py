@@ -123,7 +123,10 @@ def get(model: str, spec: str) -> Weights:
     if key not in _MADE:
         check(spec)
         if is_file(spec):
-            path = Path(spec).resolve()
+            try:
+                path = Path(spec).resolve()
+            except (RuntimeError, OSError) as error:  # a loop of symbolic links, a name the system refuses
+                raise UsageError(f"{describe(spec)}: cannot follow this path ({first_line(error)})") from None
             identity, state = _read(path, spec)
             _MADE[key] = Weights(model, spec, identity, path=path, _state=state)
         else:

@@ -75,7 +75,7 @@ def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
         interval = "—" if r["ci_low"] != r["ci_low"] else \
             f"[{_number(r['ci_low'], scale, digits)}, {_number(r['ci_high'], scale, digits)}]"
         diff_interval = "—" if r["diff_ci_low"] != r["diff_ci_low"] else \
-            f"[{_number(r['diff_ci_low'], scale, digits)}, {_number(r['diff_ci_high'], scale, digits)}]"
+            f"[{scale * r['diff_ci_low']:+.{digits}f}, {scale * r['diff_ci_high']:+.{digits}f}]"  # signed, as Δ
         diff = "—" if r["diff"] != r["diff"] else f"{scale * r['diff']:+.{digits}f}"
         significant = bool(r["significant"]) and r["diff"] == r["diff"]
         body.append([r["variant"], label, str(int(r["seeds"])), _number(r["mean"], scale, digits),
