@@ -14,6 +14,12 @@ TINY = ["--dataset", "synthetic", "--limit-train", "120", "--limit-test", "60", 
         "--batch-size", "30", "--device", "cpu", "--seeds", "1"]
 
 
+@pytest.fixture(autouse=True)
+def in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """Dry runs name no --out: results/STUDY.parquet of the test's own folder, never the checkout's."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _plan(study, **options):
     return planning.plan(study, {"dataset": "synthetic", **options}, 1)
 

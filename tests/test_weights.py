@@ -401,7 +401,7 @@ def test_a_weights_path_that_loops_is_one_line(tmp_path, ablate):
     (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
     (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
     result = ablate(["linearity", "--dataset", "synthetic", "--epochs", "1", "--weights", tmp_path / "a.pt",
-                     "--dry-run"])
+                     "--dry-run", "--out", tmp_path / "l.parquet"])
     assert result.exit_code == 2 and "cannot follow this path" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
