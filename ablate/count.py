@@ -181,7 +181,9 @@ class _LayerCounter(TorchDispatchMode):
         self.uncounted: Counter[str] = Counter()
         self.handles = []
         for name, module in model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True))
+            # first among the pre-hooks: what a module's own hooks compute (the weight a pruning
+            # mask makes) is the module's, not its parent's
+            self.handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True, prepend=True))
             self.handles.append(module.register_forward_hook(self._leave, always_call=True))
 
     def _enter(self, name):
@@ -406,6 +408,12 @@ def count_model(model: nn.Module, input_shape: Shape, batch: int = 1, training: 
             x = torch.zeros(batch, *input_shape, device="meta" if meta else None)
             with torch.no_grad():  # Lazy modules take their sizes here, before anything is counted
                 run_forward(model, x, fake=meta)
+            unsized = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+                       if nn.parameter.is_lazy(t)]
+            if unsized:
+                raise UsageError(f"{unsized[0]!r} is still uninitialised after a forward pass on input "
+                                 f"{'x'.join(map(str, input_shape))} (a lazy module its forward never calls): "
+                                 "its size, and so the model's, is unknown")
         if real:
             counts = _count(model, input_shape, batch, training, fake=False)
         else:

@@ -3,6 +3,7 @@ steps on its own model, data and batch say is faster; the decision is remembered
 machine, so the same command trains the same way (and gives the same numbers) again."""
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -76,6 +77,24 @@ def test_the_probe_times_real_training_and_changes_no_run(tiny_data):
     before, threads = torch.get_rng_state(), torch.get_num_threads()
     ratio = train.packing_speedup(config, tiny_data, 3, CPU, 3)
     assert 0.05 < ratio < 20 and torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
+
+
+def test_the_probe_reports_k_times_the_fastest_single_step_over_the_fastest_packed_one(tiny_data, monkeypatch):
+    """The real probe, on a clock whose steps cost what the test says: the first step of each
+    kind is not timed, the fastest of the rest counts, and one copy's time is multiplied by k."""
+    now = [0.0]
+    costs = {1: iter([0.1, 2.0, 1.0, 1.5]), 3: iter([0.5, 2.5, 2.0, 3.0])}  # seconds a step; the first untimed
+    forward = train._forward
+
+    def timed_forward(model, xs, amp):
+        now[0] += next(costs[len(xs)])
+        return forward(model, xs, amp)
+
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(train, "_forward", timed_forward)
+    config = resolve(RunConfig(dataset="synthetic", batch_size=16))
+    assert train.packing_speedup(config, tiny_data, 3, CPU, 3) == pytest.approx(3 * 1.0 / 2.0)
+    assert all(next(left, None) is None for left in costs.values())  # 1 untimed + 3 timed steps of each
 
 
 def test_a_study_records_each_variants_choice_and_trains_that_way(tmp_path, ablate, tiny, monkeypatch):

@@ -2,11 +2,13 @@
 
 import io
 import json
+import sys
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from ablate import arch
 from ablate.cli import app
 from ablate.count import COLUMNS
 from ablate.results.files import read_metadata
@@ -96,6 +98,94 @@ def test_warning_for_operators_without_rule(tmp_path, monkeypatch):
     result = invoke("params", "oddnet:Odd", "--input", "4")
     assert result.exit_code == 0
     assert "warning: no FLOP rule for aten.cumsum (1 calls)" in result.stderr
+
+
+BROKEN_NETS = """
+import torch
+from torch import nn
+
+
+class KeyNet(nn.Module):  # its own code fails, between its layers
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return {"a": self.fc(x.flatten(1)[:, :4])}["b"]
+
+
+class Inner(nn.Module):
+    def forward(self, x):
+        raise LookupError("no such stage")
+
+
+class Deep(nn.Module):  # a layer of the user's fails inside a container
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 2, 3), Inner())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Mine(Exception):
+    pass
+
+
+class Custom(nn.Module):  # the user's own exception, with no message
+    def forward(self, x):
+        raise Mine()
+
+
+class LazyUnused(nn.Module):  # a lazy layer the forward never calls: no size
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.LazyConv2d(4, 3)
+        self.spare = nn.LazyLinear(10)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Lazy(nn.Module):  # lazy layers the forward sizes: counted
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.LazyConv2d(4, 3)
+        self.fc = nn.LazyLinear(10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+"""
+
+
+def broken_nets(tmp_path, monkeypatch):
+    (tmp_path / "brokennets.py").write_text(BROKEN_NETS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "brokennets", raising=False)  # this test's file, not another's
+    arch.model_source.cache_clear()
+
+
+@pytest.mark.parametrize("target,message", [
+    ("KeyNet", "KeyNet.forward failed on input 1x8x8: KeyError: 'b' (at brokennets.py, line 12)"),
+    ("Deep", "layer 'body.1' (Inner) failed on input 2x6x6 (model input 1x8x8): LookupError: no such stage "
+             "(at brokennets.py, line 17)"),
+    ("Custom", "Custom.forward failed on input 1x8x8: Mine (at brokennets.py, line 35)"),
+    ("LazyUnused", "'spare.weight' is still uninitialised after a forward pass on input 1x8x8 (a lazy module its "
+                   "forward never calls)"),
+])
+@pytest.mark.parametrize("compare", [False, True], ids=["fake", "real"])
+def test_a_user_module_that_fails_to_count_is_one_line(tmp_path, monkeypatch, target, message, compare):
+    broken_nets(tmp_path, monkeypatch)
+    result = invoke("params", f"brokennets:{target}", "--input", "1x8x8", *(["--compare"] if compare else []))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"ablate params: error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_lazy_layers_a_forward_sizes_are_counted(tmp_path, monkeypatch):
+    broken_nets(tmp_path, monkeypatch)
+    rows = json.loads(invoke("params", "brokennets:Lazy", "--input", "1x8x8", "--format", "json").stdout)
+    assert [(r["layer"], r["params"]) for r in rows] == [("conv", 4 * 9 + 4), ("fc", 4 * 36 * 10 + 10)]
 
 
 def test_list_models():

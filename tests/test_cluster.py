@@ -6,9 +6,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -134,13 +136,21 @@ def test_the_slurm_job_script(ablate, monkeypatch, tmp_path):
     assert bad.exit_code == 2 and "KEY one of partition, time, mem, account, gpus, qos" in bad.stderr
 
 
-def test_data_a_worker_cannot_see_is_sent_once_per_worker(tmp_path, tiny_data):
+def test_data_a_worker_cannot_see_is_sent_once_per_worker_and_no_dashboard_listens(tmp_path, tiny_data):
     from distributed import Future
 
     from ablate.execution import cluster
 
-    client, local = cluster.local_cluster(2, 1)
+    with socket.socket() as taken, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        with contextlib.suppress(OSError):  # 8787 taken, as by another Dask or Jupyter: no warning about it
+            taken.bind(("127.0.0.1", 8787))
+            taken.listen()
+        client, local = cluster.local_cluster(2, 1)
     try:
+        assert not [str(w.message) for w in warned if "ort" in str(w.message)]
+        http = [s.getsockname() for s in local.scheduler.http_server._sockets.values()]
+        assert http and all(host == "127.0.0.1" and port != 8787 for host, port in http)  # no dashboard on 8787
         unseen = cluster.DataSpec("mnist", str(tmp_path), None, None, None, 0.2)  # an empty data folder
         shipped = cluster.DaskExecutor(client, unseen).data_on_workers(tiny_data)
         assert isinstance(shipped, Future)

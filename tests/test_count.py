@@ -269,6 +269,25 @@ def test_functionally_used_parameters_belong_to_the_code_that_used_them():
     assert rows["features.1.0.attn"].biases == 3 * c + c + table  # a name containing "bias" is a bias
 
 
+@pytest.mark.parametrize("fake", [True, False], ids=["fake", "real"])
+def test_a_pruned_modules_parameters_and_mask_product_are_on_its_own_row(fake):
+    """torch.nn.utils.prune keeps `weight_orig` (a parameter) and `weight_mask` (a buffer) and
+    makes the weight in a forward pre-hook: all of it is the pruned module's."""
+    from torch.nn.utils import prune
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    prune.l1_unstructured(model[0], "weight", 0.5)
+    prune.random_unstructured(model[3], "bias", 0.5)
+    counts = count_model(model, (1, 8, 8), real=not fake)
+    rows = {r.layer: r for r in counts.rows}
+    assert set(rows) == {"0", "1", "2", "3"}  # nothing charged to the Sequential
+    assert (rows["0"].weights, rows["0"].biases, rows["0"].params) == (36, 4, 40)
+    assert (rows["3"].weights, rows["3"].biases) == (144 * 10, 10)
+    assert rows["0"].flops == 2 * (4 * 6 * 6) * 9 + 36  # 2 a multiply-add (bias included), the weight times its mask
+    assert rows["3"].flops == 2 * 144 * 10 + 10  # and the bias times its mask
+    assert counts.params == 40 + 1450
+
+
 def test_modules_that_did_not_run_get_rows_of_their_own():
     model, shape, total = torchvision("inception_v3")
     counts = count_model(model, shape)

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ablate.arch import Shape
 from ablate.counting.tensor_tree import shapes
-from ablate.errors import UsageError, first_line
+from ablate.errors import UsageError, describe_error, first_line
 
 T = TypeVar("T")
 
@@ -47,13 +47,15 @@ def fake_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[int, tor
 
 
 class _FailureTracker:
-    """Names the innermost module running when a forward pass raises."""
+    """Names the innermost module running when a forward pass raises: a module is on the stack
+    from its first pre-hook until its forward returns (a raising forward never pops)."""
 
     def __init__(self, model: nn.Module):
         self.stack: list[tuple[str, nn.Module, str]] = []
         self.handles = []
         for name, module in model.named_modules():
-            self.handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True))
+            self.handles.append(module.register_forward_pre_hook(self._enter(name), with_kwargs=True, prepend=True))
+            self.handles.append(module.register_forward_hook(self._leave))
 
     def _enter(self, name):
         def hook(module, args, kwargs):
@@ -61,12 +63,17 @@ class _FailureTracker:
 
         return hook
 
+    def _leave(self, module, args, output):
+        self.stack.pop()
+
     def error(self, error: Exception, input_shape: Shape) -> UsageError:
-        message = first_line(error)
+        message = first_line(error) if isinstance(error, RuntimeError) else describe_error(error)
         whole = "x".join(map(str, input_shape))
         if not self.stack:
             return UsageError(f"the model cannot take input {whole}: {message}")
         name, module, inputs = self.stack[-1]
+        if len(self.stack) == 1:  # the model's own code, between its layers
+            return UsageError(f"{type(module).__name__}.forward failed on input {whole}: {message}")
         return UsageError(
             f"layer {name!r} ({type(module).__name__}) failed on input {inputs} "
             f"(model input {whole}): {message}"
@@ -104,7 +111,9 @@ def run_forward(model: nn.Module, x: torch.Tensor, mode: TorchDispatchMode | Non
             if state is None:
                 return model(x)
             return torch.func.functional_call(model, state, (x,), strict=False)
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a user's forward may raise anything (KeyError, their own)
         usage = tracker.error(error, tuple(x.shape[1:]))
         if fake and _needs_real(error):
             raise NeedsRealTensors(f"cannot count on fake tensors: {usage}") from None

@@ -212,7 +212,10 @@ def local_cluster(workers: int, threads: int):
     try:
         with dask.config.set(quiet_workers):
             cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, worker_dashboard_address=None)
+                                   dashboard_address=None, worker_dashboard_address=None,
+                                   # the scheduler's HTTP routes (health, metrics) serve anyway:
+                                   # on a free port, not 8787, so a port taken there warns nothing
+                                   scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
     except (OSError, RuntimeError, TimeoutError) as error:  # a worker process that cannot start (memory, limits)
         cause = error.__cause__ or error
         raise EnvironmentFailure(f"--workers {workers}: the LocalCluster did not start: "
