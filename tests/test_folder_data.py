@@ -79,6 +79,38 @@ def test_second_load_comes_from_the_cache_and_a_new_file_invalidates_it(tmp_path
     assert len(list(cache.glob("*.pt"))) == 3
 
 
+def _edited(content):
+    """Cache contents a hand or another program made of a good entry: each must read as no entry."""
+    x, y = content["train_x"], content["train_y"]
+    return {
+        "a list": [1, 2], "a number": 5, "empty": {}, "no skipped": {k: v for k, v in content.items() if k != "skipped"},
+        "skipped not names": {**content, "skipped": [3]}, "skipped a string": {**content, "skipped": "bad.png"},
+        "no labels": {k: v for k, v in content.items() if k != "train_y"},
+        "labels a list": {**content, "train_y": y.tolist()}, "float labels": {**content, "train_y": y.float()},
+        "a label too large": {**content, "train_y": torch.where(y == 0, 7, y)},
+        "a negative label": {**content, "train_y": torch.where(y == 0, -1, y)},
+        "fewer labels": {**content, "train_y": y[:-1]}, "2-d labels": {**content, "train_y": y[:, None]},
+        "float images": {**content, "train_x": x.float()}, "another size": {**content, "train_x": x[..., :16, :16]},
+        "grey images": {**content, "train_x": x[:, :1]},
+        "an image missing, unsaid": {**content, "train_x": x[:-1], "train_y": y[:-1]},
+        "more than listed": {**content, "train_x": torch.cat([x, x]), "train_y": torch.cat([y, y])},
+    }
+
+
+def test_a_cache_entry_edited_into_another_shape_is_decoded_again_and_rewritten(tmp_path, cache, capsys):
+    root = pets(tmp_path / "pets")
+    first = data.load_dataset(f"folder:{root}")
+    (entry,) = cache.glob("*.pt")
+    good = torch.load(entry, weights_only=True)
+    for what, edited in _edited(good).items():
+        torch.save(edited, entry)
+        again = data.load_dataset(f"folder:{root}")
+        assert torch.equal(again.train_x, first.train_x) and torch.equal(again.train_y, first.train_y), what
+        rewritten = torch.load(entry, weights_only=True)
+        assert rewritten.keys() == good.keys() and torch.equal(rewritten["train_y"], good["train_y"]), what
+    capsys.readouterr()
+
+
 def test_one_tree_is_split_by_class_seeded(tmp_path, cache):
     counts = {"a": 10, "b": 5, "c": 20}
     for label, (name, n) in enumerate(counts.items()):

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -78,6 +79,8 @@ def workdir(tmp_path_factory):
     (root / "badbuild.py").write_text(net.format(init='        raise RuntimeError("constructor broke")',
                                                  forward="return x"))
     (root / "badforward.py").write_text(net.format(init=body.format(n=10), forward='raise RuntimeError("forward broke")'))
+    (root / "keyforward.py").write_text(net.format(init=body.format(n=10), forward='return {"a": x}["b"]'))
+    (root / "lazyunused.py").write_text(net.format(init="        self.spare = nn.LazyLinear(10)", forward="return x"))
     (root / "badclasses.py").write_text(net.format(init=body.format(n=17), forward="return self.body(x)"))
     return root
 
@@ -114,6 +117,19 @@ def test_every_bad_input_in_the_readme(workdir, monkeypatch, ablate, command, me
 
 def test_readme_table_is_not_empty():
     assert len(readme_rows()) >= 40
+
+
+def test_every_row_of_the_files_table_names_tests_that_exist():
+    """docs/reliability.md's "Files and plugins someone else wrote": each row is run by the tests
+    it names (a file, or file::function), and each of them is in the suite."""
+    table = README.read_text().split("<!-- files-table -->")[1].split("<!-- end -->")[0].strip().splitlines()[2:]
+    assert len(table) >= 15
+    for row in table:
+        named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", row.rsplit(" | ", 1)[1])
+        assert named, row
+        for path, function in named:
+            source = (README.parent.parent / path).read_text()
+            assert not function or re.search(rf"^def {function}\(", source, re.M), (path, function)
 
 
 def test_kill_9_keeps_finished_runs_and_resume_completes(tmp_path, ablate):

@@ -216,6 +216,10 @@ def test_torchvision_weights_download_once_and_offline_is_one_line(tmp_path, abl
     weights.forget()
     one_line(ablate([*study, "--out", "c.parquet"]), "squeezenet1_1-b8a52dc0.pth cannot be read",
              "delete it to download it again")
+    torch.save([1, 2], cached)  # replaced by something that reads, and is not weights
+    weights.forget()
+    one_line(ablate([*study, "--out", "c.parquet"]), "squeezenet1_1-b8a52dc0.pth cannot be read",
+             "not a state dict", "delete it to download it again")
     frame = pd.read_parquet(tmp_path / "a.parquet").drop_duplicates("variant").set_index("variant")
     probe = load_file(models_path(tmp_path / "a.parquet") / f"{frame.loc['probe', 'run_id']}.safetensors")
     assert torch.equal(probe["features.0.weight"], imagenet["features.0.weight"])

@@ -679,6 +679,25 @@ def _why(path: Path) -> str | None:
     return None
 
 
+def _cache_entry(content, folder: _Folder, image_size: int) -> dict | None:
+    """A cache file's content where it is what `_read_folder` writes for this folder (each tree's
+    images as uint8 N x 3 x size x size and N labels of its classes, fewer than listed by the
+    skipped names), else None: a file edited or made by another program is decoded again."""
+    if not isinstance(content, dict) or not isinstance(content.get("skipped"), list) \
+            or not all(isinstance(rel, str) for rel in content["skipped"]):
+        return None
+    skipped = 0
+    for split, listed in folder.files.items():
+        x, y = content.get(f"{split}_x"), content.get(f"{split}_y")
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.dtype != torch.uint8 \
+                or tuple(x.shape[1:]) != (3, image_size, image_size) or y.dtype != torch.int64 or y.dim() != 1 \
+                or len(y) != len(x) or len(y) > len(listed) or (len(y) and not 0 <= int(y.min()) <= int(y.max())
+                                                                < len(folder.classes)):
+            return None
+        skipped += len(listed) - len(y)
+    return content if skipped == len(content["skipped"]) else None
+
+
 def _stale(content: dict, root: Path) -> bool:
     """A cache entry is stale when an image it skipped as unreadable reads now (a file whose
     permissions were fixed, or a repaired one with its old size and times)."""
@@ -694,7 +713,7 @@ def _read_folder(folder: _Folder, image_size: int) -> dict[str, tuple[torch.Tens
     content = None
     if cache.is_file():
         try:
-            content = torch.load(cache, weights_only=True)
+            content = _cache_entry(torch.load(cache, weights_only=True), folder, image_size)
         except Exception:  # noqa: BLE001 - a truncated or foreign file: decode again and overwrite it
             content = None
     if content is not None and _stale(content, root):

@@ -169,7 +169,7 @@ def _torchvision_state(weights, model: str, spec: str) -> dict[str, torch.Tensor
                          f"({type(error).__name__}: {first_line(error)[:120]}); on a machine without a network, "
                          f"put that file into {weights_dir()} or give a weights file") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _state_dict(torch.load(path, map_location="cpu", weights_only=True), describe(spec))
     except Exception as error:  # truncated or changed since it was downloaded
         raise UsageError(f"{describe(spec)}: the downloaded {path} cannot be read ({type(error).__name__}: "
                          f"{first_line(error)[:120]}); delete it to download it again") from None
@@ -208,14 +208,19 @@ def _read(path: Path, spec: str) -> tuple[str, dict[str, torch.Tensor]]:
     except Exception as error:  # unreadable, truncated, a pickle of more than tensors
         raise UsageError(f"{where}: cannot read it as weights ({type(error).__name__}: "
                          f"{first_line(error)[:160]})") from None
-    for key in ("state_dict", "model_state_dict", "model"):  # a training checkpoint holding one
+    return f"sha256:{hashlib.sha256(content).hexdigest()}", _state_dict(state, where)
+
+
+def _state_dict(state, where: str) -> dict[str, torch.Tensor]:
+    """What a weights file holds, where it is a state dict (or a training checkpoint holding one)."""
+    for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UsageError(f"{where}: holds {type(state).__name__ if not isinstance(state, dict) else 'a dict'} "
                          "that is not a state dict (parameter names to tensors)")
-    return f"sha256:{hashlib.sha256(content).hexdigest()}", state
+    return state
 
 
 # ---------------------------------------------------------------- the head
