@@ -1,10 +1,15 @@
 """ablate: architecture ablations of small image CNNs, one command per study.
 
-The public API a plugin registers through (ablate's own studies, models, tasks and datasets
-are registered with the same calls). Importing it imports no torch; the registrations of
-models, tasks and datasets import torch when called.
+The public API: `run` a study and `load` or `report` its results from Python (a notebook),
+and the calls a plugin registers through (ablate's own studies, models, tasks and datasets
+are registered with the same calls). Importing it imports no torch; the calls import what
+they need when called.
 
     import ablate
+
+    runs = ablate.run("linearity", epochs=10, dataset="fashion-mnist")  # as `ablate linearity ...`
+    summary = ablate.report("results/linearity.parquet")
+    every_study = ablate.load("results/")
 
     @ablate.register_study("kernel", sizes="Kernel sizes, comma-separated.")
     def kernel(sizes: str = "3,5,7") -> ablate.Study:
@@ -29,8 +34,13 @@ _PUBLIC = {
     "register_executor": ("ablate.execution.executors", "register_executor"), "Progress": ("ablate.execution.progress", "Progress"),
     "started": ("ablate.execution.progress", "started"), "batch_reporter": ("ablate.execution.progress", "batch_reporter"),
     "plugin_modules": ("ablate.plugins", "modules"), "load_plugins": ("ablate.plugins", "load_named"),
+    "run": ("ablate.api", "run"), "report": ("ablate.api", "report"), "load": ("ablate.results.folder", "load"),
 }
 __all__ = ["__version__", *_PUBLIC]
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def __getattr__(name: str):

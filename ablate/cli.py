@@ -66,12 +66,8 @@ class _OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, standalone_mode=False, **extra)
         args = sys.argv[1:] if args is None else list(args)
-        ARGV[:] = args
         try:
-            args, named = plugins.split_arguments(args)
-            args = _pack_auto(args)
-            self.load_plugins(named)
-            code = super().main(args, prog_name, standalone_mode=False, **extra)
+            code = self.run_args(args, prog_name, **extra)
         except (UsageError, EnvironmentFailure) as error:
             command = next((a for a in args if a in self.commands), "")
             typer.echo(f"ablate {command}: error: {error}".replace(" :", ":"), err=True)
@@ -88,6 +84,15 @@ class _OneLineErrors(TyperGroup):
             typer.echo("interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def run_args(self, args: list[str], prog_name=None, **extra):
+        """The command `args` names, with the plugins loaded; what it returns (a study: its
+        file), and its errors raised as they are (the Python API's path, and main's)."""
+        ARGV[:] = args
+        args, named = plugins.split_arguments(args)
+        args = _pack_auto(args)
+        self.load_plugins(named)
+        return super().main(args, prog_name, standalone_mode=False, **extra)
 
     def load_plugins(self, named: list[str]) -> None:
         """The plugins (entry points, $ABLATE_PLUGINS, --plugin), each failure one warning
@@ -388,9 +393,10 @@ def _progress() -> Progress:
     )
 
 
-def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset()) -> None:
+def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset()) -> Path | None:
     """Shared by every study command: the runner checks everything and creates nothing until
-    then, trains, and gives back the rows this prints."""
+    then, trains, and gives back the rows this prints. Returns the study's file (None: a dry
+    run)."""
     from ablate.execution import cluster, estimate, runner
     from ablate.results import files as results
 
@@ -421,6 +427,7 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
 
         plot.draw(out, typed.plot, study.plot, run_ids=set(frame["run_id"]))
         stderr.print(f"figure: {typed.plot}", highlight=False)
+    return out
 
 
 def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, options: dict):
@@ -511,7 +518,7 @@ def _command(name: str, help: str, build, own: dict, shared_help: dict | None = 
         shared = {k: values[k] for k in SHARED_OPTIONS}
         built = build({k: values[k] for k in own}, shared)
         study, taken = built if isinstance(built, tuple) else (built, frozenset())
-        run_study(study, shared, taken)
+        return run_study(study, shared, taken)
 
     shared_options = dict(SHARED_OPTIONS)
     for option, text in (shared_help or {}).items():
@@ -611,7 +618,7 @@ class PlotKind(str, Enum):
 
 @app.command("report")
 def report_command(
-    paths: list[Path] = typer.Argument(..., help="Study files (.parquet) written by ablate."),
+    paths: list[Path] = typer.Argument(..., help="Study files (.parquet) written by ablate, or folders of them."),
     epoch: Optional[int] = typer.Option(None, "--epoch", min=1, help="Compare at this epoch (default: the last)."),
     best: bool = typer.Option(False, "--best", help="Compare each run at its epoch of the best test value of its task's first metric (accuracy, PSNR; the lowest loss for a task with none)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant to compare with (default: the first)."),
@@ -622,28 +629,20 @@ def report_command(
     """Mean, std and 95 % t-interval over seeds of the test loss and the task's metrics
     (accuracy, PSNR) per variant, and the paired difference to a baseline variant with its
     interval."""
-    import pandas as pd
-
     from ablate.reporting import compare
     from ablate.results import files as results
     from ablate.study import sequential
 
-    if epoch is not None and best:
-        raise UsageError("give --epoch or --best, not both")
     if html is not None:
         results.check_writable(html, (".html", ".htm"))
-    frames = [results.read_results(p) for p in paths]
-    frame, notes = results.separate_configurations(pd.concat(frames, ignore_index=True))
-    for note in notes:
+    compared = compare.compare_studies(paths, epoch, best, baseline)
+    for note in compared.notes:
         stderr.print(f"note: {note}", highlight=False)
-    summary = compare.summarize(compare.pick_epochs(frame, epoch, best), baseline)
-    for note in compare.failed_notes(frame):  # once there is something to report
-        stderr.print(f"note: {note}", highlight=False)
+    frame, summary, paths, label = compared.frame, compared.summary, compared.files, compared.label
     if format == OutputFormat.csv:
         sys.stdout.write(summary.to_csv(index=False))
     elif format == OutputFormat.json:
         sys.stdout.write(summary.to_json(orient="records", indent=1) + "\n")
-    label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
     if format == OutputFormat.table:
         auto = {}  # study -> its --seeds auto record: each variant's seeds and why
         for path in paths:
@@ -666,8 +665,9 @@ def report_command(
 
 @app.command("plot")
 def plot_command(
-    path: Path = typer.Argument(..., help="A study file (.parquet) written by ablate."),
-    out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
+    path: Path = typer.Argument(..., help="A study file (.parquet) written by ablate, or a folder of them."),
+    out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf (of a folder of several "
+                                                       "studies: one figure each, FIG-STUDY.png)."),
     kind: Optional[PlotKind] = typer.Option(None, "--kind", help="curves (per epoch), sweep (a final metric "
                                             "against a numeric factor), classes (per-class accuracy), variants "
                                             "(the task's final test metric per variant, with intervals), reconstructions "
@@ -684,15 +684,23 @@ def plot_command(
     steps with intervals, or an autoencoder's reconstructions and latent interpolation."""
     from ablate.reporting import plot
     from ablate.results import files as results
+    from ablate.results import folder
 
     results.check_writable(out, plot.FORMATS)
     classes = studies.parse_numbers(pair, "--pair", int, 0)
     if len(classes) != 2:
         raise UsageError(f"--pair takes two class indices, like 8,4; got {pair!r}")
-    for note in plot.draw(path, out, kind and kind.value, factor, metric=metric, pair=tuple(classes),
-                          data_dir=data_dir):
+    files, skipped = [path], []
+    if path.is_dir():
+        _, files, skipped = folder.read_studies(path)
+    for note in skipped:
         stderr.print(f"note: {note}", highlight=False)
-    stderr.print(f"figure: {out}", highlight=False)
+    for file in files:  # a folder of several studies: one figure each, named after its file
+        figure = out if len(files) == 1 else out.with_name(f"{out.stem}-{file.stem}{out.suffix}")
+        for note in plot.draw(file, figure, kind and kind.value, factor, metric=metric, pair=tuple(classes),
+                              data_dir=data_dir):
+            stderr.print(f"note: {note}", highlight=False)
+        stderr.print(f"figure: {figure}", highlight=False)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -139,3 +141,37 @@ def _needed(paired: pd.Series, compared: bool) -> dict:
     n, std = paired.count(), paired.std() if paired.count() > 1 else math.nan
     return {"seeds_needed": sequential.seeds_needed(paired.mean(), std, n),
             "resolvable_diff": sequential.resolvable(std, n)}
+
+
+@dataclass
+class Compared:
+    """`ablate report`'s reading of its files: the runs (configurations separated), the summary
+    of the epochs chosen, the study files read, and the notes for the user."""
+
+    frame: pd.DataFrame
+    summary: pd.DataFrame
+    files: list[Path]
+    label: str  # which epoch: "the last epoch", "epoch 3", "each run's best epoch"
+    notes: list[str] = field(default_factory=list)
+
+
+def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = False,
+                    baseline: str | None = None) -> Compared:
+    """The summary `ablate report PATHS` prints, of study files or folders of them."""
+    from ablate.results import files as results
+    from ablate.results import folder
+
+    if epoch is not None and best:
+        raise UsageError("give --epoch or --best, not both")
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames, files, notes = [], [], []
+    for given in paths:
+        read, given_files, skipped = folder.read_studies(Path(given))
+        frames.append(read)
+        files += given_files
+        notes += skipped
+    frame, separated = results.separate_configurations(folder.union(frames))
+    summary = summarize(pick_epochs(frame, epoch, best), baseline)
+    label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
+    return Compared(frame, summary, list(dict.fromkeys(files)), label, notes + separated + failed_notes(frame))
