@@ -78,7 +78,7 @@ class _OneLineErrors(TyperGroup):
                 sys.exit(2)
             ctx = getattr(error, "ctx", None)
             where = ctx.command_path if ctx is not None else "ablate"
-            typer.echo(f"{where}: error: {error.format_message()}", err=True)
+            typer.echo(f"{where}: error: {error.format_message()}{_argument_hint(error, ctx)}", err=True)
             sys.exit(getattr(error, "exit_code", 2))
         except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a study's training (which says what is saved)
             typer.echo("interrupted", err=True)
@@ -105,6 +105,16 @@ class _OneLineErrors(TyperGroup):
                 if reason is not None:
                     typer.echo(f"warning: {reason}; every other command works", err=True)
                 self.add_command(typer.main.get_command(app).commands[name], name)
+
+
+def _argument_hint(error, ctx) -> str:
+    """An option a study command does not take that is not a setting is most likely a model's
+    constructor argument: say how those are set."""
+    name = (getattr(error, "option_name", None) or "").lstrip("-").replace("-", "_")
+    if type(error).__name__ != "NoSuchOption" or not name or ctx is None or ctx.info_name not in studies.STUDIES:
+        return ""
+    return (f"; a model's constructor argument ({name}?) is set with `ablate sweep --vary {name}=V1,V2` or in a "
+            "study file's [base]; `ablate params MODEL` shows the model")
 
 
 app = typer.Typer(
@@ -367,11 +377,10 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
         min=1, help="torch threads per run (default: all cores in this process; cores / --workers on a "
                     "LocalCluster; 1 on --dask-scheduler). A run's numbers depend on it: it is a column.")),
     "dask_scheduler": (Optional[str], None, typer.Option(
-        "--dask-scheduler", "--scheduler",
+        "--dask-scheduler",
         help="Train on an existing Dask cluster, e.g. tcp://HOST:8786 (started with `dask scheduler` and "
-             "`dask worker`); its workers must run the same ablate, torch and torchvision. (--scheduler, "
-             "its old name, still works in this release; the learning-rate scheduler is the setting "
-             "`scheduler`.)")),
+             "`dask worker`); its workers must run the same ablate, torch and torchvision. (--scheduler is "
+             "the learning-rate scheduler.)")),
     "executor": (Optional[str], None, typer.Option(
         help="Where the runs train: inprocess, dask (what --workers, --dask-scheduler and --slurm choose), or a "
              "plugin's executor (`ablate list executors`). Default: dask when one of its options is given, else "
@@ -384,6 +393,60 @@ SHARED_OPTIONS = {  # name: (type, default, option); every study command takes t
         "--dry-run", help="Print the run matrix, what --out already holds and an estimate of the time; "
                           "train and write nothing.")),
 }
+
+# Every other setting of a run is an option of every study too (`--optimizer adam`): its type
+# and range are config.SETTINGS', its help here. A study's variants that set it keep their own
+# (planning.overridden_options says so, or refuses where every variant does).
+SETTING_HELP = {
+    "optimizer": "sgd, momentum (SGD with momentum 0.9, the default), nesterov, rmsprop, adam or adamw "
+                 "(`ablate list optimizers`). Default: the study's own.",
+    "momentum": "SGD's momentum (default 0.9); none for an optimiser without one.",
+    "weight_decay": "L2 weight decay (default 0; adamw's own 0.01).",
+    "scheduler": "The learning-rate schedule: none (the default), step, exponential, cosine or onecycle "
+                 "(`ablate list schedulers`).",
+    "lr_step_size": "--scheduler step: epochs between decays.",
+    "lr_gamma": "--scheduler step or exponential: the factor of each decay.",
+    "lr_max": "--scheduler onecycle: the peak learning rate.",
+    "cycle_momentum": "--scheduler onecycle: cycle the momentum against the rate (torch's), or not (the default).",
+    "normalization": "How pixels are scaled: half (the default), standard, none, ... (`ablate list normalizations`).",
+    "augment": "Augmentations joined by +, like crop+flip (default none; `ablate list augmentations`).",
+    "permutation": "none (the default), fixed or fresh: the pixels shuffled by one permutation or a new one "
+                   "each batch (`ablate list permutations`).",
+    "strip_activations": "Replace every activation module of the model by the identity.",
+    "labels": "Train on this many class-balanced labelled images (the rest unlabelled).",
+    "pretrain_epochs": "First train an autoencoder on the train split without labels for N epochs; the model "
+                       "starts from its encoder.",
+    "freeze_encoder": "With --pretrain-epochs: keep the encoder's weights as pretrained.",
+}
+PANELS = {  # --help groups the options: each shared option's panel ("Study" for a study's own)
+    "Data": ("task", "dataset", "data_dir", "image_size", "test_fraction", "test_dataset", "limit_train",
+             "limit_test", "normalization", "augment", "permutation"),
+    "Model": ("model", "weights", "trainable", "strip_activations", "labels", "pretrain_epochs", "freeze_encoder"),
+    "Training": ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "scheduler", "lr_step_size",
+                 "lr_gamma", "lr_max", "cycle_momentum", "device", "deterministic", "amp", "compile", "pack"),
+    "Seeds": ("seeds", "resolution"),
+    "Output": ("out", "resume", "force", "plot", "save_models", "dry_run"),
+    "Cluster": ("workers", "threads", "dask_scheduler", "executor", "slurm", "slurm_opts"),
+}
+
+
+def _setting_options() -> dict:
+    from ablate.config import SETTINGS
+
+    options = {}
+    for name, help in SETTING_HELP.items():
+        setting = SETTINGS[name]
+        flag = f"--{name.replace('_', '-')}"
+        declared = (f"{flag}/--no-{flag[2:]}",) if setting.kind is bool else ()
+        options[name] = (Optional[setting.kind], None, typer.Option(*declared, help=help))
+    return options
+
+
+SHARED_OPTIONS.update(_setting_options())
+for _panel, _names in PANELS.items():
+    for _option in _names:
+        SHARED_OPTIONS[_option][2].rich_help_panel = _panel
+assert set(SHARED_OPTIONS) == {n for names in PANELS.values() for n in names}, "an option without a panel"
 
 
 def _progress() -> Progress:

@@ -273,6 +273,18 @@ def used_settings(config: RunConfig) -> RunConfig:
     return replace(config, **values)
 
 
+def why_unused(config: RunConfig, name: str) -> str:
+    """Why `config`'s run leaves setting `name` unused (`used_settings` made it None)."""
+    if name in SCHEDULER_SETTINGS:
+        return f"the scheduler {config.scheduler!r} does not use it"
+    if name == "momentum":
+        return (f"the momentum cycle of onecycle sets it" if OPTIMIZERS.get(config.optimizer).takes_momentum
+                else f"the optimizer {config.optimizer!r} takes no momentum")
+    if name == "freeze_encoder":
+        return "it applies with pretrain_epochs"
+    return "it does not apply"
+
+
 def cross_checked(config: RunConfig) -> RunConfig:
     """`config` (its settings used) with the settings that must agree with each other checked:
     a run's whole configuration, not a study's base before its variants."""

@@ -155,7 +155,7 @@ MALFORMED = [
 def test_a_malformed_scheduler_address_is_refused_before_anything_connects(ablate, tmp_path, monkeypatch,
                                                                            nothing_starts, address, message):
     monkeypatch.chdir(tmp_path)
-    refused(ablate([*STUDY, "--scheduler", address]), message, tmp_path)
+    refused(ablate([*STUDY, "--dask-scheduler", address]), message, tmp_path)
 
 
 @pytest.mark.parametrize("address,parsed", [
@@ -213,12 +213,14 @@ def test_a_listener_that_never_answers_is_refused_within_the_timeout(ablate, tmp
 
 
 def test_the_dask_address_option_has_a_name_apart_from_the_learning_rate_scheduler(ablate, tmp_path, monkeypatch):
-    """--dask-scheduler, and its old name --scheduler for this release, with a note."""
+    """--dask-scheduler is the Dask address; --scheduler, its old name, is the learning-rate
+    schedule now, and an address given to it says where it goes."""
     monkeypatch.chdir(tmp_path)  # the default --out, results/linearity.parquet, is this test's own
     new = ablate([*STUDY, "--dask-scheduler", "tcp://"])
-    old = ablate([*STUDY, "--scheduler", "tcp://"])
-    for result in (new, old):
-        assert result.exit_code == 2 and "--dask-scheduler 'tcp://': no host and no port" in result.stderr
-    dry = ablate([*STUDY, "--scheduler", "tcp://127.0.0.1:8786", "--dry-run"])  # checked, not contacted
+    assert new.exit_code == 2 and "--dask-scheduler 'tcp://': no host and no port" in new.stderr
+    for address in ("tcp://127.0.0.1:8786", "127.0.0.1:8786"):
+        refused(ablate([*STUDY, "--scheduler", address]), f"--scheduler {address}: --scheduler is the learning-rate "
+                "schedule (none, step, exponential, cosine, onecycle); a Dask scheduler's address is --dask-scheduler",
+                tmp_path)
+    dry = ablate([*STUDY, "--scheduler", "cosine", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "note: --scheduler is now --dask-scheduler" in dry.stderr

@@ -140,3 +140,35 @@ def test_lr_max_is_checked_against_each_variants_rate_not_the_bases(tmp_path, ab
     study.write_text('[base]\nscheduler = "onecycle"\nlr_max = 0.01\n[vary]\nlr = [0.001, 0.05]\n')
     result = ablate(["run", study, *TINY, "--dry-run"])
     assert result.exit_code == 2 and "variant 'lr=0.05': lr_max (0.01) is below lr (0.05)" in result.output
+
+
+def test_every_setting_of_a_run_is_an_option_of_every_study():
+    import typer
+
+    from ablate.cli import app
+    from ablate.config import SETTINGS
+
+    commands = typer.main.get_command(app).commands
+    for name in studies.STUDIES:
+        options = {p.name for p in commands[name].params}
+        assert set(SETTINGS) <= options, (name, set(SETTINGS) - options)
+
+
+def test_the_training_settings_given_as_options_are_what_the_runs_train_with(tmp_path, ablate):
+    import pandas as pd
+
+    out = tmp_path / "a.parquet"
+    result = ablate(["linearity", *TINY, "--optimizer", "adam", "--scheduler", "step", "--lr-step-size", "1",
+                     "--lr-gamma", "0.5", "--weight-decay", "0.01", "--lr", "0.004", "--augment", "flip",
+                     "--normalization", "standard", "--out", out])
+    assert result.exit_code == 0, result.output
+    runs = pd.read_parquet(out)
+    for column, value in (("optimizer", "adam"), ("scheduler", "step"), ("lr_step_size", 1), ("lr_gamma", 0.5),
+                          ("weight_decay", 0.01), ("augment", "flip"), ("normalization", "standard")):
+        assert (runs[column] == value).all(), column
+    assert runs["momentum"].isna().all()  # Adam takes none
+    train = runs[runs["split"] == "train"].groupby("epoch")["lr"].first()
+    assert train.loc[1] == pytest.approx(0.004) and train.loc[2] == pytest.approx(0.002)  # halved after epoch 1
+    plain = ablate(["linearity", *TINY, "--out", tmp_path / "b.parquet"])
+    assert plain.exit_code == 0
+    assert not pd.read_parquet(tmp_path / "b.parquet")["loss"].equals(runs["loss"])  # they changed the training

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,7 +23,7 @@ from ablate.data.datasets import Dataset, deferred_cache_writes, load_dataset, l
 from ablate.errors import UsageError, one_line
 from ablate.execution.executors import InProcess
 from ablate.study.planning import (RUN_COLUMNS, Run, check_resumable, configurations, overridden_options, plan,
-                             results_schema, run_columns, study_settings, typed_columns)
+                             results_schema, run_columns, study_settings, typed_columns, unused_options)
 from ablate.execution.progress import Progress
 from ablate.results.files import StudyFile
 from ablate.study.sequential import AutoRecord, AutoSeeds, Rule
@@ -233,8 +234,11 @@ class StudyOptions:
                 training[name] = SETTINGS[name].check(value, label=f"--{name.replace('_', '-')}")
         training["amp"] = None if training.get("amp") == "none" else training.get("amp")  # None: the study's own
         training["compile"] = training.get("compile") or None
-        said = ("note: --scheduler is now --dask-scheduler (the old name works in this release)",) \
-            if any(a == "--scheduler" or a.startswith("--scheduler=") for a in argv) else ()
+        if re.search(r"://|:\d+$", training.get("scheduler") or ""):  # the old name of --dask-scheduler
+            raise UsageError(f"--scheduler {training['scheduler']}: --scheduler is the learning-rate schedule "
+                             "(none, step, exponential, cosine, onecycle); a Dask scheduler's address is "
+                             "--dask-scheduler")
+        said = ()
         return cls(training, sequential.seeds_option(given.get("seeds", "1"), given.get("resolution")),
                    resolve_device(given.get("device", "auto")), given.get("out"), given.get("data_dir"),
                    bool(given.get("resume")), bool(given.get("force")), bool(given.get("save_models")),
@@ -259,6 +263,7 @@ def prepare(study: Study, options: StudyOptions) -> Prepared:
     runs = plan(study, options, auto.most if auto else seeds)
     rule = Rule.of(auto, runs) if auto else None
     stated = {k: v for k, v in options.items() if k in o.stated}  # not ablate's own choice of threads
+    unused_options(runs, stated)
     notes = [*o.notes, *overridden_options(study, stated, o.taken)]  # taken: those the study's builder took
     if rule is not None and resume and not existing.empty:
         before = None

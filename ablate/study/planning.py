@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from ablate import arch, schema, transforms
 from ablate.config import (AMP, DATA_FIELDS, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, cross_checked,
-                           setting_of, used_settings)
+                           setting_of, used_settings, why_unused)
 from ablate.errors import UsageError, unknown_name
 from ablate.models import weights
 from ablate.results import files as results
@@ -159,6 +159,17 @@ def _unused(first: dict, second: dict, config: RunConfig) -> str:
                 f"not use {', '.join(unused)} (docs/own-models-and-data.md: which settings a run uses); vary what "
                 "the run uses")
     return f"they differ only in {said}: one gives the value the other takes by default"
+
+
+def unused_options(runs: list[Run], options: dict) -> None:
+    """A command-line setting that no run of the study uses (`--momentum` with Adam,
+    `--lr-gamma` with no schedule) is refused, saying why, rather than ignored."""
+    for name, value in options.items():
+        if value is not None and value is not False and setting_of(name) == name \
+                and all(getattr(r.config, name) is None for r in runs):
+            option = f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+            raise UsageError(f"{option}: no run of this study uses {name}: "
+                             f"{why_unused(runs[0].config, name)}")
 
 
 def overridden_options(study: Study, options: dict, taken: frozenset = frozenset()) -> list[str]:
