@@ -33,7 +33,7 @@ def command_line(command: str, options: dict) -> list[str]:
             continue
         if param is None:
             raise unknown_name(f"option of `ablate {command}`", name, sorted(params),
-                               f"it takes {', '.join(sorted(params))}")
+                               f"`ablate {command} --help` lists them (by their Python names: limit_train)")
         if value is None:
             continue
         if param.param_type_name == "argument":

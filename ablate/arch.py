@@ -7,6 +7,7 @@ natural input shape (channels x height x width, no batch dimension).
 from __future__ import annotations
 
 import ast
+import re
 import collections.abc
 import dataclasses
 import functools
@@ -350,24 +351,65 @@ def parse_shape(text: str) -> Shape:
     return shape
 
 
-def load_model(text: str) -> tuple[nn.Module, Shape | None]:
-    """A model named in any of the four ways (`model_source`), built with its own defaults, and
-    its natural input shape (None when it has none), for counting. A module instance that a
-    user's file holds is taken as it is: counted, never trained."""
-    text = text.strip()
-    user = ":" in text and "(" not in text
-    if user and isinstance(obj := _import_object(text), nn.Module):
-        return obj, None
-    source = model_source(text)
+_CALL = re.compile(r"\s*([A-Za-z_][\w.]*:[A-Za-z_][\w.]*|[A-Za-z_]\w*)\s*\((.*)\)\s*", re.S)
+
+
+def model_call(text: str) -> tuple[str, dict]:
+    """A model named with constructor arguments, `mynets:Net(width=32)` or `tutorial(kernel_size=3)`,
+    as its name and the arguments (literals, by name); any other text as it is, with none
+    (a layer stack, `Conv2d(16, 3), ReLU()`, is a spec, not a call)."""
+    head = re.match(r"\s*([A-Za-z_][\w.]*:[A-Za-z_][\w.]*|[A-Za-z_]\w*)\s*\(", text)
+    if head is None or (":" not in head[1] and head[1] not in MODELS):
+        return text.strip(), {}
+    match = _CALL.fullmatch(text)
+    if match is None:
+        raise UsageError(f"{text!r}: malformed arguments; write them by name in parentheses, like {head[1]}(width=32)")
+    name, inner = match[1], match[2]
     try:
-        model = source.make()
+        call = ast.parse(f"f({inner})", mode="eval").body
+    except SyntaxError:
+        raise UsageError(f"{text!r}: malformed arguments; write them by name, like {name}(width=32)") from None
+    if call.args or any(k.arg is None for k in call.keywords):
+        raise UsageError(f"{text!r}: give the model's arguments by name, like {name}(width=32)")
+    args = {}
+    for keyword in call.keywords:
+        try:
+            args[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError:
+            raise UsageError(f"{text!r}: {keyword.arg} must be a literal (a number, a string, a tuple)") from None
+    return name, args
+
+
+def load_model(text: str, input_shape: Shape | None = None) -> tuple[nn.Module, Shape | None]:
+    """A model named in any of the four ways (`model_source`), with constructor arguments or
+    without (`model_call`), for counting, and its natural input shape (None when it has none).
+    Built for `input_shape` where given: its channels are `in_channels`, its size
+    `image_size`, for a model that takes them. A module instance that a user's file holds is
+    taken as it is: counted, never trained."""
+    name, args = model_call(text)
+    user = ":" in name and not args
+    if user and isinstance(obj := _import_object(name), nn.Module):
+        return obj, None
+    source = model_source(name)
+    inputs = {}
+    if input_shape is not None:
+        if "in_channels" in source.inputs:
+            inputs["in_channels"] = input_shape[0]
+        if "image_size" in source.inputs and len(input_shape) == 3 and input_shape[1] == input_shape[2]:
+            inputs["image_size"] = input_shape[1]
+    typed = {k: source.typed(k, v) for k, v in args.items()}
+    try:
+        model = source.make(**inputs, **typed)
     except TypeError as error:
-        if not user:
+        if ":" not in name:
             raise
-        raise UsageError(f"{text!r} must be callable with no arguments: {error}") from None
+        raise UsageError(f"{text!r} must be callable with {', '.join(typed) or 'no arguments'}: {error}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"{text!r} returned {type(model).__name__}, not an nn.Module")
-    return model, source.input_shape
+    natural = source.input_shape
+    if natural is not None and inputs.get("in_channels", natural[0]) != natural[0]:
+        natural = None  # built for other data
+    return model, natural
 
 
 # ---------------------------------------------------------------- models to train
@@ -587,6 +629,10 @@ def model_source(text: str) -> ModelSource:
     """`text` as in `load_model`; a user model must be a class or a factory (an instance cannot
     give each seed its own initial weights)."""
     text = text.strip()
+    name, args = model_call(text)
+    if args:
+        raise UsageError(f"{text!r}: a study sets a model's arguments with `--vary "
+                         f"{next(iter(args))}=...` (ablate sweep) or in a study file's [base]; --model names {name}")
     if "(" in text:
         parse_spec(text)  # rejects a malformed spec now
         return ModelSource(text, lambda: parse_spec(text), {}, frozenset())
@@ -598,7 +644,7 @@ def model_source(text: str) -> ModelSource:
         if not callable(obj):
             raise UsageError(f"{text!r} is neither an nn.Module class nor a factory function")
         knobs, inputs, arg_types = _knobs(obj)
-        return ModelSource(text, obj, knobs, inputs, arg_types=arg_types)
+        return ModelSource(text, obj, knobs, inputs, input_shape=_default_shape(obj), arg_types=arg_types)
     if text in MODELS:
         entry = MODELS.get(text)
         knobs, inputs, arg_types = _knobs(entry.build)
@@ -614,6 +660,19 @@ def model_source(text: str) -> ModelSource:
         return ModelSource(text, make, {}, frozenset({"num_classes"}), rgb=True, input_shape=_torchvision_shape(text))
     raise unknown_name("model", text, MODELS.names() + torchvision_models(),
                        hint="`ablate list models` lists them all")
+
+
+def _default_shape(function) -> Shape | None:
+    """The input a user's model is made for by default: C x S x S from the defaults of its
+    `in_channels` and `image_size` (None unless it has both, as whole numbers)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return None
+    defaults = [parameters[n].default if n in parameters else None for n in ("in_channels", "image_size")]
+    if all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in defaults):
+        return (defaults[0], defaults[1], defaults[1])
+    return None
 
 
 def knob_type(value) -> type:

@@ -162,6 +162,8 @@ def params(
                                  "per row and in all (runs a real forward: builds the weights)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the rows to FILE (.parquet or .csv)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="How to print the rows on stdout."),
+    wide: bool = typer.Option(False, "--wide", help="Print every column, however wide the table (output that is "
+                                                    "not a terminal always has them all)."),
     list_models: bool = typer.Option(False, "--list", help="List the model names and exit."),
 ):
     from ablate import arch, count
@@ -173,18 +175,20 @@ def params(
         raise UsageError("give a MODEL (see `ablate params --list`)")
     if out is not None:
         results.check_writable(out)
-    on_meta = count.build_meta(lambda: arch.load_model(model))  # cheap: no weights allocated
+    given = arch.parse_shape(input) if input is not None else None
+    on_meta = count.build_meta(lambda: arch.load_model(model, given))  # cheap: no weights allocated
     natural = on_meta[1] if on_meta is not None else None
-    if input is not None:
-        shape = arch.parse_shape(input)
+    if given is not None:
+        shape = given
     elif natural is not None:
         shape = natural
     else:
-        raise UsageError(f"{model!r} has no natural input shape: give one with --input CxHxW")
+        raise UsageError(f"{model!r} has no natural input shape (a model of yours gets one from the defaults of "
+                         "its in_channels and image_size arguments): give one with --input CxHxW")
     if compare:  # fvcore traces a real forward pass: real weights
-        counts = count.count_model(arch.load_model(model)[0], shape, batch, training, compare=True)
+        counts = count.count_model(arch.load_model(model, shape)[0], shape, batch, training, compare=True)
     else:
-        counts = count.count_meta(lambda: arch.load_model(model)[0], shape, batch, training)
+        counts = count.count_meta(lambda: arch.load_model(model, shape)[0], shape, batch, training)
     for op, calls in sorted(counts.uncounted.items()):
         stderr.print(f"warning: no FLOP rule for {op} ({calls} calls): counted as 0", highlight=False)
     frame = counts.frame()
@@ -197,7 +201,7 @@ def params(
     elif format == OutputFormat.json:
         sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
     else:
-        report.print_wide(stdout, report.params_table(counts, model))
+        report.print_wide(stdout, report.params_table(counts, model), wide)
 
 
 class Topic(str, Enum):
@@ -300,123 +304,79 @@ class Amp(str, Enum):
 
 
 DEFAULTS = RunConfig()
-SHARED_OPTIONS = {  # name: (type, default, option); every study command takes these
+SHARED_OPTIONS = {  # name: (type, default, option); every study command takes these. Short help: docs/studies.md has the rest
     "model": (Optional[str], None, typer.Option(
-        help="The model, in any form `ablate params` takes: a registry name (tutorial, threeconv, mlp, ...), "
-             "a torchvision classifier (built without weights, num_classes from the data; 1-channel data is "
-             "repeated to 3 channels), package.module:Class, or a layer-stack spec. Default: the study's own "
-             "(tutorial for most).")),
+        help="A model name (`ablate list models`), a torchvision classifier, package.module:Class or a layer "
+             "stack. Default: the study's (tutorial for most).")),
     "task": (Optional[str], None, typer.Option(
-        help="What the runs learn: classify (cross-entropy, accuracy) or reconstruct (MSE to the input), or a "
-             "plugin's task (`ablate list tasks`); the model's output must fit it. Default: the study's own "
-             f"({DEFAULTS.task} for most).")),
+        help=f"classify, reconstruct or a plugin's (`ablate list tasks`). Default: the study's ({DEFAULTS.task}).")),
     "dataset": (Optional[str], None, typer.Option(
-        help="cifar10, mnist, fashion-mnist, synthetic, or folder:PATH (an image folder with train/ and test/, "
-             "or class folders split by --test-fraction). cifar10 and mnist download once; fashion-mnist also "
-             "comes from Debian's dataset-fashion-mnist; synthetic is generated. Default: "
+        help="cifar10, mnist, fashion-mnist, synthetic, or folder:PATH (your images). Default: "
              f"{DEFAULTS.dataset}.")),  # data.DATASETS, named without importing it (torch); a test checks
-    "data_dir": (Optional[Path], None, typer.Option(
-        help="Where the dataset is (default: $ABLATE_DATA, then ~/.cache/ablate).")),
-    "image_size": (Optional[int], None, typer.Option(
-        min=8, max=1024, help="Resize every image to NxN once, in memory (default: the dataset's own; folders: 32).")),
+    "data_dir": (Optional[Path], None, typer.Option(help="Where the data is (default: $ABLATE_DATA, ~/.cache/ablate).")),
+    "image_size": (Optional[int], None, typer.Option(help="Resize the images to NxN (default: the data's own; "
+                                                          "folders 32).")),
     "test_fraction": (Optional[float], None, typer.Option(
-        help="folder:PATH without train/ and test/: the class-stratified part held out for testing (default 0.2).")),
-    "test_dataset": (Optional[str], None, typer.Option(
-        help="Also evaluate on this dataset (folder:PATH or a name, same classes): rows with split test:NAME.")),
+        help="folder:PATH without train/ and test/: the share held out to test (0.2).")),
+    "test_dataset": (Optional[str], None, typer.Option(help="Also test on this dataset (the same classes).")),
     "weights": (Optional[str], None, typer.Option(
-        help="Start from pretrained weights: a torchvision weights name of the --model (DEFAULT, IMAGENET1K_V1, ...; "
-             "downloaded once into ~/.cache/ablate/weights), or a file (.safetensors, or a .pt/.pth state dict) for "
-             "any model. The head (every layer whose shape depends on the class count) is new, for the data's "
-             "classes; torchvision weights also set the image size and normalisation they expect, unless the "
-             "study sets them.")),
-    "trainable": (Optional[str], None, typer.Option(
-        help="all (the default), or head: train only the head, everything else frozen and in eval mode (a probe). "
-             "A column, as is trainable_params.")),
-    "epochs": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.epochs}, or the study's own.")),
+        help="Start from pretrained weights: a torchvision name (DEFAULT) or a file; the head is new.")),
+    "trainable": (Optional[str], None, typer.Option(help="all (the default) or head: train the head only (a probe).")),
+    "epochs": (Optional[int], None, typer.Option(help=f"Default: {DEFAULTS.epochs}, or the study's own.")),
     "seeds": (str, "1", typer.Option(
-        help="K: train every variant under seeds 0..K-1. auto (or auto:MAX, default MAX 10): train in rounds of "
-             "seeds (3, then half as many again each round: 3, 5, 8, 10) and stop each variant once its paired "
-             "difference to the baseline is decided (its interval, valid under repeated looks, excludes 0 or "
-             "lies within ±--resolution) or it has MAX seeds; the file's metadata says how many each got and why.")),
+        help="K: seeds 0..K-1; auto or auto:MAX: rounds of seeds until each difference is decided.")),
     "resolution": (Optional[float], None, typer.Option(
-        help="--seeds auto: the difference that matters, in the units of the task's first metric as ablate shows "
-             "it (accuracy points, PSNR dB; the loss for a task without one). Default: 0.5 for accuracy, 0.1 for "
-             "PSNR, 0.01 for the loss.")),
-    "batch_size": (Optional[int], None, typer.Option(min=1, help=f"Default: {DEFAULTS.batch_size}.")),
-    "lr": (Optional[float], None, typer.Option(
-        help=f"Learning rate (default: {DEFAULTS.lr} for SGD with momentum 0.9, or the study's own; "
-             "--batch-size 4 --lr 0.001 is the PyTorch tutorial's).")),
+        help="--seeds auto: the difference that matters (default 0.5 accuracy points, 0.1 dB, 0.01 loss).")),
+    "batch_size": (Optional[int], None, typer.Option(help=f"Default: {DEFAULTS.batch_size}.")),
+    "lr": (Optional[float], None, typer.Option(help=f"Learning rate (default {DEFAULTS.lr}, or the study's own).")),
     "device": (Device, Device.auto, typer.Option(help="auto: cuda, then mps, then cpu.")),
-    "limit_train": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N train images.")),
-    "limit_test": (Optional[int], None, typer.Option(min=1, help="A class-balanced subset of N test images.")),
+    "limit_train": (Optional[int], None, typer.Option(help="A class-balanced subset of N train images.")),
+    "limit_test": (Optional[int], None, typer.Option(help="A class-balanced subset of N test images.")),
     "deterministic": (Optional[bool], None, typer.Option(
-        "--deterministic", help="Use torch's deterministic algorithms (bit-identical reruns on GPUs too).")),
+        "--deterministic", help="torch's deterministic algorithms (bit-identical on GPUs too).")),
     "pack": (Optional[bool], None, typer.Option(
-        "--pack/--no-pack", help="Train the seeds of a variant together as one packed model (grouped convs, "
-                                 "batched matmuls) when its layers allow, or one after another; recorded as the "
-                                 "column packed. Default (--pack auto): a few training steps of each way are timed "
-                                 "on the variant's own model, data and batch, and the faster is taken and "
-                                 "remembered on this machine (a variant too short for it to pay: packed on a GPU, "
-                                 "not on a CPU); the file's metadata says which and why.")),
-    "amp": (Amp, Amp.none, typer.Option(help="bf16: the forward pass and loss in bfloat16 (torch.autocast); "
-                                             "a column.")),
-    "compile": (bool, False, typer.Option(
-        "--compile", help="torch.compile the model (opt-in: a cold compile costs seconds); a column.")),
+        "--pack/--no-pack", help="Train a variant's seeds packed into one model, or one by one. Default: "
+                                 "whichever a few timed steps say is faster.")),
+    "amp": (Amp, Amp.none, typer.Option(help="bf16: the forward pass and loss in bfloat16.")),
+    "compile": (bool, False, typer.Option("--compile", help="torch.compile the model (a cold compile takes seconds).")),
     "out": (Optional[Path], None, typer.Option(help="Results file (default: results/STUDY.parquet).")),
-    "resume": (bool, False, typer.Option(
-        "--resume", help="Keep the runs already in --out and train the rest (same options only).")),
+    "resume": (bool, False, typer.Option("--resume", help="Keep the runs in --out; train the rest.")),
     "force": (bool, False, typer.Option("--force", help="Overwrite an existing --out.")),
-    "plot": (Optional[Path], None, typer.Option(
-        help="Also draw the study's natural figure to FILE (.png, .svg or .pdf).")),
-    "save_models": (bool, False, typer.Option(
-        "--save-models", help="Keep each run's final weights in _models/STUDY/RUN_ID.safetensors beside --out.")),
+    "plot": (Optional[Path], None, typer.Option(help="Also draw the study's figure to FILE (.png, .svg, .pdf).")),
+    "save_models": (bool, False, typer.Option("--save-models", help="Keep each run's final weights beside --out.")),
     "workers": (Optional[int], None, typer.Option(
-        min=1, help="Train on a Dask LocalCluster of N worker processes on 127.0.0.1, at most one per CPU core "
-                    "(with --slurm: N SLURM jobs, at most 1000; more machines: --dask-scheduler).")),
+        min=1, help="Train on a local Dask cluster of N processes (with --slurm: N SLURM jobs).")),
     "threads": (Optional[int], None, typer.Option(
-        min=1, help="torch threads per run (default: all cores in this process; cores / --workers on a "
-                    "LocalCluster; 1 on --dask-scheduler). A run's numbers depend on it: it is a column.")),
+        help="torch threads per run, a column (default: the cores, or cores / --workers).")),
     "dask_scheduler": (Optional[str], None, typer.Option(
-        "--dask-scheduler",
-        help="Train on an existing Dask cluster, e.g. tcp://HOST:8786 (started with `dask scheduler` and "
-             "`dask worker`); its workers must run the same ablate, torch and torchvision. (--scheduler is "
-             "the learning-rate scheduler.)")),
+        "--dask-scheduler", help="Train on a running Dask scheduler, tcp://HOST:8786.")),
     "executor": (Optional[str], None, typer.Option(
-        help="Where the runs train: inprocess, dask (what --workers, --dask-scheduler and --slurm choose), or a "
-             "plugin's executor (`ablate list executors`). Default: dask when one of its options is given, else "
-             "inprocess.")),
-    "slurm": (bool, False, typer.Option(
-        "--slurm", help="Train on --workers SLURM jobs (dask-jobqueue); with --dry-run, print the job script.")),
-    "slurm_opts": (Optional[str], None, typer.Option(
-        help='SLURM settings, e.g. "partition=gpu time=02:00:00 mem=16GB gpus=1" (also account, qos).')),
-    "dry_run": (bool, False, typer.Option(
-        "--dry-run", help="Print the run matrix, what --out already holds and an estimate of the time; "
-                          "train and write nothing.")),
+        help="inprocess, dask or a plugin's (`ablate list executors`); default: dask for a cluster option.")),
+    "slurm": (bool, False, typer.Option("--slurm", help="Train on --workers SLURM jobs (dask-jobqueue).")),
+    "slurm_opts": (Optional[str], None, typer.Option(help='SLURM settings, like "partition=gpu time=02:00:00".')),
+    "wide": (bool, False, typer.Option("--wide", help="Print every column of the tables, however wide.")),
+    "dry_run": (bool, False, typer.Option("--dry-run", help="Print the plan and its time; train and write nothing.")),
 }
 
 # Every other setting of a run is an option of every study too (`--optimizer adam`): its type
 # and range are config.SETTINGS', its help here. A study's variants that set it keep their own
 # (planning.overridden_options says so, or refuses where every variant does).
 SETTING_HELP = {
-    "optimizer": "sgd, momentum (SGD with momentum 0.9, the default), nesterov, rmsprop, adam or adamw "
-                 "(`ablate list optimizers`). Default: the study's own.",
-    "momentum": "SGD's momentum (default 0.9); none for an optimiser without one.",
-    "weight_decay": "L2 weight decay (default 0; adamw's own 0.01).",
-    "scheduler": "The learning-rate schedule: none (the default), step, exponential, cosine or onecycle "
-                 "(`ablate list schedulers`).",
+    "optimizer": "sgd, momentum (the default: SGD, 0.9), nesterov, rmsprop, adam or adamw.",
+    "momentum": "SGD's momentum (default 0.9).",
+    "weight_decay": "L2 weight decay (default 0; adamw's 0.01).",
+    "scheduler": "The learning-rate schedule: none, step, exponential, cosine or onecycle.",
     "lr_step_size": "--scheduler step: epochs between decays.",
-    "lr_gamma": "--scheduler step or exponential: the factor of each decay.",
+    "lr_gamma": "--scheduler step or exponential: the factor of a decay.",
     "lr_max": "--scheduler onecycle: the peak learning rate.",
-    "cycle_momentum": "--scheduler onecycle: cycle the momentum against the rate (torch's), or not (the default).",
-    "normalization": "How pixels are scaled: half (the default), standard, none, ... (`ablate list normalizations`).",
-    "augment": "Augmentations joined by +, like crop+flip (default none; `ablate list augmentations`).",
-    "permutation": "none (the default), fixed or fresh: the pixels shuffled by one permutation or a new one "
-                   "each batch (`ablate list permutations`).",
-    "strip_activations": "Replace every activation module of the model by the identity.",
-    "labels": "Train on this many class-balanced labelled images (the rest unlabelled).",
-    "pretrain_epochs": "First train an autoencoder on the train split without labels for N epochs; the model "
-                       "starts from its encoder.",
-    "freeze_encoder": "With --pretrain-epochs: keep the encoder's weights as pretrained.",
+    "cycle_momentum": "--scheduler onecycle: cycle the momentum against the rate.",
+    "normalization": "How pixels are scaled: half (the default), standard, none, ...",
+    "augment": "Augmentations joined by +, like crop+flip (default none).",
+    "permutation": "none, fixed or fresh: pixels shuffled by one permutation or a new one per batch.",
+    "strip_activations": "Replace every activation of the model by the identity.",
+    "labels": "Train on N class-balanced labelled images.",
+    "pretrain_epochs": "First pretrain an autoencoder for N epochs; start from its encoder.",
+    "freeze_encoder": "With --pretrain-epochs: keep the encoder as pretrained.",
 }
 PANELS = {  # --help groups the options: each shared option's panel ("Study" for a study's own)
     "Data": ("task", "dataset", "data_dir", "image_size", "test_fraction", "test_dataset", "limit_train",
@@ -425,7 +385,7 @@ PANELS = {  # --help groups the options: each shared option's panel ("Study" for
     "Training": ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "scheduler", "lr_step_size",
                  "lr_gamma", "lr_max", "cycle_momentum", "device", "deterministic", "amp", "compile", "pack"),
     "Seeds": ("seeds", "resolution"),
-    "Output": ("out", "resume", "force", "plot", "save_models", "dry_run"),
+    "Output": ("out", "resume", "force", "plot", "save_models", "dry_run", "wide"),
     "Cluster": ("workers", "threads", "dask_scheduler", "executor", "slurm", "slurm_opts"),
 }
 
@@ -437,7 +397,7 @@ def _setting_options() -> dict:
     for name, help in SETTING_HELP.items():
         setting = SETTINGS[name]
         flag = f"--{name.replace('_', '-')}"
-        declared = (f"{flag}/--no-{flag[2:]}",) if setting.kind is bool else ()
+        declared = (flag,) if setting.kind is bool else ()  # a flag: its default is off
         options[name] = (Optional[setting.kind], None, typer.Option(*declared, help=help))
     return options
 
@@ -464,13 +424,14 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
     from ablate.results import files as results
 
     typed = runner.StudyOptions.of(options, ARGV, taken)  # every option typed, every combination checked
+    wide = bool(options.get("wide"))
     prepared = runner.prepare(study, typed)
     for note in prepared.notes:
         stderr.print(note, highlight=False)
     out = prepared.out
     if typed.dry_run:
         report.print_wide(stdout, report.dry_run_table(estimate.dry_run(prepared), study.name, out,
-                                                       prepared.auto and prepared.auto.auto.spec()))
+                                                       prepared.auto and prepared.auto.auto.spec()), wide)
         chosen = typed.executor_options
         if chosen.get("slurm"):
             stdout.print(f"each of the {chosen.get('workers') or 1} SLURM jobs would run:", highlight=False)
@@ -479,11 +440,11 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
     metadata = {**results.provenance(typed.argv), "device": typed.device.type, "study": study.metadata()}
     trained = _train(prepared, metadata, typed.executor, typed.executor_options)
     frame = trained.runs
-    report.print_wide(stdout, report.study_summary(frame, study.factors))
+    report.print_wide(stdout, report.study_summary(frame, study.factors), wide)
     if trained.auto is not None:
-        report.print_wide(stdout, report.auto_table(study.name, trained.auto))
+        report.print_wide(stdout, report.auto_table(study.name, trained.auto), wide)
     if study.per_class:
-        report.print_wide(stdout, report.class_table(trained.class_rows))
+        report.print_wide(stdout, report.class_table(trained.class_rows), wide)
     stderr.print(f"results: {out} (per-class rows: {results.per_class_path(out)})", highlight=False)
     if typed.plot is not None:
         from ablate.reporting import plot
@@ -635,9 +596,13 @@ def _sound_study_command(name: str, entry: studies.StudyEntry) -> None:
     if missing:
         raise UsageError(f"study {name!r} names option {missing[0]!r}, which its function does not take")
     hints = typing.get_type_hints(entry.build)
-    own = {option: (hints.get(option, _untyped(signature[option].default)), signature[option].default,
-                    typer.Option(help=help))
-           for option, help in entry.options.items() if option not in SHARED_OPTIONS}
+    own = {}
+    for option, help in entry.options.items():
+        if option in SHARED_OPTIONS:
+            continue
+        kind, default = hints.get(option, _untyped(signature[option].default)), signature[option].default
+        flag = (f"--{option.replace('_', '-')}",) if kind is bool and default is False else ()  # off unless given
+        own[option] = (kind, default, typer.Option(*flag, help=help, rich_help_panel="Study"))
     shared_help = {option: help for option, help in entry.options.items() if option in SHARED_OPTIONS}
     passes = [p for p in signature if p in SHARED_OPTIONS]
     built = None if entry.build.__doc__ else studies.get_study(name)  # its base and description, for the help
@@ -686,6 +651,8 @@ def report_command(
     best: bool = typer.Option(False, "--best", help="Compare each run at its epoch of the best test value of its task's first metric (accuracy, PSNR; the lowest loss for a task with none)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant to compare with (default: the first)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format"),
+    wide: bool = typer.Option(False, "--wide", help="Print every column, however wide the table (output that is "
+                                                    "not a terminal always has them all)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write the report as one self-contained page "
                                         "(.html): what was compared, the summary, the figures, the provenance."),
 ):
@@ -716,9 +683,9 @@ def report_command(
                 if record is not None and name is not None:
                     auto[name] = record
         for study in summary["study"].unique():
-            report.print_wide(stdout, report.comparison_table(summary, study, label, auto=study in auto))
+            report.print_wide(stdout, report.comparison_table(summary, study, label, auto=study in auto), wide)
             if study in auto:
-                report.print_wide(stdout, report.auto_table(study, auto[study]))
+                report.print_wide(stdout, report.auto_table(study, auto[study]), wide)
     if html is not None:
         from ablate.reporting import html_report
 

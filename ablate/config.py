@@ -138,17 +138,18 @@ class Setting:
         if fits and self.high is not None and (value > self.high or (self.high_open and value == self.high)):
             fits = False
         if not fits:
-            raise UsageError(f"{where}{label or self.name} must be {self.allowed()}, got {value!r}")
+            option = (label or "").startswith("--")  # a command-line option: left out, it is none
+            raise UsageError(f"{where}{label or self.name} must be {self.allowed(not option)}, got {value!r}")
         return value
 
-    def allowed(self) -> str:
+    def allowed(self, say_none: bool = True) -> str:
         words = {int: "a whole number", float: "a finite number", str: "a string", bool: "true or false"}
         text = words[self.kind]
         if self.low is not None and self.high is not None:
             text += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         elif self.low is not None:
             text += f" {'>' if self.low_open else '>='} {self.low:g}"
-        return text + (" (or none)" if self.optional else "")
+        return text + (" (or none)" if self.optional and say_none else "")
 
 
 MAX_INT = 2 ** 53  # a whole number a float64 and a Parquet int64 both hold exactly

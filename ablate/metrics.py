@@ -28,6 +28,13 @@ class Metric:
     # `--seeds auto`'s default --resolution: the difference that matters, in shown units (accuracy
     # points); None: the user gives one
     resolution: float | None = None
+    low: float | None = None  # the range its values can take, as recorded (accuracy 0 to 1); None: unbounded
+    high: float | None = None
+
+    @property
+    def units(self) -> str:
+        """The unit its summaries are in: "%", "dB", or "" (the recorded value)."""
+        return self.unit.strip()
 
     def shown(self, value: float, digits: int = 2, delta: bool = False) -> str:
         """89.45 %; a difference +0.30 pt."""
@@ -45,7 +52,8 @@ def _psnr(mse: float) -> float:
 
 METRICS: Registry[Metric] = Registry("metric")
 accuracy = METRICS.register("accuracy", Metric(
-    "accuracy", "accuracy", lambda out, x, y: (out.argmax(1) == y).sum(), scale=100, unit=" %", resolution=0.5))
+    "accuracy", "accuracy", lambda out, x, y: (out.argmax(1) == y).sum(), scale=100, unit=" %", resolution=0.5,
+    low=0.0, high=1.0))
 # of the split's mean squared error per pixel, peak 1: the pixels' range under normalization none
 # (the autoencoder studies' default); under another normalization, relative to 1 in that space
 psnr = METRICS.register("psnr", Metric(
@@ -75,7 +83,12 @@ def present(frame) -> list[Metric]:
 
 # The loss as the metric that decides, for a task with no metric of its own (it is not registered:
 # every task has a loss column).
-LOSS = Metric("loss", "loss", batch=None, higher_is_better=False, resolution=0.01)
+LOSS = Metric("loss", "loss", batch=None, higher_is_better=False, resolution=0.01, low=0.0)  # cross-entropy, MSE
+
+
+def of_name(name: str) -> Metric:
+    """The metric of a results column: a registered one, or the loss."""
+    return METRICS.get(name) if name in METRICS else LOSS
 
 
 def deciding(frame) -> Metric:

@@ -206,7 +206,8 @@ def test_list_without_a_topic_lists_the_studies():
     [
         (["params", "lenet6"], "unknown model 'lenet6' (did you mean 'lenet5'"),
         (["params", "resnet19"], "ablate list models"),
-        (["params", "tutorial", "--input", "3x8x8"], "layer 'conv2' (Conv2d) failed on input 6x2x2"),
+        (["params", "tutorial", "--input", "3x8x8"], "image size 8 is too small for kernel_size 5 in this net (needs >= 16)"),
+        (["params", "Conv2d(6, 5), Conv2d(16, 5)", "--input", "3x8x8"], "layer '1' (Conv2d) failed on input 6x4x4"),
         (["params", "tutorial", "--input", "3x32"], "failed"),
         (["params", "lenet5", "--input", "1xax32"], "malformed shape '1xax32'"),
         (["params", "Conv2d(20, 4", "--input", "3x8x8"], "malformed layer spec at column"),
@@ -300,3 +301,51 @@ def test_params_compare():
     assert "fvcore_flops" in text and "torch_flops" in text
     assert "fvcore 652 kFLOPs (0.50 x ablate's), FlopCounterMode 1.3 MFLOPs (0.99 x ablate's)" in text
     assert "fvcore counts a multiply-add as one flop" in text
+
+
+SIZED_NETS = """
+from torch import nn
+
+
+class Net(nn.Module):  # made for 1x28x28 by default; a study builds it for its data
+    def __init__(self, in_channels=1, num_classes=10, image_size=28, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.fc = nn.Linear(width * image_size * image_size, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+"""
+
+
+def test_params_of_a_users_model_takes_arguments_its_default_input_and_the_studys(tmp_path, monkeypatch):
+    (tmp_path / "sizednets.py").write_text(SIZED_NETS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "sizednets", raising=False)
+    arch.model_source.cache_clear()
+
+    def total(*args):
+        result = invoke("params", *args, "--format", "json")
+        assert result.exit_code == 0, result.output
+        return sum(row["params"] for row in json.loads(result.stdout))
+
+    assert total("sizednets:Net") == 1 * 8 * 9 + 8 + 8 * 28 * 28 * 10 + 10  # in_channels=1, image_size=28
+    assert total("sizednets:Net(width=2)") == 1 * 2 * 9 + 2 + 2 * 28 * 28 * 10 + 10
+    assert total("sizednets:Net(width=2)", "--input", "3x16x16") == 3 * 2 * 9 + 2 + 2 * 16 * 16 * 10 + 10
+    for bad, said in (("sizednets:Net(2)", "give the model's arguments by name"),
+                      ("sizednets:Net(depth=2)", "does not take depth; it takes width"),
+                      ("sizednets:Net(width='x')", "width takes a whole number, got 'x'"),
+                      ("sizednets:Net(width=", "malformed arguments")):
+        result = invoke("params", bad)
+        assert result.exit_code == 2 and said in result.stderr, result.output
+    out = tmp_path / "s.parquet"  # a study pads its data and builds the model for it: params counts the same
+    study = runner.invoke(app, ["sweep", "--model", "sizednets:Net", "--vary", "width=2,4", "--dataset", "synthetic",
+                                "--image-size", "20", "--limit-train", "60", "--limit-test", "30", "--epochs", "1",
+                                "--batch-size", "30", "--device", "cpu", "--out", str(out)])
+    assert study.exit_code == 0, study.output
+    runs = pd.read_parquet(out).drop_duplicates("variant").set_index("width")
+    assert set(runs["input_shape"]) == {"3x20x20"}
+    for width, row in runs.iterrows():
+        assert total(f"sizednets:Net(width={width})", "--input", row["input_shape"]) == row["params"]
+    refused = runner.invoke(app, ["linearity", "--model", "sizednets:Net(width=3)", "--dataset", "synthetic"])
+    assert refused.exit_code == 2 and "a study sets a model's arguments with `--vary width=...`" in refused.stderr

@@ -306,3 +306,20 @@ def test_every_docs_page_is_reachable_from_the_readme():
               if page.name == "README.md"}
     pages = {page.resolve() for page in PAGES if page.parent.name == "docs"}
     assert pages <= linked, sorted(p.name for p in pages - linked)
+
+
+def test_setup_says_what_it_does(tmp_path):
+    """scripts/setup, on an up-to-date .venv (as after the README's commands): a line per step."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).parent.parent
+    want = hashlib.sha1((root / "pyproject.toml").read_bytes() + (root / "scripts" / "setup").read_bytes()).hexdigest()
+    stamp = root / ".venv" / ".ablate-setup"
+    if not stamp.exists() or stamp.read_text().strip() != want:
+        pytest.skip("the .venv is not the one scripts/setup made for this checkout: running it would install")
+    done = subprocess.run(["bash", str(root / "scripts" / "setup")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == "setup: .venv is up to date (delete .venv/.ablate-setup to install again)"
+    assert all(line.startswith("setup: ") for line in lines) and lines[-1].startswith("setup: done in ")

@@ -59,20 +59,25 @@ def test_the_pages_numbers_are_the_csv_reports(studied, ablate, options):
     cells = {(row[0], row[1]): row for row in summary[1:]}
     assert len(cells) == len(csv)
     for _, r in csv.iterrows():
-        percent = r["metric"] == "test_accuracy"
-        scale, digits = (100, 2) if percent else (1, 4)
+        percent = r["metric"] == "test_accuracy"  # the CSV is in the page's units: % and points
+        digits = 2 if percent else 4
+        assert r["unit"] == ("%" if percent else "") or (not percent and pd.isna(r["unit"]))
+
+        def mark(name):  # † where the interval is clipped to the metric's range
+            return "†" if (r[f"{name}_low"], r[f"{name}_high"]) != (r[f"{name}_low_raw"], r[f"{name}_high_raw"]) else ""
+
         row = cells[(r["variant"], "test accuracy (%)" if percent else "test loss")]
-        assert row[2] == str(r["seeds"]) and row[3] == f"{scale * r['mean']:.{digits}f}"
-        assert row[4] == f"{scale * r['std']:.{digits}f}"  # every cell, not only the mean
-        assert row[5] == f"[{scale * r['ci_low']:.{digits}f}, {scale * r['ci_high']:.{digits}f}]"
+        assert row[2] == str(r["seeds"]) and row[3] == f"{r['mean']:.{digits}f}"
+        assert row[4] == f"{r['std']:.{digits}f}"  # every cell, not only the mean
+        assert row[5] == f"[{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" + mark("ci")
         if r["variant"] == r["baseline"]:
             assert row[6] == "—" and row[7] == "—" and row[9] == "—" and row[10] == "—"
         else:
-            assert row[6] == f"{scale * r['diff']:+.{digits}f}"
-            assert row[7] == f"[{scale * r['diff_ci_low']:+.{digits}f}, {scale * r['diff_ci_high']:+.{digits}f}]"
+            assert row[6] == f"{r['diff']:+.{digits}f}"
+            assert row[7] == f"[{r['diff_ci_low']:+.{digits}f}, {r['diff_ci_high']:+.{digits}f}]" + mark("diff_ci")
             assert row[8] == ("*" if r["significant"] else "")
             assert row[9] == ("not resolvable" if pd.isna(r["seeds_needed"]) else f"{int(r['seeds_needed']):,}")
-            assert row[10] == f"±{scale * r['resolvable_diff']:.{digits}f}"
+            assert row[10] == f"±{r['resolvable_diff']:.{digits}f}"
 
 
 def test_the_page_embeds_its_figures_and_loads_nothing(studied, ablate):

@@ -1,5 +1,6 @@
 """`ablate report` statistics and `ablate plot` figures, on hand-made and tiny real results."""
 
+import io
 import json
 import math
 import re
@@ -23,8 +24,8 @@ def test_paired_difference_over_shared_seeds(tmp_path, fake_study):
     frame = frame[~((frame.variant == "beta") & (frame.seed == 2))]  # beta lacks seed 2
     summary = compare.summarize(compare.pick_epochs(frame))
     acc = summary[(summary.variant == "beta") & (summary.metric == "test_accuracy")].iloc[0]
-    assert acc["seeds"] == 2 and acc["diff"] == pytest.approx(0.1)
-    assert acc["diff_ci_low"] == pytest.approx(0.1) and acc["significant"]  # the same gap every seed
+    assert acc["seeds"] == 2 and acc["diff"] == pytest.approx(10.0) and acc["unit"] == "%"  # points of %
+    assert acc["diff_ci_low"] == pytest.approx(10.0) and acc["significant"]  # the same gap every seed
     loss = summary[(summary.variant == "beta") & (summary.metric == "test_loss")].iloc[0]
     assert loss["diff"] == pytest.approx(-0.105)  # seeds 0 and 1: -0.1 and -0.11
     assert not math.isnan(loss["diff_ci_low"])
@@ -37,8 +38,8 @@ def test_a_difference_within_the_noise_is_not_significant(tmp_path, fake_study):
     frame = pd.read_parquet(fake_study(tmp_path / "r.parquet", noise=noise))
     summary = compare.summarize(compare.pick_epochs(frame))
     acc = summary[(summary.variant == "beta") & (summary.metric == "test_accuracy")].iloc[0]
-    assert acc["diff"] == pytest.approx(0.2 / 3)
-    assert (acc["diff_ci_low"], acc["diff_ci_high"]) == pytest.approx((-0.507, 0.640), abs=1e-3)
+    assert acc["diff"] == pytest.approx(100 * 0.2 / 3)  # in points
+    assert (acc["diff_ci_low"], acc["diff_ci_high"]) == pytest.approx((-50.7, 64.0), abs=0.1)
     assert not acc["significant"]
     assert not summary[summary.variant == "alpha"]["significant"].any()  # the baseline itself
 
@@ -79,10 +80,10 @@ def test_report_json_and_csv(tmp_path, ablate, fake_study):
     path = fake_study(tmp_path / "r.parquet")
     rows = json.loads(ablate(["report", path, "--format", "json", "--baseline", "beta"]).stdout)
     a_acc = next(r for r in rows if r["variant"] == "alpha" and r["metric"] == "test_accuracy")
-    assert a_acc["baseline"] == "beta" and a_acc["diff"] == pytest.approx(-0.1)
-    assert a_acc["mean"] == pytest.approx(0.51) and a_acc["seeds"] == 3
+    assert a_acc["baseline"] == "beta" and a_acc["diff"] == pytest.approx(-10.0)  # percentage points
+    assert a_acc["mean"] == pytest.approx(51.0) and a_acc["seeds"] == 3 and a_acc["unit"] == "%"
     csv = ablate(["report", path, "--format", "csv", "--epoch", "1"]).stdout.splitlines()
-    assert csv[0].startswith("study,variant,metric,seeds,mean,std,ci_low,ci_high")
+    assert csv[0].startswith("study,variant,metric,unit,seeds,mean,std,ci_low,ci_high")
     assert len(csv) == 1 + 2 * 2
 
 
@@ -106,8 +107,8 @@ def test_report_never_averages_runs_of_different_configurations(tmp_path, ablate
     result = ablate(["report", one, two, "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = {(r["variant"], r["metric"]): r for r in json.loads(result.stdout)}
-    assert rows[("alpha [epochs=1]", "test_accuracy")]["mean"] == pytest.approx(0.51)
-    assert rows[("alpha [epochs=2]", "test_accuracy")]["mean"] == pytest.approx(0.71)
+    assert rows[("alpha [epochs=1]", "test_accuracy")]["mean"] == pytest.approx(51.0)
+    assert rows[("alpha [epochs=2]", "test_accuracy")]["mean"] == pytest.approx(71.0)
     assert rows[("alpha [epochs=2]", "test_accuracy")]["seeds"] == 3
     assert "holds runs of 2 configurations (differing in epochs)" in result.stderr
 
@@ -168,3 +169,23 @@ def test_plot_variants_shows_each_step_in_order(tmp_path, ablate, fake_study, sv
     labels = [t for t in texts if t in ("baseline", "+standardize", "+crop-flip")]
     assert labels == ["baseline", "+standardize", "+crop-flip"]
     assert {"51.0", "61.0", "71.0"} <= set(texts)  # the means over seeds 0, 1, 2 (50, 60, 70 + 1)
+
+
+def test_an_interval_beyond_the_metrics_range_is_clipped_marked_and_kept_raw_in_the_csv(tmp_path, ablate, fake_study):
+    # two seeds far apart: accuracy 0.5 +- 0.4 and a loss near 0 give t-intervals beyond 0-100 % and below 0
+    path = fake_study(tmp_path / "r.parquet", seeds=(0, 1), noise=lambda v, seed: 0.4 if seed else -0.4)
+    frame = pd.read_csv(io.StringIO(ablate(["report", path, "--format", "csv"]).stdout))
+    acc = frame[frame.metric == "test_accuracy"].set_index("variant")
+    assert (acc["unit"] == "%").all() and acc.loc["alpha", "mean"] == pytest.approx(50.5)
+    assert acc.loc["alpha", "ci_low_raw"] < 0 and acc.loc["alpha", "ci_low"] == 0
+    assert acc.loc["alpha", "ci_high_raw"] > 100 and acc.loc["alpha", "ci_high"] == 100
+    assert acc["clipped"].all()
+    loss = frame[frame.metric == "test_loss"].set_index("variant")
+    assert (loss["ci_low"] >= 0).all() and (loss["ci_low_raw"] == loss["ci_low"]).all()  # a loss within range
+    table = ablate(["report", path])
+    assert "[0.00, 100.00]†" in table.stdout
+    assert "† the 95 % t-interval crosses the range the metric can take (accuracy 0-100 %)" in \
+        " ".join(table.stdout.split())
+    unclipped = pd.read_csv(io.StringIO(ablate(["report", fake_study(tmp_path / "s.parquet"), "--format",
+                                                "csv"]).stdout))
+    assert not unclipped["clipped"].any() and "†" not in ablate(["report", tmp_path / "s.parquet"]).stdout

@@ -145,7 +145,7 @@ def test_summarize_gives_seeds_needed_and_the_smallest_resolvable_difference():
     std = np.std([0.01, 0.03, 0.02], ddof=1)
     # 4.30 x 0.01 / sqrt(3) >= 0.02 > 3.18 x 0.01 / 2
     assert accuracy.loc["up", "seeds_needed"] == seeds_needed(0.02, std, 3) == 4
-    assert math.isclose(accuracy.loc["up", "resolvable_diff"], stats.t.ppf(0.975, 2) * std / math.sqrt(3))
+    assert math.isclose(accuracy.loc["up", "resolvable_diff"], 100 * stats.t.ppf(0.975, 2) * std / math.sqrt(3))
     assert pd.isna(accuracy.loc["same", "seeds_needed"])  # a mean difference of 0
     assert pd.isna(accuracy.loc["base", "seeds_needed"]) and math.isnan(accuracy.loc["base", "resolvable_diff"])
     assert str(summary["seeds_needed"].dtype) == "Int64"
@@ -164,7 +164,7 @@ def test_the_report_shows_seeds_needed_in_every_format(tmp_path, ablate, fake_st
     needed = seeds_needed(np.mean(beta), np.std(beta, ddof=1), 3)
     assert accuracy.loc["beta", "seeds_needed"] == needed and needed > 3
     line = next(line for line in table.output.splitlines() if line.strip().startswith("beta"))
-    assert line.split()[-2:] == [str(needed), f"±{100 * accuracy.loc['beta', 'resolvable_diff']:.2f}"]
+    assert line.split()[-2:] == [str(needed), f"±{accuracy.loc['beta', 'resolvable_diff']:.2f}"]  # in points
     json = ablate(["report", path, "--format", "json"])
     assert '"seeds_needed"' in json.output and '"resolvable_diff"' in json.output
     page = tmp_path / "r.html"

@@ -43,7 +43,8 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
     common = {**head, "status": result.status, "error": result.error, **ids,
               **typed_columns(run.config.columns(), columns),
               "params": size.params, "trainable_params": trainable_params(run.config, data.shape, len(data.classes)),
-              "flops": size.flops, "device": device, "packed": result.packed}
+              "flops": size.flops, "input_shape": "x".join(map(str, data.shape)), "device": device,
+              "packed": result.packed}
     rows = pd.DataFrame([
         {**common, "epoch": r.epoch, "split": r.split, "loss": r.loss, **r.metrics, "lr": r.lr,
          "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.last_epoch else None}

@@ -126,10 +126,39 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
                     "significant": bool(d_low > 0 or d_high < 0), "decides": metric == decides,
                     **_needed(paired, variant != base),
                 })
-    frame = pd.DataFrame(records)
+    frame = pd.DataFrame([_shown(record) for record in records], columns=SUMMARY_COLUMNS)
     if len(frame):
         frame["seeds_needed"] = frame["seeds_needed"].astype("Int64")
     return frame
+
+
+SUMMARY_COLUMNS = ["study", "variant", "metric", "unit", "seeds", "mean", "std", "ci_low", "ci_high", "baseline", "diff",
+                   "diff_ci_low", "diff_ci_high", "significant", "decides", "seeds_needed", "resolvable_diff",
+                   "clipped", "ci_low_raw", "ci_high_raw", "diff_ci_low_raw", "diff_ci_high_raw"]
+
+SCALED = ("mean", "std", "ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high", "resolvable_diff")
+
+
+def _shown(record: dict) -> dict:
+    """A summary row in the unit every report shows (accuracy in %, its differences in points:
+    the `unit` column), its intervals clipped to the range the metric can take (accuracy 0-100 %,
+    a loss >= 0; a difference within the range's width), `clipped` saying so; the t-interval's
+    own bounds kept in the `_raw` columns."""
+    metric = task_metrics.of_name(record["metric"].removeprefix("test_"))
+    shown = {**record, **{k: record[k] * metric.scale for k in SCALED}, "unit": metric.units}
+    low = None if metric.low is None else metric.low * metric.scale
+    high = None if metric.high is None else metric.high * metric.scale
+    width = None if low is None or high is None else high - low
+    clipped = False
+    for name, floor, ceiling in (("ci", low, high), ("diff_ci", -width if width else None, width)):
+        raw_low, raw_high = shown[f"{name}_low"], shown[f"{name}_high"]
+        shown[f"{name}_low_raw"], shown[f"{name}_high_raw"] = raw_low, raw_high
+        if floor is not None and raw_low < floor:
+            shown[f"{name}_low"], clipped = floor, True
+        if ceiling is not None and raw_high > ceiling:
+            shown[f"{name}_high"], clipped = ceiling, True
+    shown["clipped"] = clipped
+    return shown
 
 
 def _needed(paired: pd.Series, compared: bool) -> dict:

@@ -60,6 +60,11 @@ def _number(value: float, scale: float, digits: int) -> str:
     return "—" if value is None or value != value else f"{scale * value:.{digits}f}"
 
 
+def _clipped(row, name: str) -> str:
+    raw = (row[f"{name}_low_raw"], row[f"{name}_high_raw"])
+    return report.CLIPPED if (row[f"{name}_low"], row[f"{name}_high"]) != raw else ""
+
+
 def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
     """The comparison of one study: per variant and metric, mean ± std [95 % interval] and the
     paired difference to the baseline with its interval; * where the interval excludes 0
@@ -70,20 +75,22 @@ def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
     for _, r in rows.iterrows():
         name = r["metric"].removeprefix("test_")
         known = metrics.METRICS.get(name) if name in metrics.METRICS else None
-        scale, digits = (known.scale, 2) if known else (1.0, 4)
+        digits = 2 if known else 4
         label = f"test {metrics.heading(known) if known else name}"
         interval = "—" if r["ci_low"] != r["ci_low"] else \
-            f"[{_number(r['ci_low'], scale, digits)}, {_number(r['ci_high'], scale, digits)}]"
+            f"[{_number(r['ci_low'], 1, digits)}, {_number(r['ci_high'], 1, digits)}]" + _clipped(r, "ci")
         diff_interval = "—" if r["diff_ci_low"] != r["diff_ci_low"] else \
-            f"[{scale * r['diff_ci_low']:+.{digits}f}, {scale * r['diff_ci_high']:+.{digits}f}]"  # signed, as Δ
-        diff = "—" if r["diff"] != r["diff"] else f"{scale * r['diff']:+.{digits}f}"
+            f"[{r['diff_ci_low']:+.{digits}f}, {r['diff_ci_high']:+.{digits}f}]" + _clipped(r, "diff_ci")  # signed
+        diff = "—" if r["diff"] != r["diff"] else f"{r['diff']:+.{digits}f}"
         significant = bool(r["significant"]) and r["diff"] == r["diff"]
-        body.append([r["variant"], label, str(int(r["seeds"])), _number(r["mean"], scale, digits),
-                     _number(r["std"], scale, digits), interval, diff, diff_interval, "*" if significant else "",
-                     *report.needed_cells(r, scale, digits)])
+        body.append([r["variant"], label, str(int(r["seeds"])), _number(r["mean"], 1, digits),
+                     _number(r["std"], 1, digits), interval, diff, diff_interval, "*" if significant else "",
+                     *report.needed_cells(r, digits)])
         marks.append([""] * 6 + ["significant" if significant else ""] * 3 + [""] * 2)
     base = rows["baseline"].iloc[0]
-    return _table(header, body, f"mean and std over seeds, Student t 95 % intervals; Δ: the paired difference to "
+    note = report.clipped_note(rows)
+    return _table(header, body, (f"{note}; " if note else "") +
+                  f"mean and std over seeds, Student t 95 % intervals; Δ: the paired difference to "
                                 f"the baseline {base!r} over the seeds both have, * where its interval excludes 0; "
                                 "seeds needed: the seeds at which that interval would exclude 0 at the spread "
                                 "seen so far; resolvable Δ: the smallest difference the seeds it has resolve"

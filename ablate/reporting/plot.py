@@ -97,8 +97,9 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") ->
     if metric == "latent_corr":  # measured once per run, on train images
         splits = (("test", "s-", "tab:purple"),)
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    scale = task_metrics.METRICS.get(metric).scale if metric in task_metrics.METRICS else 1.0  # accuracy in %
     for split, style, color in splits:
-        s = final[final.split == split].groupby(factor)[metric].agg(["mean", "std"]).sort_index()
+        s = (scale * final[final.split == split].groupby(factor)[metric].agg(["mean", "std"])).sort_index()
         ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), fmt=style, color=color, capsize=3,
                     label=metric.replace("_", " ") if metric == "latent_corr" else f"{split} {metric}")
         if split == "test" and metric == "loss" and s["mean"].notna().any():
@@ -111,7 +112,7 @@ def sweep(frame: pd.DataFrame, factor: str, path: Path, metric: str = "loss") ->
     if len(values) and values.min() > 0 and values.max() / values.min() >= 100:
         ax.set_xscale("log")  # learning rates, batch sizes: decades apart
     labels = {"loss": "final loss", "latent_corr": "mean |Pearson r| between latent coordinates",
-              **{name: f"final {m.label}" for name, m in task_metrics.METRICS.items()}}
+              **{name: f"final {task_metrics.heading(m)}" for name, m in task_metrics.METRICS.items()}}
     ax.set_ylabel(labels.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()

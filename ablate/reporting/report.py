@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
-from rich.measure import Measurement
+from rich.cells import cell_len
 from rich.table import Table
 
 if TYPE_CHECKING:  # annotations only: `ablate list` prints its table without loading pandas or torch
@@ -81,6 +81,8 @@ def params_table(counts: Counts, title: str) -> Table:
         )
     for row in cells:
         table.add_row(*row)
+    table.drop_order = ("shared", "weights", "biases", "trainable", "receptive_field", "activations", "fvcore_flops",
+                        "torch_flops", "input_shape", "type", "macs", "backward_flops")
     return table
 
 
@@ -109,14 +111,65 @@ def class_table(per_class: pd.DataFrame) -> Table:
     return table
 
 
-def print_wide(console: Console, table: Table) -> None:
-    """Print without cutting columns: a table wider than the terminal keeps its full width."""
-    needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+# Words a header may be shortened to where a table does not fit the terminal.
+ABBREVIATIONS = (("test ", ""), ("accuracy", "acc"), ("resolvable", "resolv."), ("seeds needed", "needed"),
+                 ("trainable", "train."), ("activations", "acts"), ("receptive_field", "rf"),
+                 ("output_shape", "out"), ("input_shape", "in"), ("fc1_features", "fc1"), ("seeds train", "packing"))
+
+
+def _width(console: Console, table: Table) -> int:
+    """The width `table` takes when nothing limits it (rendered: rich's measurement of a table
+    can be short of it by a character or two, which would cut a cell)."""
+    import io
+
+    wide = Console(file=io.StringIO(), width=10_000, color_system=None, legacy_windows=False)
+    return max((cell_len("".join(segment.text for segment in line)) for line in wide.render_lines(table, pad=False)),
+               default=0)
+
+
+def print_wide(console: Console, table: Table, wide: bool = False) -> None:
+    """Print `table` to fit the terminal: a table too wide for it first loses its padding and
+    takes short headers, then its columns in the order of `table.drop_order` (least important
+    first; a line after it names them and says `--wide` shows them), and any cell still too
+    wide folds onto more lines. `wide`, or output that is not a terminal (a pipe, a file),
+    keeps every column at its full width."""
+    needed = _width(console, table)
     if needed <= console.width:
         console.print(table)
-    else:  # Console.print clamps its width to the terminal's: print through a wider console
+        return
+    if wide or not console.is_terminal:  # Console.print clamps its width to the terminal's: a wider console
         Console(file=console.file, width=needed, force_terminal=console.is_terminal,
                 color_system=console.color_system, no_color=console.no_color).print(table)
+        return
+    table.padding, table.pad_edge = (0, 1), False
+    for column in table.columns:
+        header = str(column.header)
+        for long, short in ABBREVIATIONS:
+            header = header.replace(long, short)
+        column.header = header
+    hidden = []
+    for name in getattr(table, "drop_order", ()):
+        if _width(console, table) <= console.width:
+            break
+        at = next((i for i, c in enumerate(table.columns) if c.header == _short(name)), None)
+        if at is not None:
+            hidden.append(name)
+            del table.columns[at]
+            for index, column in enumerate(table.columns):  # rich finds a column's cells by its index
+                column._index = index
+    if _width(console, table) > console.width:
+        for column in table.columns:  # what is still too wide folds, at spaces first
+            column.no_wrap, column.overflow, column.min_width = False, "fold", None
+    console.print(table)
+    if hidden:
+        console.print(f"hidden to fit {console.width} columns: {', '.join(hidden)}; --wide shows every column",
+                      highlight=False)
+
+
+def _short(header: str) -> str:
+    for long, short in ABBREVIATIONS:
+        header = header.replace(long, short)
+    return header
 
 
 def _mean_std(values, metric=None) -> str:
@@ -171,6 +224,7 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
                *(["latent corr"] if latent else []), "Δ test loss", *(f"Δ test {m.label}" for m in measured)]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
+    table.drop_order = ("train loss", "Δ test loss", *factors, "latent corr", "test loss")
     baseline = None
     best = final[final.split == "test"].groupby("variant")["loss"].mean().min()
     for variant, every in frame.groupby("variant", sort=False):
@@ -200,13 +254,28 @@ def study_summary(frame: pd.DataFrame, factors: tuple[str, ...]) -> Table:
     return table
 
 
-def _interval_cell(mean, std, low, high, scale=1.0, digits=4) -> str:
-    if mean != mean:  # NaN: no seed has a value (every run diverged)
+CLIPPED = "†"  # an interval shown clipped to the metric's range
+
+
+def _interval_cell(row, digits=4) -> str:
+    """A summary row's mean ± std [interval], in its unit; † where the interval was clipped."""
+    if row["mean"] != row["mean"]:  # NaN: no seed has a value (every run diverged)
         return "—"
-    text = f"{scale * mean:.{digits}f}"
-    if std == std:  # not NaN: more than one seed
-        text += f" ± {scale * std:.{digits}f}  [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+    text = f"{row['mean']:.{digits}f}"
+    if row["std"] == row["std"]:  # not NaN: more than one seed
+        mark = CLIPPED if row["ci_low"] != row["ci_low_raw"] or row["ci_high"] != row["ci_high_raw"] else ""
+        text += f" ± {row['std']:.{digits}f}  [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]{mark}"
     return text
+
+
+def clipped_note(rows) -> str | None:
+    """The line under a summary whose intervals were clipped: which range, and why."""
+    if not rows["clipped"].any():
+        return None
+    ranges = {"%": "accuracy 0-100 %", "": "a loss >= 0"}
+    named = [ranges.get(u, u) for u in dict.fromkeys(rows.loc[rows["clipped"], "unit"])]
+    return (f"{CLIPPED} the 95 % t-interval crosses the range the metric can take ({', '.join(named)}) and is shown "
+            "clipped to it: too few seeds for so wide a spread (the CSV keeps the interval's own bounds, *_raw)")
 
 
 def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str, auto: bool = False) -> Table:
@@ -240,26 +309,31 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str, auto: 
                "seeds needed", f"resolvable Δ {heading(known[decides], delta=True) if known[decides] else said}"]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
+    # least important first: what more seeds would tell, then the loss (the metric decides), then the seeds
+    table.drop_order = (columns[-1], "seeds needed", columns[2 + len(named)], columns[2], "seeds")
     for variant, group in rows.groupby("variant", sort=False):
-        metrics = [(group[group.metric == f"test_{name}"].iloc[0], m.scale if m else 1.0, 2 if m else 4)
-                   for name, m in zip(named, known)]
+        metrics = [(group[group.metric == f"test_{name}"].iloc[0], 2 if m else 4) for name, m in zip(named, known)]
         deltas = []
-        for row, scale, digits in metrics:
+        for row, digits in metrics:
             if row["diff"] != row["diff"]:
                 deltas.append("—")
                 continue
-            text = f"{scale * row['diff']:+.{digits}f}"
+            text = f"{row['diff']:+.{digits}f}"
             if row["diff_ci_low"] == row["diff_ci_low"]:
-                text += f" [{scale * row['diff_ci_low']:+.{digits}f}, {scale * row['diff_ci_high']:+.{digits}f}]"
+                text += f" [{row['diff_ci_low']:+.{digits}f}, {row['diff_ci_high']:+.{digits}f}]"
+                text += CLIPPED if row["diff_ci_low"] != row["diff_ci_low_raw"] or \
+                    row["diff_ci_high"] != row["diff_ci_high_raw"] else ""
                 text += " *" if row["significant"] else "  "
             deltas.append(text)
-        cells = [_interval_cell(r["mean"], r["std"], r["ci_low"], r["ci_high"], scale, digits)
-                 for r, scale, digits in metrics]
+        cells = [_interval_cell(r, digits) for r, digits in metrics]
         table.add_row(variant, str(metrics[0][0]["seeds"]), *cells, *deltas, *needed_cells(*metrics[decides]))
+    note = clipped_note(rows)
+    if note is not None:
+        table.caption = f"{table.caption}\n{note}"
     return table
 
 
-def needed_cells(row, scale: float, digits: int) -> tuple[str, str]:
+def needed_cells(row, digits: int) -> tuple[str, str]:
     """A summary row's seeds needed and resolvable difference, as the report shows them."""
     import pandas as pd  # cheap here: what made these rows has loaded it
 
@@ -267,7 +341,7 @@ def needed_cells(row, scale: float, digits: int) -> tuple[str, str]:
         return "—", "—"
     needed, resolves = row["seeds_needed"], row["resolvable_diff"]
     return ("not resolvable" if pd.isna(needed) else f"{int(needed):,}",
-            "—" if resolves != resolves else f"±{scale * resolves:.{digits}f}")
+            "—" if resolves != resolves else f"±{resolves:.{digits}f}")
 
 
 def auto_table(study: str, record) -> Table:
@@ -286,6 +360,7 @@ def auto_table(study: str, record) -> Table:
     delta = f"Δ {heading(metric, delta=True) if metric else record.metric}"
     for column in ("variant", "seeds", "stopped", "at seeds", delta):
         table.add_column(column, justify="left" if column in ("variant", "stopped") else "right", no_wrap=True)
+    table.drop_order = ("at seeds",)
     for row in record.rows(2 if metric else 4):
         table.add_row(*row)
     return table
@@ -321,6 +396,9 @@ def dry_run_table(rows: list[dict], study: str, out, auto: str | None = None) ->
                   box=box.SIMPLE_HEAD)
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
+    factors = [c for c in rows[0] if c not in ("variant", "seeds", "params", "flops", "epochs", "images", "done",
+                                               "left", "seeds train", "seconds")]
+    table.drop_order = ("images", "done", "flops", "params", "epochs", "seeds train", *factors)
     for row in rows:
         table.add_row(*(span(v, _duration) if k == "seconds" else human(v) if k == "flops" else span(v)
                         for k, v in row.items()))

@@ -460,8 +460,8 @@ def factorial(factors: dict[str, list], grid: bool) -> dict[str, dict]:
                 "constructor argument of --model, and its values; give --vary once per factor.",
                 grid="Every combination of the factors' values (default: one factor at a time around the base, "
                 "the first value of each).",
-                name="The study's name (letters, digits, -, _, .): its rows' `study` column. Default: --out's file "
-                "name (--out results/width.parquet is the study width), else sweep.")
+                name="The study's name, its rows' `study` column (letters, digits, -, _, .). Default: --out's "
+                "file name, else sweep.")
 def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None = None, name: str | None = None,
           out: Path | None = None) -> Study:
     """Any knob: each --vary NAME=V1,V2,... is a training setting or a constructor argument of
