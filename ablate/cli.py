@@ -430,8 +430,9 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
         stderr.print(note, highlight=False)
     out = prepared.out
     if typed.dry_run:
-        report.print_wide(stdout, report.dry_run_table(estimate.dry_run(prepared), study.name, out,
-                                                       prepared.auto and prepared.auto.auto.spec()), wide)
+        rows, start = estimate.dry_run(prepared)
+        report.print_wide(stdout, report.dry_run_table(rows, study.name, out, prepared.auto and
+                                                       prepared.auto.auto.spec(), start), wide)
         chosen = typed.executor_options
         if chosen.get("slurm"):
             stdout.print(f"each of the {chosen.get('workers') or 1} SLURM jobs would run:", highlight=False)

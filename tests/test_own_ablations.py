@@ -109,7 +109,7 @@ def test_dry_run_plans_and_writes_nothing(tmp_path, ablate, monkeypatch):
     assert result.exit_code == 0, result.output
     said = " ".join(result.stdout.split())
     assert "conv1: 4 runs planned, 0 already in results/conv1.parquet, 4 to train" in said
-    assert "estimated time" in said and "nothing was trained or written" in said
+    assert "estimated time" in said and "no run was saved, nothing was written" in said
     row = next(line for line in result.stdout.splitlines() if line.strip().startswith("8 "))
     assert "2" in row.split() and "62,958" in row  # seeds; params of conv1 = 8 (by hand below)
     assert list(tmp_path.iterdir()) == []

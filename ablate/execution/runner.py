@@ -163,6 +163,7 @@ class Prepared:
     settings: dict | None = None  # the study's own settings (study_settings), for check_resumable
     weights: dict = field(default_factory=dict)  # each --weights: what it was (weights_record)
     auto: Rule | None = None  # --seeds auto: when each variant stops (`runs` are those of MAX seeds)
+    existing: pd.DataFrame = field(default_factory=pd.DataFrame)  # the runs --out holds that the study keeps
 
     def todo(self, done: set[str]) -> list[Run]:
         return [r for r in self.runs if r.run_id not in done]
@@ -259,7 +260,9 @@ def prepare(study: Study, options: StudyOptions) -> Prepared:
     options = o.training
 
     weights.forget()  # each --weights read afresh for this study, once (then the same tensors to its end)
-    existing = results.existing_runs(out, resume, force)
+    # a dry run on an existing --out reads it as --resume would, and says what the file holds
+    looking = o.dry_run and not resume and not force and results.study_exists(out)
+    existing = results.existing_runs(out, resume or looking, force)
     auto = seeds if isinstance(seeds, AutoSeeds) else None
     runs = plan(study, options, auto.most if auto else seeds)
     rule = Rule.of(auto, runs) if auto else None
@@ -273,7 +276,17 @@ def prepare(study: Study, options: StudyOptions) -> Prepared:
         rule, said = rule.resumed(before)
         notes += said
     settings = study_settings(study, options)
-    check_resumable(existing, runs, out, study.factors, settings)
+    if looking:
+        try:
+            check_resumable(existing, runs, out, study.factors, settings)
+            kept = existing["run_id"].nunique() if len(existing) else 0
+            notes.append(f"note: {str(out)!r} exists and holds {kept} runs: this is what --resume would train; "
+                         "without --resume or --force the study is refused")
+        except UsageError as error:
+            notes.append(f"note: {error}; this is what --force would train")
+            existing = existing.iloc[:0]
+    else:
+        check_resumable(existing, runs, out, study.factors, settings)
     schema = results_schema(runs, existing, out)
     if save_models:
         results.check_writable(results.models_path(out) / "x.safetensors", (".safetensors",))
@@ -299,7 +312,7 @@ def prepare(study: Study, options: StudyOptions) -> Prepared:
         check_memory(runs, data, device)
     weights = weights_record(runs, out if resume and not existing.empty else None)  # each file read: check_weights
     return Prepared(study, runs, data, device, Path(out), resume, force, save_models, pack, other_test, notes,
-                    schema, settings, weights, rule)
+                    schema, settings, weights, rule, existing)
 
 
 def _which(variants: list[str], of: int) -> str:

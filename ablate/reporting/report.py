@@ -372,7 +372,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def dry_run_table(rows: list[dict], study: str, out, auto: str | None = None) -> Table:
+def dry_run_table(rows: list[dict], study: str, out, auto: str | None = None, start: float = 0.0) -> Table:
     """`--dry-run`: the run matrix, what the results file holds, and the time it would take;
     under --seeds `auto` (its spec), the fewest and the most runs (pairs of them)."""
     def total(key: str):
@@ -386,13 +386,15 @@ def dry_run_table(rows: list[dict], study: str, out, auto: str | None = None) ->
         return least if least == most else f"{least} to {most}"
 
     done, left, seconds = sum(r["done"] for r in rows), total("left"), total("seconds")
+    seconds = tuple(s + start for s in seconds)  # the command's start: imports, the data, the checks
     if auto is None:
         title = f"{study}: {done + left[0]} runs planned, {done} already in {out}, {left[0]} to train"
     else:
         title = (f"{study}: --seeds {auto} trains {span(left)} more runs ({done} already in {out}): the next "
                  "round at least, every undecided variant up to MAX at most")
-    table = Table(title=title, caption=f"estimated time: {span(seconds, _duration)} on this device "
-                                       "(from timing a few batches of each model); nothing was trained or written",
+    table = Table(title=title, caption=f"estimated time: {span(seconds, _duration)} on this device, "
+                                       f"{_duration(start)} of it to start (from two short epochs of each kind of "
+                                       "run, timed here); no run was saved, nothing was written",
                   box=box.SIMPLE_HEAD)
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)

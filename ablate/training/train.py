@@ -471,18 +471,24 @@ def _result(task, model, records, class_accuracy, status, train_x, prepare, keep
 _PRETRAINED: dict = {}  # (autoencoder config, seed, data) -> encoder weights: frozen and finetune share one
 
 
-def pretrained_encoder(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> dict:
-    """The encoder of an autoencoder trained for `config.pretrain_epochs` on the whole train
-    split without labels, from the run's seed, with report 001's setting (AdamW, lr 0.001,
-    batch 32, pixels in [0, 1]); the same weights for every run that asks with this seed."""
+def pretraining(config: RunConfig) -> RunConfig:
+    """The autoencoder a run with `pretrain_epochs` takes its encoder from: trained for
+    `config.pretrain_epochs` on the whole train split without labels, with report 001's setting
+    (AdamW, lr 0.001, batch 32, pixels in [0, 1])."""
     knobs = {k: v for k, v in config.model_args if k in ("latent_dim", "depth", "width")}
     args = arch.model_source("autoencoder").typed_args(knobs)  # as planning.resolve fills them in
-    autoencoder = used_settings(RunConfig(task="reconstruct", dataset=config.dataset, model="autoencoder",
-                                          epochs=config.pretrain_epochs, batch_size=32, lr=0.001, optimizer="adamw",
-                                          momentum=None, weight_decay=OPTIMIZERS.get("adamw").weight_decay,
-                                          normalization="none", image_size=config.image_size,
-                                          limit_train=config.limit_train, limit_test=config.limit_test,
-                                          deterministic=config.deterministic, model_args=tuple(sorted(args.items()))))
+    return used_settings(RunConfig(task="reconstruct", dataset=config.dataset, model="autoencoder",
+                                   epochs=config.pretrain_epochs, batch_size=32, lr=0.001, optimizer="adamw",
+                                   momentum=None, weight_decay=OPTIMIZERS.get("adamw").weight_decay,
+                                   normalization="none", image_size=config.image_size,
+                                   limit_train=config.limit_train, limit_test=config.limit_test,
+                                   deterministic=config.deterministic, model_args=tuple(sorted(args.items()))))
+
+
+def pretrained_encoder(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> dict:
+    """The encoder of the run's `pretraining` autoencoder, from the run's seed; the same
+    weights for every run that asks with this seed."""
+    autoencoder = pretraining(config)
     key = (autoencoder, seed, data.name, len(data.train_y), str(device))
     if key not in _PRETRAINED:
         state = train_run(autoencoder, data, seed, device, keep_model=True).state
