@@ -734,5 +734,42 @@ def plot_command(
         stderr.print(f"figure: {figure}", highlight=False)
 
 
+class Tracker(str, Enum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+@app.command("export")
+def export_command(
+    path: Path = typer.Argument(..., help="A study file (.parquet) written by ablate, or a folder of them."),
+    where: Optional[str] = typer.Argument(None, help="TensorBoard: the log folder (default runs/). MLflow: the "
+                                                     "tracking URI, or a folder (default mlruns/)."),
+    to: Tracker = typer.Option(..., "--to", help="tensorboard or mlflow."),
+):
+    """Export every run to a tracker: one tracked run per ablate run, its settings as parameters,
+    its loss and metrics per epoch as steps, its study, variant and seed as tags. Runs exported
+    before are left as they are. Needs the tracker's package: pip install 'ablate[tensorboard]'
+    or 'ablate[mlflow]'."""
+    from ablate.reporting import export
+    from ablate.results import folder
+
+    frame, _, skipped = folder.read_studies(path)
+    for note in skipped:
+        stderr.print(f"note: {note}", highlight=False)
+    if to == Tracker.tensorboard:
+        target = Path(where or "runs")
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"{str(target)!r} is not a folder: give TensorBoard's log folder")
+    try:
+        done = export.to_tensorboard(frame, target) if to == Tracker.tensorboard else export.to_mlflow(frame, where)
+    except OSError as error:
+        raise EnvironmentFailure(f"exporting to {to.value} failed: {error.strerror or error}; the runs exported "
+                                 "so far are there, and exporting again adds the rest") from None
+    said = f"exported {done.runs} run{'s' * (done.runs != 1)} to {to.value} at {done.where}"
+    said += f"; {done.kept} {'were' if done.kept != 1 else 'was'} there already" if done.kept else ""
+    said += f"; {done.failed} failed run{'s' * (done.failed != 1)} without epochs" if done.failed else ""
+    stderr.print(said, highlight=False)
+
+
 def main() -> None:
     app()

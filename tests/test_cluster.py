@@ -85,7 +85,7 @@ def dask_cluster(tmp_path):
 def test_an_existing_scheduler_and_a_worker_killed_mid_study(tmp_path, in_process, dask_cluster):
     address, processes = dask_cluster
     out = tmp_path / "remote.parquet"
-    driver = subprocess.Popen([sys.executable, "-m", "ablate", *STUDY, "--scheduler", address, "--out", out],
+    driver = subprocess.Popen([sys.executable, "-m", "ablate", *STUDY, "--dask-scheduler", address, "--out", out],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not out.exists() and time.monotonic() < deadline and driver.poll() is None:
@@ -99,7 +99,7 @@ def test_an_existing_scheduler_and_a_worker_killed_mid_study(tmp_path, in_proces
 
 
 def test_a_scheduler_that_is_not_there_is_a_usage_error(ablate):
-    result = ablate([*STUDY, "--scheduler", "tcp://127.0.0.1:9", "--out", "x.parquet"])
+    result = ablate([*STUDY, "--dask-scheduler", "tcp://127.0.0.1:9", "--out", "x.parquet"])
     assert result.exit_code == 2 and "--dask-scheduler tcp://127.0.0.1:9: cannot connect" in result.stderr
 
 

@@ -248,7 +248,7 @@ def test_a_clearly_lower_value_is_as_significant_as_a_clearly_higher_one(tmp_pat
     summary = compare.summarize(compare.pick_epochs(frame)).set_index(["variant", "metric"])
     lower, higher = summary.loc[("beta", "test_loss")], summary.loc[("beta", "test_accuracy")]
     assert lower["diff"] == pytest.approx(-0.11) and lower["diff_ci_high"] < 0
-    assert higher["diff"] == pytest.approx(0.1) and higher["diff_ci_low"] > 0
+    assert higher["diff"] == pytest.approx(10.0) and higher["diff_ci_low"] > 0  # points of %
     assert lower["significant"] and higher["significant"]
     # from beta's side: alpha's loss is higher, its accuracy lower
     summary = compare.summarize(compare.pick_epochs(frame), "beta").set_index(["variant", "metric"])

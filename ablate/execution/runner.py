@@ -257,7 +257,12 @@ def prepare(study: Study, options: StudyOptions) -> Prepared:
     out = Path(o.out) if o.out is not None else Path("results") / f"{study.name}.parquet"
     seeds, device, data_dir, resume, force, save_models, pack = (o.seeds, o.device, o.data_dir, o.resume, o.force,
                                                                  o.save_models, o.pack)
-    options = o.training
+    # an option the study's builder took and gave to some of its variants is theirs (transfer's
+    # --pretrain-epochs: not the scratch variant's); one it took for itself holds for every run
+    from ablate.config import setting_of
+
+    placed = {setting_of(name) for fields in study.variants.values() for name in fields}
+    options = {k: None if k in o.taken and k in placed else v for k, v in o.training.items()}
 
     weights.forget()  # each --weights read afresh for this study, once (then the same tensors to its end)
     # a dry run on an existing --out reads it as --resume would, and says what the file holds
