@@ -26,14 +26,21 @@ STYLE = """
 body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg);
   margin: 0 auto; padding: 1rem; max-width: 70rem; }
 h1 { font-size: 1.6rem; } h2 { font-size: 1.3rem; border-top: 1px solid var(--line); padding-top: 1rem; }
-.muted, caption { color: var(--muted); font-size: 0.9rem; }
+.muted, .caption { color: var(--muted); font-size: 0.9rem; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.3rem 0.6rem; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; }  /* a long header wraps: the numbers set the width */
 th:first-child, td:first-child { text-align: left; }
-caption { caption-side: bottom; text-align: left; padding-top: 0.3rem; }
+.caption { margin: -0.5rem 0 1rem; }
 .significant { color: var(--mark); font-weight: 600; }
-figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
+/* the variant stays in view while a wide table scrolls */
+table.sticky th:first-child, table.sticky td:first-child { position: sticky; left: 0; background: var(--bg); }
+/* provenance: long values (the command, a path) wrap instead of pushing the page wide */
+table.facts td { text-align: left; white-space: normal; overflow-wrap: anywhere; }
+table.facts td:first-child { white-space: nowrap; color: var(--muted); }
+/* a figure keeps a legible size on a phone, and scrolls sideways there */
+figure { margin: 1rem 0; overflow-x: auto; } figure svg { width: 100%; min-width: 40rem; height: auto; }
 code { font-size: 0.9em; overflow-wrap: anywhere; }
 @media print { body { max-width: none; } h2 { break-before: page; } figure { break-inside: avoid; } }
 """
@@ -47,13 +54,17 @@ def _cell(value: str, kind: str = "") -> str:
     return f'<td class="{kind}">{_e(value)}</td>' if kind else f"<td>{_e(value)}</td>"
 
 
-def _table(header: list[str], rows: list[list[str]], caption: str = "", classes: list[list[str]] | None = None) -> str:
-    """A table of text cells; `classes`: a CSS class per cell ("" for none)."""
+def _table(header: list[str], rows: list[list[str]], caption: str = "", classes: list[list[str]] | None = None,
+           kind: str = "") -> str:
+    """A table of text cells; `classes`: a CSS class per cell ("" for none); `kind`: the table's
+    own class (sticky: its first column stays in view; facts: label and long value)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(v, c) for v, c in zip(row, classes[i] if classes else [""] * len(row)))
                    + "</tr>" for i, row in enumerate(rows))
-    cap = f"<caption>{_e(caption)}</caption>" if caption else ""
-    return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    cap = f"<p class='caption'>{_e(caption)}</p>" if caption else ""  # below, at the page's width
+    table = f'<table class="{kind}">' if kind else "<table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
+    return f'<div class="scroll">{table}{thead}<tbody>{body}</tbody></table></div>{cap}'
 
 
 def _number(value: float, scale: float, digits: int) -> str:
@@ -76,7 +87,7 @@ def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
         name = r["metric"].removeprefix("test_")
         known = metrics.METRICS.get(name) if name in metrics.METRICS else None
         digits = 2 if known else 4
-        label = f"test {metrics.heading(known) if known else name}"
+        label = metrics.heading(known) if known else name  # the heading says: test metrics
         interval = "—" if r["ci_low"] != r["ci_low"] else \
             f"[{_number(r['ci_low'], 1, digits)}, {_number(r['ci_high'], 1, digits)}]" + _clipped(r, "ci")
         diff_interval = "—" if r["diff_ci_low"] != r["diff_ci_low"] else \
@@ -96,7 +107,7 @@ def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
                                 "seen so far; resolvable Δ: the smallest difference the seeds it has resolve"
                                 + ("; the seeds were chosen by --seeds auto, which stops early: these plain "
                                    "intervals do not allow for that, the table below does" if auto else ""),
-                  marks)
+                  marks, kind="sticky")
 
 
 def _compared(frame: pd.DataFrame, study: dict) -> str:
@@ -111,7 +122,7 @@ def _compared(frame: pd.DataFrame, study: dict) -> str:
                           "limit_train", "limit_test", "augment", "normalization") if c in frame and c not in factors
               and frame[c].astype(str).nunique() == 1]
     said = ", ".join(f"{c} {_e_value(frame[c].iloc[0])}" for c in shared)
-    return _table(["variant", *factors, "seeds"], variants) + f"<p class='muted'>every run: {_e(said)}</p>"
+    return _table(["variant", *factors, "seeds"], variants, kind="sticky") + f"<p class='muted'>every run: {_e(said)}</p>"
 
 
 def _e_value(value) -> str:
@@ -173,23 +184,56 @@ def _auto(record: sequential.AutoRecord | None) -> str:
         "so that the intervals stay valid however the study stopped (docs/seeds.md)")
 
 
-def _provenance(meta: dict, path: Path, seeds: int) -> str:
+def _more_seeds(command: str, seeds: int, summary: pd.DataFrame) -> str:
+    """The command with more seeds: as many as its closest undecided comparison needs (the
+    report's seeds needed), at least two more than it has, at most 100."""
+    import re
+    import shlex
+
+    needed = pd.to_numeric(summary.loc[summary["decides"], "seeds_needed"], errors="coerce").dropna()
+    bigger = [int(n) for n in needed if n > seeds]
+    more = min(100, max(seeds + 2, min(bigger))) if bigger else seeds + 2
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word == "--seeds" and i + 1 < len(words):
+            if words[i + 1].startswith("auto"):
+                return shlex.join([*words, "--resume"])  # auto: --resume goes on to MAX, or a larger auto:MAX
+            words[i + 1] = str(more)
+            break
+        if re.fullmatch(r"--seeds=\S+", word):
+            if word.startswith("--seeds=auto"):
+                return shlex.join([*words, "--resume"])
+            words[i] = f"--seeds={more}"
+            break
+    else:
+        words += ["--seeds", str(more)]
+    return shlex.join([*(w for w in words if w not in ("--resume", "--force")), "--resume"])
+
+
+def _packing(meta: dict) -> str:
+    """How each variant's seeds trained (the file's `packing`), as a table of its own."""
+    packing = {v: c for v, c in (results.metadata_value(meta, "packing", dict) or {}).items() if isinstance(c, dict)}
+    if not packing:
+        return ""
+    rows = [[v, "packed" if c.get("packed") else "one by one",
+             f"{c['ratio']:.2f} x" if isinstance(c.get("ratio"), (int, float)) else "—", str(c.get("why", ""))]
+            for v, c in packing.items()]
+    return "<h4>How the seeds trained</h4>" + _table(["variant", "seeds", "packed speed", "why"], rows, kind="sticky")
+
+
+def _provenance(meta: dict, path: Path, seeds: int, summary: pd.DataFrame) -> str:
     said = {key: results.metadata_value(meta, key, str, "") for key in
             ("command", "ablate_version", "torch_version", "torchvision_version", "device", "created")}
     command = said["command"]
     rows = [["command", command], ["ablate", said["ablate_version"]], ["torch", said["torch_version"]],
             ["torchvision", said["torchvision_version"]], ["device", said["device"]], ["started", said["created"]],
             ["file", str(path)]]
-    packing = {v: c for v, c in (results.metadata_value(meta, "packing", dict) or {}).items() if isinstance(c, dict)}
-    if packing:
-        rows.append(["seeds packed", ", ".join(f"{v}: {'packed' if c.get('packed') else 'one by one'} "
-                                                f"({c.get('why', '')})" for v, c in packing.items())])
-    body = _table(["", ""], [[k, v] for k, v in rows if v])
+    body = _table(["", ""], [[k, v] for k, v in rows if v], kind="facts")
     if command:
-        more = f"{command} --seeds {seeds + 2} --resume" if "--seeds" not in command else f"{command} --resume"
         body += (f"<p>To reproduce it: <code>{_e(command)}</code>; to add seeds to it, the same command with more "
-                 f"<code>--seeds</code> and <code>--resume</code>: <code>{_e(more)}</code></p>")
-    return body
+                 f"<code>--seeds</code> and <code>--resume</code>: <code>{_e(_more_seeds(command, seeds, summary))}"
+                 "</code></p>")
+    return body + _packing(meta)
 
 
 def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str) -> str:
@@ -217,7 +261,7 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
                 f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows, auto is not None)}{_auto(auto)}"
                 f"<h3>Runs that did not finish well</h3>{_problems(runs)}"
                 f"<h3>Figures</h3>{_figures(path, study)}"
-                f"<h3>Where the numbers came from</h3>{_provenance(meta, path, seeds)}</section>")
+                f"<h3>Where the numbers came from</h3>{_provenance(meta, path, seeds, rows)}</section>")
     title = "ablate report: " + ", ".join(dict.fromkeys(summary["study"]))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
