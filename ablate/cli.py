@@ -304,7 +304,8 @@ class Amp(str, Enum):
 
 
 DEFAULTS = RunConfig()
-SHARED_OPTIONS = {  # name: (type, default, option); every study command takes these. Short help: docs/studies.md has the rest
+# name: (type, default, option): every study command takes these; short help (docs/studies.md has the rest)
+SHARED_OPTIONS = {
     "model": (Optional[str], None, typer.Option(
         help="A model name (`ablate list models`), a torchvision classifier, package.module:Class or a layer "
              "stack. Default: the study's (tutorial for most).")),
