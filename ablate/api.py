@@ -96,7 +96,8 @@ def run(study: str, /, **options) -> pd.DataFrame | None:
     return None if done is None else load(done)
 
 
-def report(*paths, epoch: int | None = None, best: bool = False, baseline: str | None = None) -> pd.DataFrame:
+def report(*paths, epoch: int | None = None, best: bool = False, baseline: str | None = None,
+           correction: str = "holm", effect: float | None = None) -> pd.DataFrame:
     """The summary `ablate report PATHS` prints, as a DataFrame (its `--format csv` columns):
     per study and variant, mean, std and 95 % interval over seeds, and the paired difference
     to the baseline. `paths`: study files or folders of them."""
@@ -104,7 +105,7 @@ def report(*paths, epoch: int | None = None, best: bool = False, baseline: str |
 
     if not paths:
         raise UsageError("give at least one study file or folder")
-    compared = compare_studies([Path(p) for p in paths], epoch, best, baseline)
+    compared = compare_studies([Path(p) for p in paths], epoch, best, baseline, correction, effect)
     for note in compared.notes:
         warnings.warn(note, stacklevel=2)
     return compared.summary

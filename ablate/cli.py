@@ -653,6 +653,10 @@ def report_command(
     best: bool = typer.Option(False, "--best", help="Compare each run at its epoch of the best test value of its task's first metric (accuracy, PSNR; the lowest loss for a task with none)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant to compare with (default: the first)."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format"),
+    correction: str = typer.Option("holm", "--correction", help="holm: a difference is marked * at a family-wise "
+                                   "5 % over the study's comparisons (Holm's step-down); none: each at 5 %."),
+    effect: Optional[float] = typer.Option(None, "--effect", help="Also the seeds for 80 % power to detect a "
+                                           "difference of E (accuracy points, dB, loss) at the spread seen."),
     wide: bool = typer.Option(False, "--wide", help="Print every column, however wide the table (output that is "
                                                     "not a terminal always has them all)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write the report as one self-contained page "
@@ -667,7 +671,7 @@ def report_command(
 
     if html is not None:
         results.check_writable(html, (".html", ".htm"))
-    compared = compare.compare_studies(paths, epoch, best, baseline)
+    compared = compare.compare_studies(paths, epoch, best, baseline, correction, effect)
     for note in compared.notes:
         stderr.print(f"note: {note}", highlight=False)
     frame, summary, paths, label = compared.frame, compared.summary, compared.files, compared.label

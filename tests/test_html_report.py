@@ -72,13 +72,14 @@ def test_the_pages_numbers_are_the_csv_reports(studied, ablate, options):
         assert row[4] == f"{r['std']:.{digits}f}"  # every cell, not only the mean
         assert row[5] == f"[{r['ci_low']:.{digits}f}, {r['ci_high']:.{digits}f}]" + mark("ci")
         if r["variant"] == r["baseline"]:
-            assert row[6] == "—" and row[7] == "—" and row[9] == "—" and row[10] == "—"
+            assert row[6] == "—" and row[7] == "—" and row[9] == "—" and row[10] == "—" and row[11] == "—"
         else:
             assert row[6] == f"{r['diff']:+.{digits}f}"
             assert row[7] == f"[{r['diff_ci_low']:+.{digits}f}, {r['diff_ci_high']:+.{digits}f}]" + mark("diff_ci")
             assert row[8] == ("*" if r["significant"] else "")
             assert row[9] == ("not resolvable" if pd.isna(r["seeds_needed"]) else f"{int(r['seeds_needed']):,}")
-            assert row[10] == f"±{r['resolvable_diff']:.{digits}f}"
+            assert row[10] == ("not resolvable" if pd.isna(r["seeds_power"]) else f"{int(r['seeds_power']):,}")
+            assert row[11] == f"±{r['resolvable_diff']:.{digits}f}"
 
 
 def test_the_page_embeds_its_figures_and_loads_nothing(studied, ablate):

@@ -14,7 +14,7 @@ from ablate.execution import runner
 from ablate.reporting import compare
 from ablate.results import files as results
 from ablate.study import sequential
-from ablate.study.sequential import AutoSeeds, decide, looks, next_target, parse_seeds, seeds_needed, spent
+from ablate.study.sequential import seeds_for_power, AutoSeeds, decide, looks, next_target, parse_seeds, seeds_needed, spent
 from ablate.training.train import EpochRecord, RunResult
 
 # ---------------------------------------------------------------- the stopping rule, simulated
@@ -164,7 +164,9 @@ def test_the_report_shows_seeds_needed_in_every_format(tmp_path, ablate, fake_st
     needed = seeds_needed(np.mean(beta), np.std(beta, ddof=1), 3)
     assert accuracy.loc["beta", "seeds_needed"] == needed and needed > 3
     line = next(line for line in table.output.splitlines() if line.strip().startswith("beta"))
-    assert line.split()[-2:] == [str(needed), f"±{accuracy.loc['beta', 'resolvable_diff']:.2f}"]  # in points
+    power = seeds_for_power(np.mean(beta), np.std(beta, ddof=1))
+    assert accuracy.loc["beta", "seeds_power"] == power and power > needed  # 80 % power asks for more
+    assert line.split()[-3:] == [str(needed), str(power), f"±{accuracy.loc['beta', 'resolvable_diff']:.2f}"]
     json = ablate(["report", path, "--format", "json"])
     assert '"seeds_needed"' in json.output and '"resolvable_diff"' in json.output
     page = tmp_path / "r.html"

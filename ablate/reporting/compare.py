@@ -88,14 +88,30 @@ def interval(values: pd.Series, confidence: float = 0.95) -> tuple[float, float]
     return sequential.t_interval(values.dropna().tolist(), 1 - confidence)
 
 
-def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+CORRECTIONS = ("holm", "none")  # across a study's comparisons of one metric: Holm's step-down, or none
+
+
+def summarize(test_rows: pd.DataFrame, baseline: str | None = None, correction: str = "holm",
+              effect: float | None = None) -> pd.DataFrame:
     """One row per (study, variant, metric): n seeds, mean, std, 95 % interval, the paired
     difference to the baseline variant over the seeds both have with its interval, the seeds
     that difference needs (`seeds_needed`) and the smallest one the seeds resolve, and whether
     the metric is the one that decides (`decides`: metrics.deciding). The
-    baseline is the first variant of a study that does not have one named `baseline`."""
+    baseline is the first variant of a study that does not have one named `baseline`.
+
+    `significant` marks a difference whose paired t-test rejects 0 with the family-wise error
+    rate of the study's comparisons of that metric held at 5 % (`correction` holm: Holm's
+    step-down over the variants; none: each comparison at 5 %, its interval excluding 0);
+    `p_value` is the comparison's own, `p_adjusted` Holm's. `seeds_power`: the seeds for 80 %
+    power to detect the observed difference at the observed spread; `seeds_for_effect`: to
+    detect `effect` (in the units the report shows: accuracy points)."""
     if baseline is not None and baseline not in set(test_rows["variant"]):
         raise unknown_name("baseline variant", baseline, list(dict.fromkeys(test_rows["variant"])))
+    if correction not in CORRECTIONS:
+        raise unknown_name("correction", correction, list(CORRECTIONS))
+    if effect is not None and not (math.isfinite(effect) and effect > 0):
+        raise UsageError(f"--effect must be a finite number > 0 (in the metric's units, like 1.0 accuracy points), "
+                         f"got {effect!r}")
     records = []
     for study, rows in test_rows.groupby("study", sort=False):
         variants = list(dict.fromkeys(rows["variant"]))
@@ -124,17 +140,20 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None) -> pd.DataFr
                     "diff": paired.mean() if variant != base else math.nan,
                     "diff_ci_low": d_low, "diff_ci_high": d_high,
                     "significant": bool(d_low > 0 or d_high < 0), "decides": metric == decides,
-                    **_needed(paired, variant != base),
+                    **_needed(paired, variant != base, effect, task_metrics.of_name(metric)),
                 })
+    _correct(records, correction)
     frame = pd.DataFrame([_shown(record) for record in records], columns=SUMMARY_COLUMNS)
     if len(frame):
-        frame["seeds_needed"] = frame["seeds_needed"].astype("Int64")
+        for column in ("seeds_needed", "seeds_power", "seeds_for_effect"):
+            frame[column] = frame[column].astype("Int64")
     return frame
 
 
 SUMMARY_COLUMNS = ["study", "variant", "metric", "unit", "seeds", "mean", "std", "ci_low", "ci_high", "baseline", "diff",
                    "diff_ci_low", "diff_ci_high", "significant", "decides", "seeds_needed", "resolvable_diff",
-                   "clipped", "ci_low_raw", "ci_high_raw", "diff_ci_low_raw", "diff_ci_high_raw"]
+                   "clipped", "ci_low_raw", "ci_high_raw", "diff_ci_low_raw", "diff_ci_high_raw", "p_value",
+                   "p_adjusted", "correction", "seeds_power", "seeds_for_effect"]
 
 SCALED = ("mean", "std", "ci_low", "ci_high", "diff", "diff_ci_low", "diff_ci_high", "resolvable_diff")
 
@@ -161,15 +180,41 @@ def _shown(record: dict) -> dict:
     return shown
 
 
-def _needed(paired: pd.Series, compared: bool) -> dict:
+def _needed(paired: pd.Series, compared: bool, effect: float | None, metric) -> dict:
     """What more seeds would tell of a paired difference (ablate.study.sequential): the seeds at which
-    its interval would exclude 0 at the spread seen so far, and the smallest difference the
-    seeds it has resolve; none for the baseline itself."""
+    its interval would exclude 0 at the spread seen so far, the seeds for 80 % power (to detect
+    what it shows, and `effect`, in shown units), the smallest difference the seeds it has
+    resolve, and its p-value; none for the baseline itself."""
     if not compared:
-        return {"seeds_needed": None, "resolvable_diff": math.nan}
+        return {"seeds_needed": None, "seeds_power": None, "seeds_for_effect": None, "resolvable_diff": math.nan,
+                "p_value": math.nan}
     n, std = paired.count(), paired.std() if paired.count() > 1 else math.nan
-    return {"seeds_needed": sequential.seeds_needed(paired.mean(), std, n),
-            "resolvable_diff": sequential.resolvable(std, n)}
+    mean = paired.mean()
+    return {"seeds_needed": sequential.seeds_needed(mean, std, n),
+            "seeds_power": sequential.seeds_for_power(mean, std) if n > 1 else None,
+            "seeds_for_effect": sequential.seeds_for_power(effect / metric.scale, std)
+            if effect is not None and n > 1 else None,
+            "resolvable_diff": sequential.resolvable(std, n), "p_value": sequential.p_value(mean, std, n)}
+
+
+def _correct(records: list[dict], correction: str) -> None:
+    """Each study's comparisons of one metric as a family: `p_adjusted` (Holm's step-down,
+    statsmodels' multipletests) and `significant` at a family-wise 5 %; with `none`, each
+    comparison on its own (its interval excludes 0)."""
+    from statsmodels.stats.multitest import multipletests
+
+    families: dict[tuple, list[dict]] = {}
+    for record in records:
+        record["correction"] = correction
+        record["p_adjusted"] = record["p_value"]
+        if record["p_value"] == record["p_value"]:  # a comparison with a test
+            families.setdefault((record["study"], record["metric"]), []).append(record)
+    if correction == "none":
+        return
+    for family in families.values():
+        reject, adjusted, _, _ = multipletests([r["p_value"] for r in family], alpha=sequential.ALPHA, method="holm")
+        for record, rejected, p in zip(family, reject, adjusted):
+            record["significant"], record["p_adjusted"] = bool(rejected), float(p)
 
 
 @dataclass
@@ -185,7 +230,7 @@ class Compared:
 
 
 def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = False,
-                    baseline: str | None = None) -> Compared:
+                    baseline: str | None = None, correction: str = "holm", effect: float | None = None) -> Compared:
     """The summary `ablate report PATHS` prints, of study files or folders of them."""
     from ablate.results import files as results
     from ablate.results import folder
@@ -201,6 +246,6 @@ def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = Fa
         files += given_files
         notes += skipped
     frame, separated = results.separate_configurations(folder.union(frames))
-    summary = summarize(pick_epochs(frame, epoch, best), baseline)
+    summary = summarize(pick_epochs(frame, epoch, best), baseline, correction, effect)
     label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
     return Compared(frame, summary, list(dict.fromkeys(files)), label, notes + separated + failed_notes(frame))

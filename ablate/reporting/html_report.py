@@ -80,8 +80,9 @@ def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
     """The comparison of one study: per variant and metric, mean ± std [95 % interval] and the
     paired difference to the baseline with its interval; * where the interval excludes 0
     (`auto`: under seeds --seeds auto chose, which these plain intervals do not allow for)."""
+    effect = rows["seeds_for_effect"].notna().any()
     header = ["variant", "metric", "seeds", "mean", "std", "95 % interval", "Δ to baseline", "Δ 95 % interval", "",
-              "seeds needed", "resolvable Δ"]
+              "seeds needed", "seeds for 80 % power", *(["seeds for --effect"] if effect else []), "resolvable Δ"]
     body, marks = [], []
     for _, r in rows.iterrows():
         name = r["metric"].removeprefix("test_")
@@ -96,15 +97,18 @@ def _summary(rows: pd.DataFrame, auto: bool = False) -> str:
         significant = bool(r["significant"]) and r["diff"] == r["diff"]
         body.append([r["variant"], label, str(int(r["seeds"])), _number(r["mean"], 1, digits),
                      _number(r["std"], 1, digits), interval, diff, diff_interval, "*" if significant else "",
-                     *report.needed_cells(r, digits)])
-        marks.append([""] * 6 + ["significant" if significant else ""] * 3 + [""] * 2)
+                     *(c for c, what in zip(report.needed_cells(r, digits), report.NEEDED)
+                       if effect or what != "for Δ effect")])
+        marks.append([""] * 6 + ["significant" if significant else ""] * 3 + [""] * (4 if effect else 3))
     base = rows["baseline"].iloc[0]
     note = report.clipped_note(rows)
     return _table(header, body, (f"{note}; " if note else "") +
                   f"mean and std over seeds, Student t 95 % intervals; Δ: the paired difference to "
-                                f"the baseline {base!r} over the seeds both have, * where its interval excludes 0; "
+                                f"the baseline {base!r} over the seeds both have, {report.significance_said(rows)}; "
                                 "seeds needed: the seeds at which that interval would exclude 0 at the spread "
-                                "seen so far; resolvable Δ: the smallest difference the seeds it has resolve"
+                                "seen so far; seeds for 80 % power: those at which a paired t-test finds that "
+                                "difference 4 times in 5; resolvable Δ: the smallest difference the seeds it has "
+                                "resolve"
                                 + ("; the seeds were chosen by --seeds auto, which stops early: these plain "
                                    "intervals do not allow for that, the table below does" if auto else ""),
                   marks, kind="sticky")

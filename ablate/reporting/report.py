@@ -292,8 +292,9 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str, auto: 
     decides = named.index(next((m for m in rows.loc[rows["decides"], "metric"]), "test_loss").removeprefix("test_"))
     said = known[decides].label if known[decides] else named[decides]
     caption = ("mean ± std [95 % t-interval over seeds]; Δ: paired difference to the baseline over "
-               f"shared seeds, * when its interval excludes 0; seeds needed: the seeds at which the interval of "
-               f"Δ {said} would exclude 0 at the spread seen so far; resolvable: the smallest Δ {said} the seeds "
+               f"shared seeds, {significance_said(rows)}; seeds needed: the seeds at which the interval of "
+               f"Δ {said} would exclude 0 at the spread seen so far; 80 % power: the seeds at which a paired t-test "
+               f"finds that Δ 4 times in 5{effect_said(rows, said)}; resolvable: the smallest Δ {said} the seeds "
                "it has resolve (the interval's half-width)")
     if auto:
         caption += ("; the seeds were chosen by --seeds auto, which stops early: these plain intervals do not "
@@ -306,11 +307,13 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str, auto: 
                   box=box.SIMPLE_HEAD)
     columns = ["variant", "seeds", *(f"test {heading(m) if m else name}" for name, m in zip(named, known)),
                *(f"Δ {heading(m, delta=True) if m else name}" for name, m in zip(named, known)),
-               "seeds needed", f"resolvable Δ {heading(known[decides], delta=True) if known[decides] else said}"]
+               "seeds needed", "80 % power", *(["for Δ effect"] if rows["seeds_for_effect"].notna().any() else []),
+               f"resolvable Δ {heading(known[decides], delta=True) if known[decides] else said}"]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     # least important first: what more seeds would tell, then the loss (the metric decides), then the seeds
-    table.drop_order = (columns[-1], "seeds needed", columns[2 + len(named)], columns[2], "seeds")
+    table.drop_order = (columns[-1], "for Δ effect", "seeds needed", "80 % power", columns[2 + len(named)], columns[2],
+                        "seeds")
     for variant, group in rows.groupby("variant", sort=False):
         metrics = [(group[group.metric == f"test_{name}"].iloc[0], 2 if m else 4) for name, m in zip(named, known)]
         deltas = []
@@ -326,22 +329,48 @@ def comparison_table(summary: pd.DataFrame, study: str, epoch_label: str, auto: 
                 text += " *" if row["significant"] else "  "
             deltas.append(text)
         cells = [_interval_cell(r, digits) for r, digits in metrics]
-        table.add_row(variant, str(metrics[0][0]["seeds"]), *cells, *deltas, *needed_cells(*metrics[decides]))
+        needed = needed_cells(*metrics[decides])
+        if "for Δ effect" not in columns:
+            needed = [c for c, name in zip(needed, NEEDED) if name != "for Δ effect"]
+        table.add_row(variant, str(metrics[0][0]["seeds"]), *cells, *deltas, *needed)
     note = clipped_note(rows)
     if note is not None:
         table.caption = f"{table.caption}\n{note}"
     return table
 
 
-def needed_cells(row, digits: int) -> tuple[str, str]:
-    """A summary row's seeds needed and resolvable difference, as the report shows them."""
+NEEDED = ("seeds needed", "80 % power", "for Δ effect", "resolvable")  # needed_cells, in order
+
+
+def needed_cells(row, digits: int) -> tuple[str, str, str, str]:
+    """A summary row's seeds needed (for its interval to exclude 0, for 80 % power at what it
+    shows and at --effect) and resolvable difference, as the report shows them."""
     import pandas as pd  # cheap here: what made these rows has loaded it
 
     if row["variant"] == row["baseline"]:
-        return "—", "—"
-    needed, resolves = row["seeds_needed"], row["resolvable_diff"]
-    return ("not resolvable" if pd.isna(needed) else f"{int(needed):,}",
+        return "—", "—", "—", "—"
+
+    def seeds(n):
+        return "not resolvable" if pd.isna(n) else f"{int(n):,}"
+
+    resolves = row["resolvable_diff"]
+    return (seeds(row["seeds_needed"]), seeds(row["seeds_power"]),
+            "—" if pd.isna(row["seeds_for_effect"]) else f"{int(row['seeds_for_effect']):,}",
             "—" if resolves != resolves else f"±{resolves:.{digits}f}")
+
+
+def significance_said(rows) -> str:
+    """What the `*` of a summary means: Holm's family-wise 5 %, or each comparison's own."""
+    family = rows[(rows["variant"] != rows["baseline"]) & rows["decides"]]
+    if (rows["correction"] == "none").all():
+        return "* when its interval excludes 0 (each comparison at 5 %, uncorrected: --correction none)"
+    return (f"* when its paired t-test rejects 0 at a family-wise 5 % over the study's {len(family)} "
+            "comparisons of each metric (Holm; the interval is each comparison's own)")
+
+
+def effect_said(rows, metric: str) -> str:
+    """The --effect the `for Δ effect` column plans for, if any."""
+    return "" if not rows["seeds_for_effect"].notna().any() else f"; for Δ effect: the same, for the --effect given"
 
 
 def auto_table(study: str, record) -> Table:

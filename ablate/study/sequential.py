@@ -185,6 +185,50 @@ def seeds_needed(mean: float, std: float, seeds: int) -> int | None:
     return n if n <= NEEDED_AT_MOST else None
 
 
+def p_value(mean: float, std: float, seeds: int) -> float:
+    """The two-sided p-value of a paired t-test that the mean difference is 0 (NaN under two
+    seeds; 0 or 1 where every seed gives the same difference)."""
+    from scipy import stats
+
+    if seeds < 2 or mean != mean or std != std:
+        return math.nan
+    if std == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(seeds)), seeds - 1))
+
+
+POWER = 0.8  # the power the report plans seeds for
+
+
+def seeds_for_power(difference: float, std: float, power: float = POWER, alpha: float = ALPHA) -> int | None:
+    """The fewest seeds (2 or more) at which a paired t-test at `alpha` detects a true mean
+    difference `difference` with probability `power`, the paired differences spread by `std`
+    (statsmodels' TTestPower: the noncentral t). None where no number of seeds does (a
+    difference of 0, or over NEEDED_AT_MOST)."""
+    from statsmodels.stats.power import TTestPower
+
+    if difference != difference or std != std or difference == 0:
+        return None
+    if std == 0:
+        return 2
+    effect = abs(difference) / std
+    if (1.959963984540054 + 0.8416212335729143) ** 2 / effect ** 2 > NEEDED_AT_MOST:  # the normal bound
+        return None
+
+    def enough(n: int) -> bool:  # the power grows with n: the fewest n by bisection over whole numbers
+        return TTestPower().power(effect_size=effect, nobs=n, alpha=alpha, alternative="two-sided") >= power
+
+    low, high = 2, 2
+    while not enough(high):
+        low, high = high + 1, high * 2
+        if high > 2 * NEEDED_AT_MOST:
+            return None
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle + 1, high)
+    return high
+
+
 def resolvable(std: float, seeds: int) -> float:
     """The smallest |difference| the current seeds resolve: the 95 % t-interval's half-width,
     t(0.975, n-1) * std / sqrt(n); NaN under 2 seeds."""
