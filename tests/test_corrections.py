@@ -88,3 +88,21 @@ def test_the_report_plans_seeds_by_power_for_what_it_sees_and_for_an_effect(stud
 def test_bad_corrections_and_effects_are_one_line(study, ablate, args, said):
     result = ablate(["report", study, *args])
     assert result.exit_code == 2 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_holm_is_statsmodels_on_thousands_of_families(monkeypatch):
+    import gc
+
+    from ablate.reporting.compare import _holm
+
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)  # statsmodels' Holm collects at every call: slow here
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        m = int(rng.integers(1, 12))
+        p = rng.uniform(0, 0.2, m) ** rng.uniform(0.5, 3)
+        if rng.random() < 0.2:
+            p[rng.integers(0, m)] = p[0]  # ties
+        reject, adjusted, _, _ = multipletests(p, alpha=0.05, method="holm")
+        mine_reject, mine_adjusted = _holm(list(p))
+        assert list(mine_reject) == list(reject)
+        assert mine_adjusted == pytest.approx(adjusted, abs=1e-12)

@@ -201,8 +201,6 @@ def _correct(records: list[dict], correction: str) -> None:
     """Each study's comparisons of one metric as a family: `p_adjusted` (Holm's step-down,
     statsmodels' multipletests) and `significant` at a family-wise 5 %; with `none`, each
     comparison on its own (its interval excludes 0)."""
-    from statsmodels.stats.multitest import multipletests
-
     families: dict[tuple, list[dict]] = {}
     for record in records:
         record["correction"] = correction
@@ -212,9 +210,26 @@ def _correct(records: list[dict], correction: str) -> None:
     if correction == "none":
         return
     for family in families.values():
-        reject, adjusted, _, _ = multipletests([r["p_value"] for r in family], alpha=sequential.ALPHA, method="holm")
+        reject, adjusted = _holm([r["p_value"] for r in family])
         for record, rejected, p in zip(family, reject, adjusted):
             record["significant"], record["p_adjusted"] = bool(rejected), float(p)
+
+
+def _holm(p_values: list[float]) -> tuple:
+    """Holm's step-down at a family-wise 5 %: which comparisons reject, and the adjusted p-values
+    (the sorted p-values times m, m - 1, ..., 1, made non-decreasing, at most 1). The same
+    numbers as statsmodels' multipletests(method="holm") (tests/test_corrections.py checks it on
+    thousands of families), which is not called here: its Holm branch runs a full gc.collect()
+    on every call, a tenth of a second and more in a process that holds torch."""
+    import numpy as np
+
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    steps = np.arange(len(p), 0, -1)
+    adjusted_sorted = np.minimum(1.0, np.maximum.accumulate(p[order] * steps))
+    adjusted = np.empty_like(adjusted_sorted)
+    adjusted[order] = adjusted_sorted
+    return adjusted <= sequential.ALPHA, adjusted
 
 
 @dataclass

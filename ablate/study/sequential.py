@@ -215,18 +215,18 @@ def seeds_for_power(difference: float, std: float, power: float = POWER, alpha: 
     if (1.959963984540054 + 0.8416212335729143) ** 2 / effect ** 2 > NEEDED_AT_MOST:  # the normal bound
         return None
 
-    def enough(n: int) -> bool:  # the power grows with n: the fewest n by bisection over whole numbers
+    def enough(n: int) -> bool:  # the power grows with n
         return TTestPower().power(effect_size=effect, nobs=n, alpha=alpha, alternative="two-sided") >= power
 
-    low, high = 2, 2
-    while not enough(high):
-        low, high = high + 1, high * 2
-        if high > 2 * NEEDED_AT_MOST:
+    # from the normal approximation, which the t-test needs a few more seeds than: up, then down
+    n = max(2, math.ceil((1.959963984540054 + 0.8416212335729143) ** 2 / effect ** 2))
+    while not enough(n):
+        n += 1
+        if n > 2 * NEEDED_AT_MOST:
             return None
-    while low < high:
-        middle = (low + high) // 2
-        low, high = (low, middle) if enough(middle) else (middle + 1, high)
-    return high
+    while n > 2 and enough(n - 1):
+        n -= 1
+    return n
 
 
 def resolvable(std: float, seeds: int) -> float:
