@@ -279,7 +279,7 @@ def why_unused(config: RunConfig, name: str) -> str:
     if name in SCHEDULER_SETTINGS:
         return f"the scheduler {config.scheduler!r} does not use it"
     if name == "momentum":
-        return (f"the momentum cycle of onecycle sets it" if OPTIMIZERS.get(config.optimizer).takes_momentum
+        return ("the momentum cycle of onecycle sets it" if OPTIMIZERS.get(config.optimizer).takes_momentum
                 else f"the optimizer {config.optimizer!r} takes no momentum")
     if name == "freeze_encoder":
         return "it applies with pretrain_epochs"

@@ -3,7 +3,6 @@ every number compared with the Parquet; exporting again adds nothing; names from
 inside the export folder; a missing package is one line."""
 
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -240,12 +240,11 @@ class StudyOptions:
             raise UsageError(f"--scheduler {training['scheduler']}: --scheduler is the learning-rate schedule "
                              "(none, step, exponential, cosine, onecycle); a Dask scheduler's address is "
                              "--dask-scheduler")
-        said = ()
         return cls(training, sequential.seeds_option(given.get("seeds", "1"), given.get("resolution")),
                    resolve_device(given.get("device", "auto")), given.get("out"), given.get("data_dir"),
                    bool(given.get("resume")), bool(given.get("force")), bool(given.get("save_models")),
                    given.get("pack"), given.get("plot"), bool(given.get("dry_run")), executor, given,
-                   tuple(argv), frozenset(taken), said, stated)
+                   tuple(argv), frozenset(taken), (), stated)
 
 
 def prepare(study: Study, options: StudyOptions) -> Prepared:

@@ -131,7 +131,7 @@ def to_mlflow(frame: pd.DataFrame, where: str | None) -> Exported:
     settings as params, `train_loss`, `test_loss`, `test_accuracy`, `lr`, ... per epoch as
     steps, and tags `ablate.study`, `ablate.variant`, `ablate.seed`, `ablate.run_id`."""
     _library("mlflow", "mlflow-skinny", "mlflow")
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     uri = mlflow_uri(where)

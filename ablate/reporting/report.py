@@ -370,7 +370,7 @@ def significance_said(rows) -> str:
 
 def effect_said(rows, metric: str) -> str:
     """The --effect the `for Δ effect` column plans for, if any."""
-    return "" if not rows["seeds_for_effect"].notna().any() else f"; for Δ effect: the same, for the --effect given"
+    return "" if not rows["seeds_for_effect"].notna().any() else "; for Δ effect: the same, for the --effect given"
 
 
 def auto_table(study: str, record) -> Table:
