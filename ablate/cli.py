@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from ablate import plugins
 from ablate.config import OPTIMIZERS, SCHEDULERS, RunConfig
 from ablate.counting.convention import CONVENTION
-from ablate.errors import EnvironmentFailure, UsageError, describe_error
+from ablate.errors import EnvironmentFailure, UsageError, describe_error, one_line
 from ablate.execution.progress import HERE
 from ablate.reporting import report
 from ablate.study import studies
@@ -770,6 +770,11 @@ def export_command(
     except OSError as error:
         raise EnvironmentFailure(f"exporting to {to.value} failed: {error.strerror or error}; the runs exported "
                                  "so far are there, and exporting again adds the rest") from None
+    except (UsageError, EnvironmentFailure):
+        raise
+    except Exception as error:  # noqa: BLE001 - the tracker's own: a server that does not answer, refuses, ...
+        raise EnvironmentFailure(f"exporting to {to.value} failed: {one_line(error)[:300]}; the runs exported so "
+                                 "far are there, and exporting again adds the rest") from None
     said = f"exported {done.runs} run{'s' * (done.runs != 1)} to {to.value} at {done.where}"
     said += f"; {done.kept} {'were' if done.kept != 1 else 'was'} there already" if done.kept else ""
     said += f"; {done.failed} failed run{'s' * (done.failed != 1)} without epochs" if done.failed else ""

@@ -131,3 +131,18 @@ def test_a_tracker_not_installed_or_a_destination_that_is_a_file_is_one_line(stu
     assert result.exit_code == 2 and "is not a folder" in result.stderr
     result = command(["export", study, "--to", "wandb"])
     assert result.exit_code == 2 and "'wandb' is not one of 'tensorboard', 'mlflow'" in result.stderr
+
+
+def test_a_tracker_that_fails_is_one_line(study, tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def refused(self, name):
+        raise MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/experiments/get-by-name failed\n"
+                               "with exception ... Connection refused")
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", refused)
+    result = command(["export", study, "http://127.0.0.1:9", "--to", "mlflow"])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "exporting to mlflow failed: MlflowException: API request to http://127.0.0.1:9" in result.stderr
+    assert "exporting again adds the rest" in result.stderr

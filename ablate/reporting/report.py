@@ -143,10 +143,7 @@ def print_wide(console: Console, table: Table, wide: bool = False) -> None:
         return
     table.padding, table.pad_edge = (0, 1), False
     for column in table.columns:
-        header = str(column.header)
-        for long, short in ABBREVIATIONS:
-            header = header.replace(long, short)
-        column.header = header
+        column.header = _short(str(column.header))
     hidden = []
     for name in getattr(table, "drop_order", ()):
         if _width(console, table) <= console.width:
