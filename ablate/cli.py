@@ -431,6 +431,10 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
         stderr.print(note, highlight=False)
     out = prepared.out
     if typed.dry_run:
+        if study.design:
+            from ablate.study.designs import Design
+
+            report.print_wide(stdout, report.design_table(Design.from_metadata(study.design)), wide)
         rows, start = estimate.dry_run(prepared)
         report.print_wide(stdout, report.dry_run_table(rows, study.name, out, prepared.auto and
                                                        prepared.auto.auto.spec(), start), wide)
@@ -626,7 +630,9 @@ for _name, _entry in studies.STUDIES.items():
 
 _command(
     "run", r"Run the study kept in FILE.toml: name, description, \[base], and \[variants.NAME] tables or a \[vary] "
-           r"or \[grid] table of NAME = \[values]. Options given here override the file's \[base].",
+           r"or \[grid] table of NAME = \[values], or a \[components] table of NAME = \[OFF, ON] with design = "
+           r"full, fractional, leave-one-out or add-one-in (`ablate components`). Options given "
+           r"here override the file's \[base].",
     lambda own, shared: studies.from_toml(own["file"], shared["model"], own["name"], shared["out"]),
     {"file": (Path, ..., typer.Argument(help="The study file (.toml).")),
      "name": (Optional[str], None, typer.Option(help="The study's name (letters, digits, -, _, .). Default: the "
@@ -642,8 +648,14 @@ class PlotKind(str, Enum):
     sweep = "sweep"
     classes = "classes"
     variants = "variants"
+    effects = "effects"
     reconstructions = "reconstructions"
     interpolation = "interpolation"
+
+
+class ReportTable(str, Enum):
+    summary = "summary"
+    effects = "effects"
 
 
 @app.command("report")
@@ -661,6 +673,9 @@ def report_command(
                                                     "not a terminal always has them all)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write the report as one self-contained page "
                                         "(.html): what was compared, the summary, the figures, the provenance."),
+    table: ReportTable = typer.Option(ReportTable.summary, "--table", help="--format csv or json: the summary, or "
+                                      "the effects of component studies (main effects, interactions, Shapley "
+                                      "shares)."),
 ):
     """Mean, std and 95 % t-interval over seeds of the test loss and the task's metrics
     (accuracy, PSNR) per variant, and the paired difference to a baseline variant with its
@@ -675,10 +690,11 @@ def report_command(
     for note in compared.notes:
         stderr.print(f"note: {note}", highlight=False)
     frame, summary, paths, label = compared.frame, compared.summary, compared.files, compared.label
+    written = compared.effects if table == ReportTable.effects else summary
     if format == OutputFormat.csv:
-        sys.stdout.write(summary.to_csv(index=False))
+        sys.stdout.write(written.to_csv(index=False))
     elif format == OutputFormat.json:
-        sys.stdout.write(summary.to_json(orient="records", indent=1) + "\n")
+        sys.stdout.write(written.to_json(orient="records", indent=1) + "\n")
     if format == OutputFormat.table:
         auto = {}  # study -> its --seeds auto record: each variant's seeds and why
         for path in paths:
@@ -692,10 +708,12 @@ def report_command(
             report.print_wide(stdout, report.comparison_table(summary, study, label, auto=study in auto), wide)
             if study in auto:
                 report.print_wide(stdout, report.auto_table(study, auto[study]), wide)
+            if study in set(compared.effects["study"]):
+                report.print_wide(stdout, report.effects_table(compared.effects, study, compared.designs[study]), wide)
     if html is not None:
         from ablate.reporting import html_report
 
-        html_report.write(paths, frame, summary, label, html)
+        html_report.write(paths, frame, summary, label, html, compared.effects, compared.designs)
         stderr.print(f"report: {html}", highlight=False)
 
 
@@ -706,7 +724,8 @@ def plot_command(
                                                        "studies: one figure each, FIG-STUDY.png)."),
     kind: Optional[PlotKind] = typer.Option(None, "--kind", help="curves (per epoch), sweep (a final metric "
                                             "against a numeric factor), classes (per-class accuracy), variants "
-                                            "(the task's final test metric per variant, with intervals), reconstructions "
+                                            "(the task's final test metric per variant, with intervals), effects (a component study's effects and "
+                                            "Shapley shares), reconstructions "
                                             "and interpolation (autoencoders trained with --save-models); "
                                             "default: the study's natural one."),
     factor: Optional[str] = typer.Option(None, "--factor", help="The numeric column of --kind sweep."),

@@ -73,10 +73,11 @@ def tiny_data():
 @pytest.fixture
 def fake_study():
     """A study file whose numbers are known, written with the real schema: test accuracy =
-    0.5 + 0.1 x variant index + 0.01 x seed (+ `noise(variant index, seed)`)."""
+    0.5 + 0.1 x variant index + 0.01 x seed (+ `noise(variant index, seed)`); `components`: the
+    metadata of a component study's design."""
 
     def make(path: Path, variants=("alpha", "beta"), seeds=(0, 1, 2), epochs=2, study="linearity",
-             config=None, noise=None, plot="curves", factors=()) -> Path:
+             config=None, noise=None, plot="curves", factors=(), components=None) -> Path:
         rows, runs = [], []
         for v, variant in enumerate(variants):
             run_config = resolve(RunConfig().with_fields(**(config(v) if config else {})))
@@ -95,7 +96,8 @@ def fake_study():
                             "config_id": run.config_id, "params": 1000, "flops": 2000, "device": "cpu",
                         })
         write_frame(pd.DataFrame(rows), path,
-                    {"study": {"name": study, "plot": plot, "factors": list(factors)}},
+                    {"study": {"name": study, "plot": plot, "factors": list(factors),
+                               **({"components": components} if components else {})}},
                     results.arrow_schema(planning.run_columns(runs)))
         return path
 

@@ -62,6 +62,8 @@ def test_seeds_for_power_are_statsmodels_rounded_up():
         assert TTestPower().power(difference / std, n, 0.05) >= 0.8 and not below >= 0.8  # NaN: not computable
     assert seeds_for_power(0.0, 1.0) is None and seeds_for_power(1e-9, 1.0) is None
     assert seeds_for_power(0.1, 0.0) == 2
+    # seeds that differ by float rounding only: statsmodels' power is NaN there, and the search must end
+    assert seeds_for_power(0.05, 1e-17) == 2 and seeds_for_power(0.05, 0.0005) == 2
 
 
 def test_the_report_plans_seeds_by_power_for_what_it_sees_and_for_an_effect(study, ablate):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ablate import metrics as task_metrics
 from ablate.errors import UsageError, unknown_name
+from ablate.reporting import effects as effects_of
 from ablate.study import sequential
 
 
@@ -242,6 +243,8 @@ class Compared:
     files: list[Path]
     label: str  # which epoch: "the last epoch", "epoch 3", "each run's best epoch"
     notes: list[str] = field(default_factory=list)
+    effects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=effects_of.COLUMNS))
+    designs: dict = field(default_factory=dict)  # a component study's name -> its designs.Design
 
 
 def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = False,
@@ -261,6 +264,30 @@ def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = Fa
         files += given_files
         notes += skipped
     frame, separated = results.separate_configurations(folder.union(frames))
-    summary = summarize(pick_epochs(frame, epoch, best), baseline, correction, effect)
+    picked = pick_epochs(frame, epoch, best)
+    summary = summarize(picked, baseline, correction, effect)
     label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
-    return Compared(frame, summary, list(dict.fromkeys(files)), label, notes + separated + failed_notes(frame))
+    files = list(dict.fromkeys(files))
+    designs = component_designs(files)
+    effects, effect_notes = effects_of.effects(picked, designs)
+    return Compared(frame, summary, files, label, notes + separated + failed_notes(frame) + effect_notes,
+                    effects, designs)
+
+
+def component_designs(files: list[Path]) -> dict:
+    """Study name -> the design of each component study among `files` (metadata that is
+    missing or damaged: no design, no effects)."""
+    from ablate.results import files as results
+    from ablate.study.designs import Design
+
+    found = {}
+    for path in files:
+        try:
+            meta = results.read_metadata(path)
+        except (ValueError, OSError):
+            continue
+        study = results.metadata_value(meta, "study", dict, {})
+        design = Design.from_metadata(study.get("components")) if isinstance(study.get("components"), dict) else None
+        if design is not None and isinstance(study.get("name"), str):
+            found[study["name"]] = design
+    return found

@@ -240,9 +240,21 @@ def _provenance(meta: dict, path: Path, seeds: int, summary: pd.DataFrame) -> st
     return body + _packing(meta)
 
 
-def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str) -> str:
+def _effects(effects: pd.DataFrame | None, designs: dict | None, name: str) -> str:
+    """A component study's effects table (ablate.reporting.effects), as the terminal shows it."""
+    from ablate.reporting import report
+
+    if effects is None or not designs or name not in designs or name not in set(effects["study"]):
+        return ""
+    title, header, rows, caption = report.effects_rows(effects, name, designs[name])
+    return f"<h3>What each component contributes</h3><p>{_e(title)}</p>" + _table(header, rows, caption, kind="sticky")
+
+
+def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str,
+         effects: pd.DataFrame | None = None, designs: dict | None = None) -> str:
     """The HTML of the report of the studies in `paths` (`frame`: their rows, configurations
-    separated; `summary`: compare.summarize of the chosen epochs; `label`: which epoch)."""
+    separated; `summary`: compare.summarize of the chosen epochs; `label`: which epoch;
+    `effects` and `designs`: the component studies' effects, compare.Compared's)."""
     sections = []
     for path in paths:
         meta = {}
@@ -263,6 +275,7 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
                 f"<section><h2>{_e(name)}</h2><p>{_e(study['description'])}</p>"
                 f"<h3>What was compared</h3>{_compared(runs, study)}"
                 f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows, auto is not None)}{_auto(auto)}"
+                f"{_effects(effects, designs, name)}"
                 f"<h3>Runs that did not finish well</h3>{_problems(runs)}"
                 f"<h3>Figures</h3>{_figures(path, study)}"
                 f"<h3>Where the numbers came from</h3>{_provenance(meta, path, seeds, rows)}</section>")
@@ -272,11 +285,12 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
             f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>{''.join(sections)}</body></html>\n")
 
 
-def write(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str, out: Path) -> None:
+def write(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str, out: Path,
+          effects: pd.DataFrame | None = None, designs: dict | None = None) -> None:
     """The page, written atomically to `out` (.html)."""
     out = Path(out)
     results.check_writable(out, (".html", ".htm"))
-    text = page(paths, frame, summary, label)
+    text = page(paths, frame, summary, label, effects, designs)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:

@@ -20,7 +20,7 @@ from ablate.results.files import (  # noqa: E402
     FIGURE_SUFFIXES, per_class_path, read_metadata, study_metadata, read_per_class, read_results, separate_configurations,
 )
 
-KINDS = ("curves", "sweep", "classes", "variants", "reconstructions", "interpolation")
+KINDS = ("curves", "sweep", "classes", "variants", "effects", "reconstructions", "interpolation")
 FORMATS = FIGURE_SUFFIXES  # .png, .svg, .pdf
 
 
@@ -150,6 +150,41 @@ def variants(frame: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel(f"final test {task_metrics.heading(metric)}")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(_title(frame) + ": mean, 95 % t-interval, seeds as dots")
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def effects(frame: pd.DataFrame, study_path: Path, path: Path) -> None:
+    """A component study's effects on the task's metric (ablate.reporting.effects): each main
+    effect, interaction, Shapley share and ladder gain (or leave-one-out drop, add-one-in gain)
+    with its 95 % interval over the seeds, a line at 0."""
+    from ablate.reporting import compare
+    from ablate.reporting import effects as effects_of
+    from ablate.reporting.report import EFFECT_KINDS
+
+    designs = compare.component_designs([study_path])
+    if not designs:
+        raise UsageError(f"--kind effects draws a component study's effects (`ablate components`), and "
+                         f"{str(study_path)!r} is not one: use --kind variants or curves")
+    table, _ = effects_of.effects(compare.pick_epochs(frame), designs)
+    table = table[table["decides"]]
+    if table.empty:
+        raise UsageError(f"--kind effects: {str(study_path)!r} has no run of some variant of its design")
+    metric = task_metrics.of_name(table["metric"].iloc[0].removeprefix("test_"))
+    colors = dict(zip(effects_of.KINDS, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(table)), constrained_layout=True)
+    for y, (_, row) in enumerate(table.iterrows()):
+        color = colors[row["kind"]]
+        if row["ci_low"] == row["ci_low"]:
+            ax.plot([row["ci_low"], row["ci_high"]], [y, y], color=color, lw=2)
+        ax.plot(row["estimate"], y, "o", color=color)
+    labels = [EFFECT_KINDS[k] + ("" if k == "total" else f": {t}") for k, t in zip(table["kind"], table["term"])]
+    ax.set_yticks(range(len(table)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"effect on final test {task_metrics.heading(metric, delta=True)}")
+    ax.set_title(_title(frame) + ": estimate and 95 % t-interval over seeds", fontsize=10)
     fig.savefig(path)
     plt.close(fig)
 
@@ -318,6 +353,8 @@ def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = No
             sweep(frame, factor or numeric_factor(frame, factors), out, metric)
         elif kind == "variants":
             variants(frame, out)
+        elif kind == "effects":
+            effects(frame, Path(path), out)
         elif kind == "reconstructions":
             reconstructions(Path(path), frame, out, data_dir)
         elif kind == "interpolation":

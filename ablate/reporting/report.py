@@ -392,6 +392,79 @@ def auto_table(study: str, record) -> Table:
     return table
 
 
+EFFECT_KINDS = {  # ablate.reporting.effects's kinds, as the table names them
+    "main": "main effect", "interaction": "interaction", "total": "all on − all off", "shapley": "Shapley share",
+    "ladder": "ladder gain", "drop": "leave-one-out drop", "gain": "add-one-in gain"}
+
+
+def effects_rows(effects: pd.DataFrame, study: str, design) -> tuple[str, list[str], list[list[str]], str]:
+    """A component study's effects of the deciding metric (ablate.reporting.effects) as the
+    terminal and the page show them: title, header, rows (estimate [95 % interval over the
+    seeds], * where it excludes 0) and caption (a fraction's defining relation)."""
+    from ablate.metrics import METRICS, heading
+
+    rows = effects[(effects["study"] == study) & effects["decides"]]
+    metric = rows["metric"].iloc[0].removeprefix("test_")
+    known = METRICS.get(metric) if metric in METRICS else None
+    digits = 2 if known and known.scale != 1 else 4
+    seeds = int(rows["seeds"].max())
+    caption = [f"per seed, then the mean [95 % t-interval] over {seeds} seed{'s' * (seeds > 1)} (the seeds pair the "
+               "variants); * where the interval excludes 0"]
+    if design.kind == "full":
+        caption.append(f"Shapley share: the component's gain averaged over every order of adding the {len(design.names)}"
+                       " components (the shares sum to all on − all off in every seed); ladder gain: its gain when "
+                       f"added in the order given ({' → '.join(design.names)})")
+    if design.generators:
+        caption.append(f"a fraction of resolution {design.resolution}: each estimate is the sum of the effects "
+                       "aliased with it (defining relation I = "
+                       + " = ".join(("" if s > 0 else "−") + "×".join(sorted(w, key=design.names.index))
+                                    for w, s in design.relation().items()) + ")")
+    if seeds < 2:
+        caption = ["one seed: estimates without intervals (train with --seeds 2 or more)"]
+    title = (f"{study}: what each component contributes to test {heading(known, delta=True) if known else metric} "
+             f"({design.kind} design)")
+    cells = []
+    for _, row in rows.iterrows():
+        text = f"{row['estimate']:+.{digits}f}"
+        if row["ci_low"] == row["ci_low"]:
+            text += f" [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]" + (" *" if row["significant"] else "  ")
+        aliases = row["aliases"] if row["aliases"] and row["aliases"] != row["term"] else ""
+        cells.append([EFFECT_KINDS.get(row["kind"], row["kind"]), row["term"], text, aliases])
+    return title, ["effect", "term", "estimate", "aliases"], cells, "\n".join(caption)
+
+
+def effects_table(effects: pd.DataFrame, study: str, design) -> Table:
+    """`ablate report`: a component study's effects (effects_rows)."""
+    title, header, cells, caption = effects_rows(effects, study, design)
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD)
+    for column in header:
+        table.add_column(column, justify="right" if column == "estimate" else "left", no_wrap=column != "aliases")
+    table.drop_order = ("aliases",)
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def design_table(design) -> Table:
+    """`--dry-run` of a component study: each variant's components, on (+) or off (−), and the
+    design's aliases."""
+    caption = f"{len(design.rows)} variants; " + ", ".join(f"{c.name}: {c.off!r} (−) / {c.on!r} (+)"
+                                                        for c in design.components)
+    if design.generators:
+        caption += (f"\nresolution {design.resolution}; generators "
+                    + ", ".join(f"{a} = {'' if s > 0 else '−'}{'×'.join(b)}" for a, b, s in design.generators)
+                    + "; aliased two-factor interactions: "
+                    + ("; ".join(design.said(p, c) for p, c in design.interactions() if c) or "none"))
+    table = Table(title=f"the {design.kind} design of {len(design.names)} components", caption=caption,
+                  box=box.SIMPLE_HEAD)
+    table.add_column("variant", no_wrap=True)
+    for name in design.names:
+        table.add_column(name, justify="center", no_wrap=True)
+    for variant, row in design.row_of().items():
+        table.add_row(variant, *("+" if x else "−" for x in row))
+    return table
+
+
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)

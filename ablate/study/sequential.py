@@ -212,6 +212,8 @@ def seeds_for_power(difference: float, std: float, power: float = POWER, alpha: 
     if std == 0:
         return 2
     effect = abs(difference) / std
+    if effect >= 100:  # two seeds find it with power 1 to 1e-6; statsmodels gives NaN past about 1e14
+        return 2
     if (1.959963984540054 + 0.8416212335729143) ** 2 / effect ** 2 > NEEDED_AT_MOST:  # the normal bound
         return None
 

@@ -13,7 +13,7 @@ import ast
 import itertools
 import math
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,8 @@ from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, 
                            Setting, augmentation_parts, column, setting_of)
 from ablate.errors import UsageError, describe_error, unknown_name
 from ablate.registry import Registry
+from ablate.study import designs
+from ablate.study.designs import MAX_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Study:
     base: dict = field(default_factory=dict)  # RunConfig fields every variant of the study sets
     per_class: bool = False  # the summary shows per-class test accuracy side by side
     plot: str = "curves"  # its natural figure: curves, sweep or classes
+    design: dict | None = None  # a component study's design (designs.Design.to_metadata): its effects
 
     def __post_init__(self):
         check_name(self.name)
@@ -51,7 +54,7 @@ class Study:
     def metadata(self) -> dict:
         """What `ablate report` and `ablate plot` need to know of the study, kept in its file."""
         return {"name": self.name, "description": self.description, "factors": list(self.factors),
-                "plot": self.plot, "per_class": self.per_class}
+                "plot": self.plot, "per_class": self.per_class, **({"components": self.design} if self.design else {})}
 
 
 NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.")
@@ -373,18 +376,18 @@ def _settings_help(model: str | None, knobs) -> str:
             + f"; the constructor arguments of {model or RunConfig.model!r}: " + (", ".join(knobs) or "none"))
 
 
-def parse_values(name: str, text: str, model: str | None) -> list:
+def parse_values(name: str, text: str, model: str | None, option: str = "--vary") -> list:
     """The values of `--vary NAME=TEXT`: typed as the RunConfig field, or, for a constructor
     argument of the model, Python literals (strings may be bare)."""
     from ablate import arch  # imports torch: only a sweep being made needs it
 
     field = setting_of(name)
     if field in FIXED_PER_STUDY:
-        raise UsageError(f"--vary {name}: the data settings ({', '.join(sorted(FIXED_PER_STUDY))}) are the same "
+        raise UsageError(f"{option} {name}: the data settings ({', '.join(sorted(FIXED_PER_STUDY))}) are the same "
                          f"for every variant of a study; give --{field.replace('_', '-')} once")
     if field is not None:
         items = parse_list(text, f"value of {name}")
-        return [_typed(name, item, SETTINGS[field]) for item in items]  # factorial refuses equal values
+        return [_typed(name, item, SETTINGS[field], option) for item in items]  # factorial refuses equal values
     source = arch.model_source(model or RunConfig.model)
     if name not in source.knobs:
         allowed = sorted(FIELDS - FIXED_PER_STUDY) + list(source.knobs)
@@ -395,7 +398,7 @@ def parse_values(name: str, text: str, model: str | None) -> list:
         values = [_literal(item) for item in parse_list(text, f"value of {name}")]
     values = [source.typed(name, v) for v in values]  # typed once: 0 and 0.0 of a float are one value
     if not values or len(set(values)) < len(values):
-        raise UsageError(f"--vary {name}: give distinct values separated by commas, got {text!r}")
+        raise UsageError(f"{option} {name}: give distinct values separated by commas, got {text!r}")
     return values
 
 
@@ -406,7 +409,7 @@ def _literal(text: str):
         return text  # a bare word: a string
 
 
-def _typed(name: str, text: str, setting: Setting):
+def _typed(name: str, text: str, setting: Setting, option: str = "--vary"):
     """`text` as `setting` takes it: 'none' for None (a setting that takes the string 'none',
     like scheduler, keeps it), true/false, or a number."""
     kind, value = setting.kind, text
@@ -419,7 +422,7 @@ def _typed(name: str, text: str, setting: Setting):
             value = kind(text)
         except ValueError:
             pass
-    return setting.check(value, f"--vary {name}: ")
+    return setting.check(value, f"{option} {name}: ")
 
 
 def _label(value) -> str:
@@ -486,12 +489,74 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
                  factors=columns, plot="sweep" if len(factors) == 1 and numeric else "curves")
 
 
+def component_design(components: dict[str, list], kind: str, lr: float | None = None) -> Study:
+    """The variants of a component study: `components` maps each name (a setting or a
+    constructor argument) to its [off, on] values, typed; `kind` is a design of
+    ablate.study.designs. An `optimizer` component brings each optimiser's own learning rate,
+    momentum and weight decay (as `ablate optimizer` does), but for those given (`lr`) or
+    varied as components themselves."""
+    parts = []
+    for name, values in components.items():
+        if len(values) != 2:
+            raise UsageError(f"component {name}: give two values, OFF,ON (like dropout=0,0.5); got {len(values)}")
+        if _label(values[0]) == _label(values[1]):
+            raise UsageError(f"component {name}: its two values are equal ({values[0]!r}); give OFF,ON that differ")
+        parts.append(designs.Component(name, *values))
+    design = designs.make(kind, parts)
+    count = len(design.rows)
+    if count > MAX_VARIANTS:
+        raise UsageError(f"the {kind} design of {len(parts)} components has {count:,} variants; a study takes at most "
+                         f"{MAX_VARIANTS:,}: use --design fractional, leave-one-out or add-one-in")
+    variants = design.variants()
+    if "optimizer" in components:
+        for fields in variants.values():
+            own = {k: v for k, v in optimizer_defaults(fields["optimizer"]).items() if setting_of(k) not in components}
+            fields.update({**own, **({"lr": lr} if lr is not None else {})})
+    said = {"full": "every combination", "fractional": f"a fraction of resolution {design.resolution or 'full'}",
+            "leave-one-out": "everything on, then each off", "add-one-in": "everything off, then each on"}[design.kind]
+    return Study("components", f"What each of {', '.join(components)} contributes: {said} "
+                 f"({count} variants).", variants=variants, factors=tuple(column(n) for n in components),
+                 plot="effects", design=design.to_metadata())
+
+
+@register_study("components", component="NAME=OFF,ON: a training setting or a constructor argument of --model, and "
+                "the values it has off and on (like dropout=0,0.5); give --component once per component, at most 12.",
+                design="full (every combination), fractional (the smallest of resolution IV: no main effect aliased "
+                "with another or a two-factor interaction), leave-one-out or add-one-in.",
+                name="The study's name (letters, digits, -, _, .). Default: --out's file name, else components.")
+def components(component: list[str] | None = None, design: str = "full", model: str | None = None,
+               name: str | None = None, out: Path | None = None, lr: float | None = None) -> Study:
+    """What each component contributes: `ablate components --component normalization=none,standard
+    --component augment=none,crop-flip --component dropout=0,0.5 --design full`. `ablate report`
+    gives each component's main effect and the interactions with intervals, and, in a full design,
+    each one's Shapley share beside what the ladder in the given order attributes."""
+    if not component:
+        raise UsageError("give at least one --component NAME=OFF,ON (a training setting or a constructor argument)")
+    if len(component) > MAX_COMPONENTS:
+        raise UsageError(f"{len(component)} components; a component study takes at most {MAX_COMPONENTS} (a design "
+                         "of more is too large to train or to read)")
+    values = {}
+    for item in component:
+        knob, sep, text = item.partition("=")
+        knob = knob.strip().replace("-", "_")
+        if not sep or not knob:
+            raise UsageError(f"--component {item!r}: write NAME=OFF,ON")
+        if knob in values:
+            raise UsageError(f"--component {knob} is given twice")
+        values[knob] = parse_values(knob, text, model, "--component")
+    study = component_design(values, design, lr)
+    return replace(study, name=study_name(name, out, "components"))
+
+
 def study_name(name: str | None, out: Path | None, default: str) -> str:
     """--name, else --out's file name (made an identifier), else `default`: two studies written
     to two files of one folder are two studies."""
     if name is not None:
         return check_name(name, "--name")
     return _name_of(Path(out)) if out is not None else default
+
+
+TABLES = ("base", "variants", "vary", "grid", "components")  # a study file's tables; its other keys are top-level
 
 
 def from_toml(path: Path, model: str | None = None, name: str | None = None, out: Path | None = None) -> Study:
@@ -505,16 +570,19 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
         spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{path}: malformed TOML: {error}") from None
-    allowed = {"name", "description", "base", "variants", "vary", "grid"}
+    allowed = {"name", "description", "base", "variants", "vary", "grid", "components", "design"}
     for key in spec:
         if key not in allowed:
             raise UsageError(f"{path}, {_line(text, key)}: unknown field {key!r}; allowed: {', '.join(sorted(allowed))}")
     for key in ("name", "description"):
         if key in spec and not (isinstance(spec[key], str) and spec[key].strip()):
             raise UsageError(f"{path}, {_line(text, key)}: {key} must be a non-empty string, got {spec[key]!r}")
-    if sum(k in spec for k in ("variants", "vary", "grid")) != 1:
-        raise UsageError(f"{path}: give exactly one of [variants.NAME], [vary] or [grid]")
-    kind = next(k for k in ("variants", "vary", "grid") if k in spec)
+    if sum(k in spec for k in ("variants", "vary", "grid", "components")) != 1:
+        raise UsageError(f"{path}: give exactly one of [variants.NAME], [vary], [grid] or [components]")
+    kind = next(k for k in ("variants", "vary", "grid", "components") if k in spec)
+    if "design" in spec and (kind != "components" or not isinstance(spec["design"], str)):
+        raise UsageError(f"{path}, {_line(text, 'design')}: design is the design of a [components] table: one of "
+                         f"{', '.join(designs.DESIGNS)}, like design = \"fractional\"; got {spec['design']!r}")
     for key in ("base", kind):
         if not isinstance(spec.get(key, {}), dict):
             raise UsageError(f"{path}, {_line(text, key)}: {key} must be a table ([{key}]), got {spec[key]!r}")
@@ -538,6 +606,10 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
     for where, table in tables:
         for key in table:
             if not setting_of(key) and key not in knobs:
+                if key in allowed:
+                    raise UsageError(f"{path}, {_line(text, key)}: {key} is read as a setting of [{where}]: write "
+                                     f"{', '.join(sorted(k for k in allowed if k not in TABLES))} before the "
+                                     "first [table]")
                 raise UsageError(f"{path}, {_line(text, key)}: unknown setting {key!r}; allowed: "
                                  + ", ".join(settings))
             if where != "base" and key in FIXED_PER_STUDY:
@@ -552,6 +624,7 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
             raise UsageError(f"{path}, {_line(text, key)}: {error}") from None
 
     base = {key: typed(key, value) for key, value in base.items()}
+    design = None
     if kind == "variants":
         variants = {}
         for variant, fields in spec["variants"].items():
@@ -566,8 +639,15 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
                 raise UsageError(f"{path}, {_line(text, key)}: {key} takes a list of distinct values, "
                                  f"like {key} = [1, 2]; got {spec[kind][key]!r}")
             factors_values[key] = values
-        variants = factorial(factors_values, kind == "grid")
-        factors = tuple(factors_values)
+        if kind == "components":
+            try:
+                design = component_design(factors_values, spec.get("design", "full"))
+            except UsageError as error:
+                raise UsageError(f"{path}, {_line(text, 'components')}: {error}") from None
+            variants, factors, design = design.variants, factors_values, design.design
+        else:
+            variants = factorial(factors_values, kind == "grid")
+            factors = tuple(factors_values)
     if name is None and "name" in spec:
         try:
             name = check_name(spec["name"])
@@ -576,7 +656,7 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
     name = study_name(name, out, _name_of(Path(path)))
     return Study(name, spec.get("description", f"the study in {path}"), variants=variants,
                  factors=tuple(column(f) for f in factors), base=base,
-                 plot="sweep" if len(factors) == 1 else "curves")
+                 plot="effects" if design else "sweep" if len(factors) == 1 else "curves", design=design)
 
 
 def _name_of(path: Path) -> str:
