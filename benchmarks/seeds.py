@@ -8,8 +8,8 @@ what the correction is for.
     .venv/bin/python benchmarks/seeds.py [--studies 20000] [--max 10] [--resolution 0.5]
 
 The resolution is in standard deviations of the paired difference. Last, the report's marks
-over a study of ten identical variants: the family-wise false "different" rate with Holm's
-correction (the default) and without.
+and --seeds auto's decisions over a study of ten identical variants: the family-wise false
+"different" rate with Holm's correction (the default) and without.
 """
 
 from __future__ import annotations
@@ -89,6 +89,43 @@ def family(studies: int, rng: np.random.Generator, variants: int = 10, seeds: in
           f"summary: any of the {variants - 1} comparisons marked different (family-wise error)")
     print(f"  Holm (the default): {said['holm'] / studies:.3f}   uncorrected (--correction none): "
           f"{said['none'] / studies:.3f}   (±{error:.3f}, three standard errors)")
+    auto_family(studies, rng, variants)
+
+
+def auto_rounds(values: np.ndarray, most: int, resolution: float, family: bool) -> dict:
+    """One study of --seeds auto:`most` through its rounds: `values` is variants x MAX seeds, the
+    first row the baseline's; each round decides (sequential.decide_family, or each comparison at
+    the full 5 % where not `family`) and trains each undecided variant to its next look."""
+    names = [f"v{i}" for i in range(1, len(values))]
+    have = {name: sequential.FIRST for name in names}
+    while True:
+        differences = {n: list(values[i + 1, :have[n]] - values[0, :have[n]]) for i, n in enumerate(names)}
+        if family:
+            decided = sequential.decide_family(differences, most, resolution)
+        else:
+            decided = {n: sequential.decide(d, most, resolution) for n, d in differences.items()}
+        open_ = [n for n, d in decided.items() if not d.done]
+        if not open_:
+            return decided
+        for name in open_:
+            have[name] = sequential.next_target(decided[name], most)
+
+
+def auto_family(studies: int, rng: np.random.Generator, variants: int = 10, most: int = sequential.MOST,
+                resolution: float = 0.5) -> None:
+    """Studies of `variants` identical variants under --seeds auto: how often any of the
+    comparisons is decided different, through the rounds and the real decision code, with the
+    study's comparisons a family (Holm, what --seeds auto does) and each on its own."""
+    said = {True: 0, False: 0}
+    for _ in range(studies):
+        values = rng.normal(0.0, 1.0, size=(variants, most))
+        for family in said:
+            said[family] += any(d.stopped == "different" for d in auto_rounds(values, most, resolution, family).values())
+    error = 3 * np.sqrt(0.05 * 0.95 / studies)
+    print(f"\n{studies:,} studies of {variants} identical variants under --seeds auto:{most} (resolution "
+          f"{resolution:g} SD): any of the {variants - 1} comparisons decided different (family-wise error)")
+    print(f"  Holm across the comparisons (what --seeds auto does): {said[True] / studies:.3f}   each on its own: "
+          f"{said[False] / studies:.3f}   (±{error:.3f}, three standard errors)")
 
 
 if __name__ == "__main__":

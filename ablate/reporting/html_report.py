@@ -184,8 +184,8 @@ def _auto(record: sequential.AutoRecord | None) -> str:
         ["variant", "seeds", "stopped", "at seeds", "interval that decided"], rows,
         f"--seeds {record.seeds}: trained in rounds, each variant stopped once its paired difference to "
         f"{record.baseline!r} on test {record.metric} was decided at resolution ±{record.resolution:g}; "
-        f"alpha {record.alpha:g} spent over the looks after {', '.join(map(str, record.looks))} seeds, "
-        "so that the intervals stay valid however the study stopped (docs/seeds.md)")
+        f"alpha {record.alpha:g} spent over the looks after {', '.join(map(str, record.looks))} seeds"
+        f"{report.holm_said(record)}, so that the intervals stay valid however the study stopped (docs/seeds.md)")
 
 
 def _more_seeds(command: str, seeds: int, summary: pd.DataFrame) -> str:
@@ -242,8 +242,6 @@ def _provenance(meta: dict, path: Path, seeds: int, summary: pd.DataFrame) -> st
 
 def _effects(effects: pd.DataFrame | None, designs: dict | None, name: str) -> str:
     """A component study's effects table (ablate.reporting.effects), as the terminal shows it."""
-    from ablate.reporting import report
-
     if effects is None or not designs or name not in designs or name not in set(effects["study"]):
         return ""
     title, header, rows, caption = report.effects_rows(effects, name, designs[name])

@@ -382,7 +382,7 @@ def auto_table(study: str, record) -> Table:
                         f"{metric.label if metric else record.metric} (resolution ±{shown})",
                   caption=f"intervals of the paired difference, valid across the planned looks: alpha "
                           f"{record.alpha:g} spent over the looks after {', '.join(map(str, record.looks))} "
-                          "seeds (docs/seeds.md)", box=box.SIMPLE_HEAD)
+                          f"seeds{holm_said(record)} (docs/seeds.md)", box=box.SIMPLE_HEAD)
     delta = f"Δ {heading(metric, delta=True) if metric else record.metric}"
     for column in ("variant", "seeds", "stopped", "at seeds", delta):
         table.add_column(column, justify="left" if column in ("variant", "stopped") else "right", no_wrap=True)
@@ -463,6 +463,14 @@ def design_table(design) -> Table:
     for variant, row in design.row_of().items():
         table.add_row(variant, *("+" if x else "−" for x in row))
     return table
+
+
+def holm_said(record) -> str:
+    """How a --seeds auto study's comparisons share the error rate, where its record says Holm."""
+    if "Holm" not in record.method:  # a file of an earlier version: each comparison at alpha
+        return ""
+    return (f", family-wise over the study's {len(record.variants) - 1} comparisons: each spends alpha / r, r those "
+            "not yet decided different (Holm's step-down)")
 
 
 def _duration(seconds: float) -> str:

@@ -11,6 +11,11 @@ normal noise, conservative since the looks are correlated). A decision is theref
 with probability at most alpha: "different" (the interval excludes 0) where there is no
 difference, or "equal" (the interval inside plus or minus the resolution) where the
 difference is as large as the resolution.
+
+A study of several variants compares each with the baseline: its comparisons are a family,
+and the chance that any "different" decision of it is wrong is held at alpha by Holm's
+step-down carried into the looks (decide_family): each comparison spends alpha / r, r the
+comparisons not yet decided different, and a decided one passes its share on.
 """
 
 from __future__ import annotations
@@ -84,10 +89,10 @@ def looks(most: int) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=None)
-def spent(most: int) -> tuple[float, ...]:
+def spent(most: int, alpha: float = ALPHA) -> tuple[float, ...]:
     """alpha_k of each look: alpha * (t_k**2 - t_(k-1)**2), t_k = n_k / MAX; they sum to alpha."""
     t = [0.0, *(n / most for n in looks(most))]
-    return tuple(ALPHA * (t[k] ** SPENDING_POWER - t[k - 1] ** SPENDING_POWER) for k in range(1, len(t)))
+    return tuple(alpha * (t[k] ** SPENDING_POWER - t[k - 1] ** SPENDING_POWER) for k in range(1, len(t)))
 
 
 @lru_cache(maxsize=4096)
@@ -136,13 +141,14 @@ STOPPED = {  # how `stopped` reads
 }
 
 
-def decide(differences: list[float], most: int, resolution: float) -> Decision:
+def decide(differences: list[float], most: int, resolution: float, level: float = ALPHA) -> Decision:
     """Go through the planned looks that `differences` (variant minus baseline, seed by seed
     from seed 0; NaN where either run failed or diverged) reach, and stop at the first that
     decides: its interval excludes 0 (different) or lies inside (-resolution, resolution)
-    (equal); at MAX undecided, "max". `resolution` is in the values' units."""
+    (equal); at MAX undecided, "max". `resolution` is in the values' units; `level` is the
+    error rate spent over the looks."""
     low = high = math.nan  # the last look's interval
-    for n, alpha in zip(looks(most), spent(most)):
+    for n, alpha in zip(looks(most), spent(most, level)):
         if n > len(differences):
             break
         pairs = [d for d in differences[:n] if d == d]
@@ -157,6 +163,26 @@ def decide(differences: list[float], most: int, resolution: float) -> Decision:
             return Decision(n, "equal", low, high)
     seeds = min(len(differences), most)
     return Decision(seeds, "max" if seeds >= most else "undecided", low, high)
+
+
+def decide_family(differences: dict[str, list[float]], most: int, resolution: float) -> dict[str, Decision]:
+    """Each variant's decision, the family-wise error of the "different" decisions over the
+    study's comparisons held at ALPHA by Holm's step-down carried into the looks (Ye, Li &
+    Tang 2013; Maurer & Bretz 2013): with r comparisons not decided different, each spends
+    ALPHA / r over its looks; a comparison decided different gives its share to the others,
+    whose looks are judged again at the larger level. A larger level only narrows intervals,
+    so a decision once made stands."""
+    left, decided = set(differences), {}
+    while left:
+        level = ALPHA / len(left)
+        now = {v: decide(differences[v], most, resolution, level) for v in left}
+        different = {v for v, d in now.items() if d.stopped == "different"}
+        if not different:
+            decided.update(now)
+            break
+        decided.update({v: now[v] for v in different})
+        left -= different
+    return {v: decided[v] for v in differences}
 
 
 def next_target(decision: Decision, most: int) -> int:
@@ -308,13 +334,13 @@ class Rule:
         values = _last_values(frame, self.metric, tried)  # variant -> {seed: value}, NaN where failed
         seeds = {v: _leading(values.get(v, {})) for v in dict.fromkeys(r.variant for r in runs)}
         base = values.get(self.baseline, {})
-        decided = {}
+        differences = {}
         for variant, had in seeds.items():
             if variant == self.baseline:
                 continue
             own, n = values.get(variant, {}), min(had, seeds[self.baseline])
-            decided[variant] = decide([own[s] - base[s] for s in range(n)], self.auto.most,
-                                      self.resolution / self.scale)
+            differences[variant] = [own[s] - base[s] for s in range(n)]
+        decided = decide_family(differences, self.auto.most, self.resolution / self.scale)
         decided[self.baseline] = Decision(seeds[self.baseline], "baseline")
         return {v: decided[v] for v in seeds}  # in the study's order
 
@@ -338,7 +364,8 @@ class Rule:
                            for v, d in self.decisions(frame, runs, tried).items()})
 
 
-METHOD = "alpha spending alpha*t^2 over the planned looks, Bonferroni-bounded paired t-intervals"
+METHOD = ("alpha spending alpha*t^2 over the planned looks, Bonferroni-bounded paired t-intervals, Holm's step-down "
+          "over the study's comparisons")
 
 
 @dataclass(frozen=True)
