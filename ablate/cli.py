@@ -649,8 +649,14 @@ class PlotKind(str, Enum):
     classes = "classes"
     variants = "variants"
     effects = "effects"
+    cost = "cost"
     reconstructions = "reconstructions"
     interpolation = "interpolation"
+
+
+class CostAxis(str, Enum):
+    flops = "flops"
+    seconds = "seconds"
 
 
 class ReportTable(str, Enum):
@@ -725,7 +731,8 @@ def plot_command(
     kind: Optional[PlotKind] = typer.Option(None, "--kind", help="curves (per epoch), sweep (a final metric "
                                             "against a numeric factor), classes (per-class accuracy), variants "
                                             "(the task's final test metric per variant, with intervals), effects (a component study's effects and "
-                                            "Shapley shares), reconstructions "
+                                            "Shapley shares), cost (the metric against training FLOPs or seconds, "
+                                            "the Pareto front marked), reconstructions "
                                             "and interpolation (autoencoders trained with --save-models); "
                                             "default: the study's natural one."),
     factor: Optional[str] = typer.Option(None, "--factor", help="The numeric column of --kind sweep."),
@@ -734,6 +741,8 @@ def plot_command(
                                                    "test images."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset is, for the figures "
                                                                       "of saved models."),
+    cost: CostAxis = typer.Option(CostAxis.flops, "--cost", help="--kind cost: training FLOPs (forward and "
+                                  "backward, from the counter) or seconds per run."),
 ):
     """Draw a study's figure: learning curves, a sweep (the U-curve of conv1), per-class bars,
     steps with intervals, or an autoencoder's reconstructions and latent interpolation."""
@@ -753,7 +762,7 @@ def plot_command(
     for file in files:  # a folder of several studies: one figure each, named after its file
         figure = out if len(files) == 1 else out.with_name(f"{out.stem}-{file.stem}{out.suffix}")
         for note in plot.draw(file, figure, kind and kind.value, factor, metric=metric, pair=tuple(classes),
-                              data_dir=data_dir):
+                              data_dir=data_dir, by=cost.value):
             stderr.print(f"note: {note}", highlight=False)
         stderr.print(f"figure: {figure}", highlight=False)
 

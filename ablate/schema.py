@@ -36,6 +36,7 @@ HEAD = (
 TAIL = (
     Column("latent_corr", float, OUTCOME),  # a model with encode(): mean |Pearson r| of its code, last epoch
     Column("params", int, OUTCOME), Column("trainable_params", int, OUTCOME), Column("flops", int, OUTCOME),
+    Column("train_flops", int, OUTCOME),  # forward and backward FLOPs of the training up to this epoch
     Column("input_shape", str, OUTCOME),  # CxHxW the model was given (after --image-size, padding): `ablate params --input`
     Column("device", str, OUTCOME), Column("packed", int, OUTCOME),  # seeds trained as one model with it
 )

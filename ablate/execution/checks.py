@@ -28,6 +28,20 @@ def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count
 
 
 @functools.cache
+def training_flops(config: RunConfig, shape: tuple[int, ...], classes: int) -> int | None:
+    """FLOPs of one training image, forward and backward, of the run's model with what it does
+    not train frozen (counted on the meta device); None where the backward cannot be counted."""
+    from ablate.training.train import freeze, model_for_checks
+
+    model = freeze(model_for_checks(config, shape, classes), config, shape, classes)
+    try:
+        counts = count.count_model(model, shape, training=True)
+    except Exception:  # noqa: BLE001 - a model the counter cannot follow backward: no cost, the run trains
+        return None
+    return counts.flops + counts.backward_flops
+
+
+@functools.cache
 def trainable_params(config: RunConfig, shape: tuple[int, ...], classes: int) -> int:
     """How many of the run's parameters its optimiser trains (counted on the meta device)."""
     from ablate.training.train import freeze, model_for_checks

@@ -18,7 +18,7 @@ import torch
 from ablate.execution import autopack
 from ablate.results import files as results
 from ablate.execution.checks import (check_memory, check_model, check_outputs, check_weights, model_size, pack_size,
-                           trainable_params)
+                                     trainable_params, training_flops)
 from ablate.data.datasets import Dataset, deferred_cache_writes, load_dataset, load_test_dataset
 from ablate.errors import UsageError, one_line
 from ablate.execution.executors import InProcess
@@ -40,6 +40,7 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
     head = {"study": run.study, "variant": run.variant, "seed": run.seed}
     ids = {"run_id": run.run_id, "config_id": run.config_id}
     size = model_size(run.config, data.shape, len(data.classes))
+    per_image = training_flops(run.config, data.shape, len(data.classes))
     common = {**head, "status": result.status, "error": result.error, **ids,
               **typed_columns(run.config.columns(), columns),
               "params": size.params, "trainable_params": trainable_params(run.config, data.shape, len(data.classes)),
@@ -47,7 +48,7 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
               "packed": result.packed}
     rows = pd.DataFrame([
         {**common, "epoch": r.epoch, "split": r.split, "loss": r.loss, **r.metrics, "lr": r.lr,
-         "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.last_epoch else None}
+         "train_flops": None if per_image is None else per_image * result.train_images * r.epoch, "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.last_epoch else None}
         for r in result.epochs
     ] or [common], columns=list(columns))  # a failed run: one row that says why
     images = torch.bincount(data.test_y, minlength=len(data.classes)).tolist()

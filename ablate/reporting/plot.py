@@ -20,7 +20,8 @@ from ablate.results.files import (  # noqa: E402
     FIGURE_SUFFIXES, per_class_path, read_metadata, study_metadata, read_per_class, read_results, separate_configurations,
 )
 
-KINDS = ("curves", "sweep", "classes", "variants", "effects", "reconstructions", "interpolation")
+KINDS = ("curves", "sweep", "classes", "variants", "effects", "cost", "reconstructions", "interpolation")
+COSTS = ("flops", "seconds")  # --kind cost's x axis: training FLOPs, or training wall time
 FORMATS = FIGURE_SUFFIXES  # .png, .svg, .pdf
 
 
@@ -189,6 +190,79 @@ def effects(frame: pd.DataFrame, study_path: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def run_costs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run: its variant, the deciding metric at its last epoch (shown units), and what its
+    training cost: `train_flops` up to that epoch, and `seconds`, its epochs' training time (a
+    pack's time shared among the seeds trained in it)."""
+    final = last_epochs(frame)
+    test = final[final["split"] == "test"]
+    metric = task_metrics.deciding(test)
+    train = frame[(frame["split"] == "train") & (frame["epoch"] > 0)]
+    packed = train["packed"].fillna(1).clip(lower=1) if "packed" in train else 1
+    seconds = (train["seconds"] / packed).groupby(train["run_id"]).sum()
+    runs = test.set_index("run_id")
+    return pd.DataFrame({"variant": runs["variant"], "value": metric.scale * runs[metric.name],
+                         "flops": runs["train_flops"] if "train_flops" in runs else float("nan"),
+                         "seconds": seconds.reindex(runs.index)})
+
+
+def pareto(points: dict[str, tuple[float, float]], higher: bool = True) -> set[str]:
+    """The variants that no other beats on both: a cost no higher and a value no worse, one of
+    them strictly (`points`: variant -> (cost, value); `higher`: a higher value is better)."""
+    def better(a, b):  # a beats b
+        (ca, va), (cb, vb) = a, b
+        va, vb = (va, vb) if higher else (-va, -vb)
+        return ca <= cb and va >= vb and (ca < cb or va > vb)
+
+    return {v for v, p in points.items() if not any(better(q, p) for w, q in points.items() if w != v)}
+
+
+def cost(frame: pd.DataFrame, path: Path, by: str = "flops") -> None:
+    """The task's final test metric against each variant's training cost (`by`: FLOPs or
+    seconds), mean with 95 % t-intervals on both axes; the variants no other beats on both
+    (lower cost and better metric) are marked and joined: the Pareto front."""
+    from ablate.reporting.compare import interval
+
+    if by not in COSTS:
+        raise UsageError(f"--cost {by!r}: give {' or '.join(COSTS)}")
+    runs = run_costs(frame)
+    if runs[by].isna().all():
+        raise UsageError(f"--kind cost --cost {by}: the runs have no {'train_flops' if by == 'flops' else 'seconds'} "
+                         "(a file of an earlier ablate, or a model whose backward cannot be counted): use --cost "
+                         "seconds" if by == "flops" else "(no training epoch)")
+    metric = task_metrics.deciding(last_epochs(frame)[lambda f: f["split"] == "test"])
+    names = list(dict.fromkeys(runs["variant"]))
+    colors = _colors(names)
+    points = {}
+    fig, ax = plt.subplots(figsize=(7.5, 5), constrained_layout=True)
+    for name in names:
+        rows = runs[runs["variant"] == name].dropna(subset=[by, "value"])
+        if rows.empty:
+            continue
+        x, y = rows[by].mean(), rows["value"].mean()
+        points[name] = (x, y)
+        (xl, xh), (yl, yh) = interval(rows[by]), interval(rows["value"])
+        ax.errorbar(x, y, xerr=None if xl != xl else [[x - xl], [xh - x]],
+                    yerr=None if yl != yl else [[y - yl], [yh - y]], fmt="o", color=colors[name], capsize=3,
+                    label=name)
+    front = pareto(points, metric.higher_is_better)
+    line = sorted(points[v] for v in front)
+    ax.plot([p[0] for p in line], [p[1] for p in line], "--", color="k", lw=0.8, label="Pareto front")
+    for name in front:
+        ax.annotate(name, points[name], textcoords="offset points", xytext=(6, 4), fontsize=8)
+    spread = [p[0] for p in points.values() if p[0] > 0]
+    if spread and max(spread) > 10 * min(spread):  # costs over orders of magnitude: a log axis
+        ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs per run (forward and backward, from the counter)" if by == "flops"
+                  else "training seconds per run")
+    ax.set_ylabel(f"final test {task_metrics.heading(metric)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(names) > 8 else 1)
+    ax.set_title(_title(frame) + ": mean and 95 % t-intervals; the front is unbeaten on both", fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def classes(per_class: pd.DataFrame, path: Path) -> None:
     """Per-class test accuracy as grouped bars: one group per class, one bar per variant."""
     variants = list(dict.fromkeys(per_class["variant"]))
@@ -306,7 +380,7 @@ def interpolation(path: Path, frame: pd.DataFrame, out: Path, pair: tuple[int, i
 
 
 def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = None, run_ids=None,
-         metric: str = "loss", pair: tuple[int, int] = (8, 4), data_dir=None) -> list[str]:
+         metric: str = "loss", pair: tuple[int, int] = (8, 4), data_dir=None, by: str = "flops") -> list[str]:
     """Draw the figure `kind` (default: the study's natural one, from the file's metadata) of
     the study file `path`, limited to `run_ids` when given. Returns notes for the user. A
     usage error leaves no file or folder behind."""
@@ -355,6 +429,8 @@ def draw(path: Path, out: Path, kind: str | None = None, factor: str | None = No
             variants(frame, out)
         elif kind == "effects":
             effects(frame, Path(path), out)
+        elif kind == "cost":
+            cost(frame, out, by)
         elif kind == "reconstructions":
             reconstructions(Path(path), frame, out, data_dir)
         elif kind == "interpolation":

@@ -41,6 +41,7 @@ class RunResult:
     state: dict | None = None  # the final weights, when asked for (keep_model)
     error: str | None = None  # status "failed": the first line of the exception the run raised
     packed: int = 1  # how many seeds trained together in one packed model (ablate.training.pack)
+    train_images: int = 0  # the images one epoch trains on (with --labels, the labelled few)
 
     @property
     def last_epoch(self) -> int:
@@ -373,7 +374,7 @@ def _train(config, data, seeds: packing.Seeds, device, on_batch, other_test, kee
         if not seeds.live:
             break
     return [_result(task, model, records[c], class_accuracy[c], seeds.status[c], feed.train[0],
-                    feed.test_prepares[c], keep_model, k) for c, model in enumerate(seeds.models())]
+                    feed.test_prepares[c], keep_model, k, n) for c, model in enumerate(seeds.models())]
 
 
 def _progress(on_batch, epoch: int, n: int, seeds: packing.Seeds, start: float, done: int, losses) -> None:
@@ -460,12 +461,13 @@ def packing_speedup(config: RunConfig, data: Dataset, k: int, device: torch.devi
         torch.set_num_threads(threads)
 
 
-def _result(task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed) -> RunResult:
+def _result(task, model, records, class_accuracy, status, train_x, prepare, keep_model, packed,
+            images: int) -> RunResult:
     model = model.to(train_x.device, memory_format=torch.channels_last)
     latent_corr = latent_correlation(model, train_x[:LATENT_CORR_IMAGES], prepare) \
         if task.measures_code and status == "ok" else None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()} if keep_model else None
-    return RunResult(records, class_accuracy, status, latent_corr, state, packed=packed)
+    return RunResult(records, class_accuracy, status, latent_corr, state, packed=packed, train_images=images)
 
 
 _PRETRAINED: dict = {}  # (autoencoder config, seed, data) -> encoder weights: frozen and finetune share one
