@@ -378,6 +378,7 @@ SETTING_HELP = {
     "labels": "Train on N class-balanced labelled images.",
     "pretrain_epochs": "First pretrain an autoencoder for N epochs; start from its encoder.",
     "freeze_encoder": "With --pretrain-epochs: keep the encoder as pretrained.",
+    "seed_source": "What the seed varies: all (the default), or init, order, augment or dropout, the rest fixed.",
 }
 PANELS = {  # --help groups the options: each shared option's panel ("Study" for a study's own)
     "Data": ("task", "dataset", "data_dir", "image_size", "test_fraction", "test_dataset", "limit_train",
@@ -385,7 +386,7 @@ PANELS = {  # --help groups the options: each shared option's panel ("Study" for
     "Model": ("model", "weights", "trainable", "strip_activations", "labels", "pretrain_epochs", "freeze_encoder"),
     "Training": ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "scheduler", "lr_step_size",
                  "lr_gamma", "lr_max", "cycle_momentum", "device", "deterministic", "amp", "compile", "pack"),
-    "Seeds": ("seeds", "resolution"),
+    "Seeds": ("seeds", "resolution", "seed_source"),
     "Output": ("out", "resume", "force", "plot", "save_models", "dry_run", "wide"),
     "Cluster": ("workers", "threads", "dask_scheduler", "executor", "slurm", "slurm_opts"),
 }
@@ -451,6 +452,7 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
         report.print_wide(stdout, report.auto_table(study.name, trained.auto), wide)
     if study.per_class:
         report.print_wide(stdout, report.class_table(trained.class_rows), wide)
+    _analyses(study, out, wide)
     stderr.print(f"results: {out} (per-class rows: {results.per_class_path(out)})", highlight=False)
     if typed.plot is not None:
         from ablate.reporting import plot
@@ -458,6 +460,20 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
         plot.draw(out, typed.plot, study.plot, run_ids=set(frame["run_id"]))
         stderr.print(f"figure: {typed.plot}", highlight=False)
     return out
+
+
+def _analyses(study: studies.Study, out: Path, wide: bool) -> None:
+    """After a component study its effects, after a study of the noise by source its table."""
+    if study.design is None and "seed_source" not in study.factors:
+        return
+    from ablate.reporting import compare
+
+    compared = compare.compare_studies([out])
+    if study.name in compared.designs and study.name in set(compared.effects["study"]):
+        report.print_wide(stdout, report.effects_table(compared.effects, study.name, compared.designs[study.name]),
+                          wide)
+    if study.name in set(compared.variance["study"]):
+        report.print_wide(stdout, report.variance_table(compared.variance, study.name), wide)
 
 
 def _train(prepared: runner.Prepared, metadata: dict, executor_name: str, options: dict):
@@ -662,6 +678,7 @@ class CostAxis(str, Enum):
 class ReportTable(str, Enum):
     summary = "summary"
     effects = "effects"
+    variance = "variance"
 
 
 @app.command("report")
@@ -681,7 +698,7 @@ def report_command(
                                         "(.html): what was compared, the summary, the figures, the provenance."),
     table: ReportTable = typer.Option(ReportTable.summary, "--table", help="--format csv or json: the summary, or "
                                       "the effects of component studies (main effects, interactions, Shapley "
-                                      "shares)."),
+                                      "shares), or the noise by source of `ablate variance`."),
 ):
     """Mean, std and 95 % t-interval over seeds of the test loss and the task's metrics
     (accuracy, PSNR) per variant, and the paired difference to a baseline variant with its
@@ -696,7 +713,7 @@ def report_command(
     for note in compared.notes:
         stderr.print(f"note: {note}", highlight=False)
     frame, summary, paths, label = compared.frame, compared.summary, compared.files, compared.label
-    written = compared.effects if table == ReportTable.effects else summary
+    written = {ReportTable.effects: compared.effects, ReportTable.variance: compared.variance}.get(table, summary)
     if format == OutputFormat.csv:
         sys.stdout.write(written.to_csv(index=False))
     elif format == OutputFormat.json:
@@ -716,10 +733,12 @@ def report_command(
                 report.print_wide(stdout, report.auto_table(study, auto[study]), wide)
             if study in set(compared.effects["study"]):
                 report.print_wide(stdout, report.effects_table(compared.effects, study, compared.designs[study]), wide)
+            if study in set(compared.variance["study"]):
+                report.print_wide(stdout, report.variance_table(compared.variance, study), wide)
     if html is not None:
         from ablate.reporting import html_report
 
-        html_report.write(paths, frame, summary, label, html, compared.effects, compared.designs)
+        html_report.write(paths, frame, summary, label, html, compared.effects, compared.designs, compared.variance)
         stderr.print(f"report: {html}", highlight=False)
 
 

@@ -57,6 +57,7 @@ class RunConfig:
     threads: int | None = None  # torch's CPU threads (sums add up in another order with another count)
     amp: str = "none"  # bf16: forward and loss under torch.autocast in bfloat16
     compile: bool = False  # torch.compile the model (a cold compile costs seconds)
+    seed_source: str = "all"  # the randomness the seed varies: all, or one of SEED_SOURCES, the others fixed
 
     def columns(self) -> dict:
         """The fields and the model's arguments as result columns; `lr` is `base_lr` there,
@@ -82,6 +83,10 @@ class RunConfig:
 
 AMP = ("none", "bf16")  # the autocast dtypes a run may train in
 TRAINABLE = ("all", "head")  # what of the model trains
+# The sources of a run's randomness (ablate.training.pack's streams): its initial weights (and an
+# autoencoder's pretraining), the order of its batches, its augmentation (a task's input noise and
+# pixel permutations too), its dropout masks. A run varies all of them with its seed, or one.
+SEED_SOURCES = ("init", "order", "augment", "dropout")
 
 FIELDS = set(RunConfig.__dataclass_fields__) - {"model_args"}
 # The fields every run_id hashes, whatever their value: those of ablate 0.1 (amp and compile

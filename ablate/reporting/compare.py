@@ -11,6 +11,7 @@ import pandas as pd
 from ablate import metrics as task_metrics
 from ablate.errors import UsageError, unknown_name
 from ablate.reporting import effects as effects_of
+from ablate.reporting import variance as variance_of
 from ablate.study import sequential
 
 
@@ -245,6 +246,7 @@ class Compared:
     notes: list[str] = field(default_factory=list)
     effects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=effects_of.COLUMNS))
     designs: dict = field(default_factory=dict)  # a component study's name -> its designs.Design
+    variance: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=variance_of.COLUMNS))
 
 
 def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = False,
@@ -271,7 +273,26 @@ def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = Fa
     designs = component_designs(files)
     effects, effect_notes = effects_of.effects(picked, designs)
     return Compared(frame, summary, files, label, notes + separated + failed_notes(frame) + effect_notes,
-                    effects, designs)
+                    effects, designs, noise_by_source(picked, files))
+
+
+def noise_by_source(picked: pd.DataFrame, files: list[Path]) -> pd.DataFrame:
+    """The noise-by-source table (ablate.reporting.variance) of the studies among `picked` that
+    vary one source of randomness per variant; the test images of each run from the per-class
+    rows beside its file."""
+    from ablate.results import files as results
+
+    if "seed_source" not in picked or not (picked["seed_source"].fillna("all") != "all").any():
+        return pd.DataFrame(columns=variance_of.COLUMNS)
+    images = {}
+    for path in files:
+        try:
+            per_class = results.read_per_class(path)
+        except (ValueError, OSError):
+            continue
+        if len(per_class) and "images" in per_class:
+            images.update(per_class.groupby("run_id")["images"].sum().astype(int).to_dict())
+    return variance_of.noise_sources(picked, images)
 
 
 def component_designs(files: list[Path]) -> dict:

@@ -248,8 +248,16 @@ def _effects(effects: pd.DataFrame | None, designs: dict | None, name: str) -> s
     return f"<h3>What each component contributes</h3><p>{_e(title)}</p>" + _table(header, rows, caption, kind="sticky")
 
 
+def _variance(noise: pd.DataFrame | None, name: str) -> str:
+    """A noise-by-source table (ablate.reporting.variance), as the terminal shows it."""
+    if noise is None or name not in set(noise["study"]):
+        return ""
+    title, header, rows, caption = report.variance_rows(noise, name)
+    return f"<h3>Noise by source</h3><p>{_e(title)}</p>" + _table(header, rows, caption, kind="sticky")
+
+
 def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str,
-         effects: pd.DataFrame | None = None, designs: dict | None = None) -> str:
+         effects: pd.DataFrame | None = None, designs: dict | None = None, noise: pd.DataFrame | None = None) -> str:
     """The HTML of the report of the studies in `paths` (`frame`: their rows, configurations
     separated; `summary`: compare.summarize of the chosen epochs; `label`: which epoch;
     `effects` and `designs`: the component studies' effects, compare.Compared's)."""
@@ -273,7 +281,7 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
                 f"<section><h2>{_e(name)}</h2><p>{_e(study['description'])}</p>"
                 f"<h3>What was compared</h3>{_compared(runs, study)}"
                 f"<h3>Test metrics at {_e(label)}</h3>{_summary(rows, auto is not None)}{_auto(auto)}"
-                f"{_effects(effects, designs, name)}"
+                f"{_effects(effects, designs, name)}{_variance(noise, name)}"
                 f"<h3>Runs that did not finish well</h3>{_problems(runs)}"
                 f"<h3>Figures</h3>{_figures(path, study)}"
                 f"<h3>Where the numbers came from</h3>{_provenance(meta, path, seeds, rows)}</section>")
@@ -284,11 +292,11 @@ def page(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: s
 
 
 def write(paths: list[Path], frame: pd.DataFrame, summary: pd.DataFrame, label: str, out: Path,
-          effects: pd.DataFrame | None = None, designs: dict | None = None) -> None:
+          effects: pd.DataFrame | None = None, designs: dict | None = None, noise: pd.DataFrame | None = None) -> None:
     """The page, written atomically to `out` (.html)."""
     out = Path(out)
     results.check_writable(out, (".html", ".htm"))
-    text = page(paths, frame, summary, label, effects, designs)
+    text = page(paths, frame, summary, label, effects, designs, noise)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:

@@ -445,6 +445,48 @@ def effects_table(effects: pd.DataFrame, study: str, design) -> Table:
     return table
 
 
+SOURCES_SAID = {"init": "initial weights", "order": "data order", "augment": "augmentation", "dropout": "dropout",
+                "all": "all of them", "test set": "test set (bootstrap)"}
+
+
+def variance_rows(noise: pd.DataFrame, study: str) -> tuple[str, list[str], list[list[str]], str]:
+    """A noise-by-source table (ablate.reporting.variance) as the terminal and the page show it."""
+    from ablate.metrics import METRICS, heading
+
+    rows = noise[noise["study"] == study]
+    metric = rows["metric"].iloc[0].removeprefix("test_")
+    known = METRICS.get(metric) if metric in METRICS else None
+    digits = 2 if known and known.scale != 1 else 4
+    cells = []
+    for _, row in rows.iterrows():
+        std = "—" if row["std"] != row["std"] else f"{row['std']:.{digits}f}"
+        if row["std_low"] == row["std_low"]:
+            std += f" [{row['std_low']:.{digits}f}, {row['std_high']:.{digits}f}]"
+        share = "—" if row["share"] != row["share"] else f"{row['share']:.2f}"
+        if row["share_low"] == row["share_low"]:
+            share += f" [{row['share_low']:.2f}, {row['share_high']:.2f}]"
+        cells.append([SOURCES_SAID.get(row["source"], row["source"]), str(row["seeds"]), std, share])
+    sources = rows[~rows["source"].isin(["all", "test set"])]
+    caption = ("each source varied alone by the seed, the others fixed; all: every source with the seed. std over "
+               "the seeds [95 % chi-square interval]; share: its variance over all's [95 % F interval]; the "
+               f"sources' shares sum to {sources['share'].sum():.2f} (1 where they add up independently)")
+    if (rows["source"] == "test set").any():
+        caption += ("; test set: each run's accuracy resampled over its test images (a bootstrap), the mean of "
+                    "the runs' variances: the sampling error of a test set this size, not run-to-run noise")
+    title = f"{study}: noise by source of test {heading(known) if known else metric}"
+    return title, ["source", "runs", "std", "share of all's variance"], cells, caption
+
+
+def variance_table(noise: pd.DataFrame, study: str) -> Table:
+    title, header, cells, caption = variance_rows(noise, study)
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD)
+    for column in header:
+        table.add_column(column, justify="left" if column == "source" else "right", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
 def design_table(design) -> Table:
     """`--dry-run` of a component study: each variant's components, on (+) or off (−), and the
     design's aliases."""

@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow as pa
 
 from ablate import arch, schema, transforms
-from ablate.config import (AMP, DATA_FIELDS, OPTIMIZERS, SCHEDULERS, TRAINABLE, RunConfig, checked, cross_checked,
+from ablate.config import (AMP, DATA_FIELDS, OPTIMIZERS, SCHEDULERS, SEED_SOURCES, TRAINABLE, RunConfig, checked,
+                           cross_checked,
                            setting_of, used_settings, why_unused)
 from ablate.errors import UsageError, unknown_name
 from ablate.models import weights
@@ -43,6 +44,8 @@ def resolve(config: RunConfig, whole: bool = True) -> RunConfig:
         raise unknown_name("amp", config.amp, AMP)
     if config.trainable not in TRAINABLE:
         raise unknown_name("trainable", config.trainable, TRAINABLE)
+    if config.seed_source not in ("all", *SEED_SOURCES):
+        raise unknown_name("seed source", config.seed_source, ["all", *SEED_SOURCES])
     if config.weights is not None:
         weights.get(config.model, config.weights)  # made once: the file read, or the name looked up
     args = arch.model_source(config.model).typed_args(dict(config.model_args))

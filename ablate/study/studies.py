@@ -22,8 +22,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, SCHEDULERS, SETTINGS, RunConfig,
-                           Setting, augmentation_parts, column, setting_of)
+from ablate.config import (AUGMENTATION_NAMES, DATA_FIELDS, FIELDS, OPTIMIZERS, SCHEDULERS, SEED_SOURCES, SETTINGS,
+                           RunConfig, Setting, augmentation_parts, column, setting_of)
 from ablate.errors import UsageError, describe_error, unknown_name
 from ablate.registry import Registry
 from ablate.study import designs
@@ -283,6 +283,21 @@ def regularization(dropout: float = 0.5) -> Study:
         factors=("dropout", "batchnorm"),
         base={"model": "threeconv"},
     )
+
+
+@register_study("variance", sources="Sources of randomness, each varied alone by the seed while the others stay "
+                "fixed, comma-separated: " + ", ".join(SEED_SOURCES) + "; all of them together is trained too.")
+def variance(sources: str = ",".join(SEED_SOURCES)) -> Study:
+    names = parse_list(sources, "seed source", list(SEED_SOURCES))
+    return Study(
+        "variance",
+        "Noise by source: one configuration (any study's options) trained with one source of randomness varied by "
+        "the seed at a time, the others fixed (init: the initial weights; order: the batches' order; augment: the "
+        "augmentation, input noise and pixel permutations; dropout: its masks), and with all of them: each "
+        "source's standard deviation over the seeds and its share of the run-to-run variance, and the test set's "
+        "own sampling error (a bootstrap over its images).",
+        variants={**{n: {"seed_source": n} for n in names}, "all": {"seed_source": "all"}},
+        factors=("seed_source",), plot="variants")
 
 
 # ---------------------------------------------------------------- the reports' sweeps

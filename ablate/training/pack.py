@@ -212,22 +212,29 @@ def unpack(packed: nn.Module, copies: list[nn.Module]) -> None:
 # Independent random streams of a run, each seeded from the run's seed: the initial weights
 # and then dropout draw from torch's global generator, forked for the run and re-seeded.
 INIT, ORDER, AUGMENT, PERMUTE, EVAL_PERMUTE, DROPOUT, INPUT, EVAL_INPUT = range(8)
+SOURCE = {INIT: "init", ORDER: "order", AUGMENT: "augment", PERMUTE: "augment", EVAL_PERMUTE: "augment",
+          DROPOUT: "dropout", INPUT: "augment", EVAL_INPUT: "augment"}  # config.SEED_SOURCES, per stream
+FIXED = -1  # the seed of the streams a run does not vary (config.seed_source): no run's own
 
 
-def stream_seed(seed: int, stream: int) -> int:
+def stream_seed(seed: int, stream: int, source: str = "all") -> int:
+    """The seed of a run's `stream`: from the run's seed where its `source` (config.seed_source)
+    varies it, else from FIXED, the same for every seed."""
+    if source != "all" and SOURCE[stream] != source:
+        seed = FIXED
     return seed * 1_000_003 + stream
 
 
-def seeded(seed: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
-    return torch.Generator(device).manual_seed(stream_seed(seed, stream))
+def seeded(seed: int, stream: int, device: torch.device | str = "cpu", source: str = "all") -> torch.Generator:
+    return torch.Generator(device).manual_seed(stream_seed(seed, stream, source))
 
 
 class Seeds:
     """The K seeds training together in `net` (K = 1: one model, `net` is its only copy): each
     seed's generators, which seeds still train, and the weights a diverged one stopped with."""
 
-    def __init__(self, seeds: list[int], net: nn.Module, copies: list[nn.Module]):
-        self.seeds, self.net, self.copies = list(seeds), net, copies
+    def __init__(self, seeds: list[int], net: nn.Module, copies: list[nn.Module], source: str = "all"):
+        self.seeds, self.net, self.copies, self.source = list(seeds), net, copies, source
         self.status = ["ok"] * len(seeds)
         self.live = list(range(len(seeds)))  # the copies still training
         self._stopped: dict[int, dict] = {}
@@ -237,7 +244,7 @@ class Seeds:
 
     def generators(self, stream: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
         """One generator per seed for `stream`, each at its start."""
-        return [seeded(seed, stream, device) for seed in self.seeds]
+        return [seeded(seed, stream, device, self.source) for seed in self.seeds]
 
     def stop(self, c: int) -> None:
         """Copy `c` diverged: it trains no more, and keeps the weights it has now, as its

@@ -192,16 +192,18 @@ def train_runs(
             copies = [_model(config, data, seed, device) for seed in seeds]
             packed = None
             if pack and len(seeds) > 1:
-                dropout = [packing.seeded(seed, packing.DROPOUT, device) for seed in seeds]
+                dropout = [packing.seeded(seed, packing.DROPOUT, device, config.seed_source) for seed in seeds]
                 packed = packing.pack(copies, dropout, _probe(data))
             if packed is not None:
-                return _train(config, data, packing.Seeds(seeds, packed, copies), device, on_batch, other_test,
+                return _train(config, data, packing.Seeds(seeds, packed, copies, config.seed_source), device,
+                              on_batch, other_test,
                               keep_model)
             results, images = [], min(config.labels or len(data.train_y), len(data.train_y))
             for i, (seed, model) in enumerate(zip(seeds, copies)):
-                torch.manual_seed(packing.stream_seed(seed, packing.DROPOUT))
+                torch.manual_seed(packing.stream_seed(seed, packing.DROPOUT, config.seed_source))
                 report = on_batch and functools.partial(_after, on_batch, i * config.epochs * images)
-                results += _train(config, data, packing.Seeds([seed], model, [model]), device, report, other_test,
+                results += _train(config, data, packing.Seeds([seed], model, [model], config.seed_source), device,
+                                  report, other_test,
                                   keep_model)
             return results
     finally:
@@ -217,10 +219,11 @@ def _after(on_batch, images_before: int, epoch: int, images: int, loss: float, s
 def _model(config: RunConfig, data: Dataset, seed: int, device: torch.device) -> nn.Module:
     """The run's initial model: its weights drawn from the seed's init stream (or pretrained:
     an autoencoder's encoder, or --weights with a fresh head), frozen where the run says."""
-    torch.manual_seed(packing.stream_seed(seed, packing.INIT))
+    torch.manual_seed(packing.stream_seed(seed, packing.INIT, config.seed_source))
     model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
-    if config.pretrain_epochs:
-        model.encoder.load_state_dict(pretrained_encoder(config, data, seed, device))
+    if config.pretrain_epochs:  # pretrained from the seed's init stream: part of the initial weights
+        init = seed if config.seed_source in ("all", "init") else packing.FIXED
+        model.encoder.load_state_dict(pretrained_encoder(config, data, init, device))
     if config.weights is not None:
         load_weights(model, config, data.shape, len(data.classes))
     freeze(model, config, data.shape, len(data.classes))
