@@ -328,6 +328,10 @@ SHARED_OPTIONS = {
         help="K: seeds 0..K-1; auto or auto:MAX: rounds of seeds until each difference is decided.")),
     "resolution": (Optional[float], None, typer.Option(
         help="--seeds auto: the difference that matters (default 0.5 accuracy points, 0.1 dB, 0.01 loss).")),
+    "effect": (Optional[float], None, typer.Option(
+        help="--dry-run --seeds auto: state the rule's power to find a difference of E (accuracy points, dB, loss).")),
+    "pilot": (Optional[Path], None, typer.Option(
+        help="--effect: a study file whose paired spread plans the power (default on --resume: --out's).")),
     "batch_size": (Optional[int], None, typer.Option(help=f"Default: {DEFAULTS.batch_size}.")),
     "lr": (Optional[float], None, typer.Option(help=f"Learning rate (default {DEFAULTS.lr}, or the study's own).")),
     "device": (Device, Device.auto, typer.Option(help="auto: cuda, then mps, then cpu.")),
@@ -386,7 +390,7 @@ PANELS = {  # --help groups the options: each shared option's panel ("Study" for
     "Model": ("model", "weights", "trainable", "strip_activations", "labels", "pretrain_epochs", "freeze_encoder"),
     "Training": ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "scheduler", "lr_step_size",
                  "lr_gamma", "lr_max", "cycle_momentum", "device", "deterministic", "amp", "compile", "pack"),
-    "Seeds": ("seeds", "resolution", "seed_source"),
+    "Seeds": ("seeds", "resolution", "effect", "pilot", "seed_source"),
     "Output": ("out", "resume", "force", "plot", "save_models", "dry_run", "wide"),
     "Cluster": ("workers", "threads", "dask_scheduler", "executor", "slurm", "slurm_opts"),
 }
@@ -439,6 +443,8 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
         rows, start = estimate.dry_run(prepared)
         report.print_wide(stdout, report.dry_run_table(rows, study.name, out, prepared.auto and
                                                        prepared.auto.auto.spec(), start), wide)
+        if typed.effect is not None:
+            stdout.print(_power_said(prepared, typed), highlight=False)
         chosen = typed.executor_options
         if chosen.get("slurm"):
             stdout.print(f"each of the {chosen.get('workers') or 1} SLURM jobs would run:", highlight=False)
@@ -460,6 +466,31 @@ def run_study(study: studies.Study, options: dict, taken: frozenset = frozenset(
         plot.draw(out, typed.plot, study.plot, run_ids=set(frame["run_id"]))
         stderr.print(f"figure: {typed.plot}", highlight=False)
     return out
+
+
+def _power_said(prepared, typed) -> str:
+    """--dry-run --seeds auto --effect E: the rule's power for E at MAX, at the spread of the
+    pilot's paired differences (--pilot, or --out's on --resume), simulated through its rules."""
+    from ablate.reporting import compare
+    from ablate.results import folder
+    from ablate.study import sequential
+
+    rule, source = prepared.auto, typed.pilot or prepared.out
+    if not Path(source).exists() and not typed.pilot:
+        raise UsageError(f"--effect on --resume: {str(source)!r} holds no runs yet to give the spread; give --pilot FILE")
+    frame, _, _ = folder.read_studies(Path(source))
+    spread, seeds, metric = compare.paired_spread(frame)
+    if metric != rule.metric:
+        raise UsageError(f"--pilot {str(source)!r} is decided by {metric}, this study by {rule.metric}: give a pilot "
+                         "of the same task")
+    comparisons = len({r.variant for r in prepared.runs}) - 1
+    power = sequential.rule_power(typed.effect / rule.scale, spread, rule.auto.most, rule.resolution / rule.scale,
+                                  comparisons)
+    return (f"power: with the paired spread of {str(source)!r} ({spread * rule.scale:.3g} over {seeds} seeds), "
+            f"--seeds {rule.auto.spec()} decides a true Δ of {typed.effect:g} 'different' in {power['different']:.0%} "
+            f"of studies ('equal' {power['equal']:.0%}, undecided at MAX {power['max']:.0%}; {power['seeds']:.1f} "
+            f"seeds on average), its {comparisons} comparison{'s' * (comparisons != 1)} a family (1,000 simulated "
+            "studies through the rule, normal noise)")
 
 
 def _analyses(study: studies.Study, out: Path, wide: bool) -> None:

@@ -451,3 +451,34 @@ def test_the_family_wise_error_of_auto_decisions_is_held_at_five_percent():
         for family in said:
             said[family] += any(d.stopped == "different" for d in auto_rounds(values, 10, 0.5, family).values())
     assert said[True] / 400 <= 0.07 and said[False] / 400 >= 0.12
+
+
+def test_the_rules_power_is_its_own_decisions_on_simulated_studies():
+    from ablate.study.sequential import rule_power
+
+    power = rule_power(0.5, 1.0, 10, 0.5, studies=300, seed=3)
+    rng = np.random.default_rng(3)  # the same draws, through the rounds one comparison at a time
+    decisions = [_stopping(rng.normal(0.0, 1.0, size=(1, 10))[0] + 0.5, 10, 0.5) for _ in range(300)]
+    assert power["different"] == sum(d.stopped == "different" for d in decisions) / 300
+    assert power["seeds"] == pytest.approx(np.mean([d.seeds for d in decisions]))
+    assert rule_power(50.0, 1.0, 10, 0.5, studies=100)["different"] == 1.0
+    assert rule_power(0.0, 1.0, 10, 0.5, studies=400)["different"] <= 0.07
+    assert rule_power(1.0, 1.0, 10, 0.5, 5, studies=300)["different"] < rule_power(1.0, 1.0, 10, 0.5, studies=300)[
+        "different"]  # more comparisons in the family: less power for each
+
+
+def test_the_dry_run_states_the_power_for_an_effect_at_a_pilots_spread(fake_study, tmp_path, ablate, tiny):
+    pilot = fake_study(tmp_path / "pilot.parquet", variants=("a", "b"), seeds=(0, 1, 2, 3),
+                       noise=lambda v, seed: 0.004 * ((seed * 7 + v * 3) % 5 - 2))
+    out = ablate(["linearity", *tiny, "--seeds", "auto", "--dry-run", "--effect", "1.0", "--pilot", pilot])
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())
+    assert "power: with the paired spread of" in said and "decides a true Δ of 1 'different' in" in said
+    assert "its 2 comparisons a family" in said
+    for args, words in ((["--seeds", "3", "--dry-run", "--effect", "1"], "give --seeds auto and --dry-run"),
+                        (["--seeds", "auto", "--dry-run", "--effect", "1"], "give --pilot FILE, or --resume"),
+                        (["--seeds", "auto", "--dry-run", "--pilot", pilot], "give --effect too"),
+                        (["--seeds", "auto", "--dry-run", "--effect", "0", "--pilot", pilot], "--effect must be"),
+                        (["--seeds", "auto", "--dry-run", "--effect", "1", "--pilot", tmp_path / "no"], "no such file")):
+        bad = ablate(["linearity", *tiny, *args])
+        assert bad.exit_code == 2 and words in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output

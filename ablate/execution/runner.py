@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -210,6 +211,8 @@ class StudyOptions:
     taken: frozenset = frozenset()  # the options the study's builder took itself
     notes: tuple[str, ...] = ()
     stated: frozenset = frozenset()  # the settings in `training` the user gave (threads may be ablate's choice)
+    effect: float | None = None  # --dry-run --seeds auto: the difference whose power the plan states
+    pilot: Path | None = None  # the study file that gives the spread for it (None: --out's, on --resume)
 
     @classmethod
     def of(cls, options: dict, argv=(), taken: frozenset = frozenset()) -> StudyOptions:
@@ -241,11 +244,27 @@ class StudyOptions:
             raise UsageError(f"--scheduler {training['scheduler']}: --scheduler is the learning-rate schedule "
                              "(none, step, exponential, cosine, onecycle); a Dask scheduler's address is "
                              "--dask-scheduler")
-        return cls(training, sequential.seeds_option(given.get("seeds", "1"), given.get("resolution")),
+        seeds = sequential.seeds_option(given.get("seeds", "1"), given.get("resolution"))
+        effect, pilot = given.get("effect"), given.get("pilot")
+        if (effect is not None or pilot is not None) and not (given.get("dry_run") and
+                                                              isinstance(seeds, sequential.AutoSeeds)):
+            raise UsageError("--effect and --pilot plan the power of --seeds auto in a --dry-run: give --seeds auto "
+                             "and --dry-run too, or leave them out")
+        if effect is not None and not (math.isfinite(effect) and effect > 0):
+            raise UsageError(f"--effect must be a finite number > 0 (in the metric's units, like 1.0 accuracy "
+                             f"points), got {effect}")
+        if pilot is not None and not Path(pilot).exists():
+            raise UsageError(f"--pilot: no such file or folder: {str(pilot)!r}")
+        if pilot is not None and effect is None:
+            raise UsageError("--pilot gives the spread to plan the power to detect --effect E: give --effect too")
+        if effect is not None and pilot is None and not given.get("resume"):
+            raise UsageError("--effect: the power is planned at the spread of a pilot study: give --pilot FILE, or "
+                             "--resume to take it from --out")
+        return cls(training, seeds,
                    resolve_device(given.get("device", "auto")), given.get("out"), given.get("data_dir"),
                    bool(given.get("resume")), bool(given.get("force")), bool(given.get("save_models")),
                    given.get("pack"), given.get("plot"), bool(given.get("dry_run")), executor, given,
-                   tuple(argv), frozenset(taken), (), stated)
+                   tuple(argv), frozenset(taken), (), stated, effect, pilot)
 
 
 def prepare(study: Study, options: StudyOptions) -> Prepared:

@@ -78,6 +78,23 @@ def pick_epochs(frame: pd.DataFrame, epoch: int | None = None, best: bool = Fals
     return chosen
 
 
+def paired_spread(frame: pd.DataFrame) -> tuple[float, int, str]:
+    """The spread (standard deviation over seeds) of the paired differences of the task's
+    deciding metric between each variant and the first, pooled over the variants, in the
+    metric's stored units; the seeds it is from, and the metric. A usage error where the file
+    cannot give one (one variant, or under two seeds of a pair)."""
+    test = pick_epochs(frame)
+    metric = task_metrics.deciding(test).name
+    table = test.drop_duplicates(["variant", "seed"]).pivot(index="seed", columns="variant", values=metric)
+    table = table[list(dict.fromkeys(test["variant"]))]
+    differences = table.iloc[:, 1:].sub(table.iloc[:, 0], axis=0)
+    variances = [d.dropna().var() for _, d in differences.items() if d.count() > 1]
+    if not variances:
+        raise UsageError(f"the pilot has no two variants with two seeds in common to give the spread of a paired "
+                         f"difference of {metric} (it has {table.shape[1]} variant(s), {len(table)} seed(s))")
+    return math.sqrt(sum(variances) / len(variances)), int(differences.count().max()), metric
+
+
 def last_epochs(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of each run's last epoch (every split of it)."""
     return frame[frame["epoch"] == frame.groupby("run_id")["epoch"].transform("max")]
