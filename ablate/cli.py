@@ -489,8 +489,9 @@ def _power_said(prepared, typed) -> str:
     return (f"power: with the paired spread of {str(source)!r} ({spread * rule.scale:.3g} over {seeds} seeds), "
             f"--seeds {rule.auto.spec()} decides a true Δ of {typed.effect:g} 'different' in {power['different']:.0%} "
             f"of studies ('equal' {power['equal']:.0%}, undecided at MAX {power['max']:.0%}; {power['seeds']:.1f} "
-            f"seeds on average), its {comparisons} comparison{'s' * (comparisons != 1)} a family (1,000 simulated "
-            "studies through the rule, normal noise)")
+            f"seeds on average), its {comparisons} comparison{'s' * (comparisons != 1)} a family "
+            f"({sequential.power_studies(comparisons, rule.auto.most):,} simulated studies through the rule, normal "
+            "noise)")
 
 
 def _analyses(study: studies.Study, out: Path, wide: bool) -> None:
@@ -740,6 +741,9 @@ def report_command(
 
     if html is not None:
         results.check_writable(html, (".html", ".htm"))
+    if table != ReportTable.summary and format == OutputFormat.table:
+        raise UsageError(f"--table {table.value} chooses what --format csv or json writes; the terminal's report "
+                         "prints every table")
     compared = compare.compare_studies(paths, epoch, best, baseline, correction, effect)
     for note in compared.notes:
         stderr.print(f"note: {note}", highlight=False)

@@ -79,7 +79,12 @@ def test_the_design_survives_the_files_metadata_and_damage_reads_as_none():
     again = designs.Design.from_metadata(design.to_metadata())
     assert again == design
     meta = design.to_metadata()
-    for damage in ({**meta, "design": "half"}, {**meta, "variants": {"none": [0, 2, 0, 0, 0, 0]}},
+    full = _design("full", "abc").to_metadata()
+    loo = _design("leave-one-out", "abc").to_metadata()
+    for damage in ({**full, "variants": dict(list(full["variants"].items())[:6])},  # two variants gone
+                   {**loo, "variants": {k: v for k, v in loo["variants"].items() if k != "all"}},
+                   {**meta, "design": "full"},  # a fraction's rows called full
+                   {**meta, "design": "half"}, {**meta, "variants": {"none": [0, 2, 0, 0, 0, 0]}},
                    {**meta, "components": "x"}, {**meta, "generators": [{"component": "Z", "product": ["A"],
                                                                           "sign": 1}]}, None, [], {}):
         assert designs.Design.from_metadata(damage) is None
@@ -207,6 +212,19 @@ def test_the_report_prints_and_writes_the_effects(component_file, ablate, tmp_pa
     assert "What each component contributes" in (tmp_path / "r.html").read_text()
     assert ablate(["plot", component_file, "-o", tmp_path / "e.png"]).exit_code == 0  # its natural figure
     assert (tmp_path / "e.png").stat().st_size > 10_000
+
+
+def test_a_table_to_write_needs_a_format_to_write_it(component_file, ablate):
+    out = ablate(["report", component_file, "--table", "effects"])
+    assert out.exit_code == 2 and "chooses what --format csv or json writes" in out.output
+
+
+def test_an_optimizer_component_keeps_a_study_files_learning_rate(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[base]\nlr = 0.05\n[components]\noptimizer = ["momentum", "adam"]\n')
+    study = studies.from_toml(path)
+    assert {v.get("lr") for v in study.variants.values()} == {0.05}
+    assert studies.get_study("components", component=["optimizer=momentum,adam"]).variants["optimizer"]["lr"] == 0.001
 
 
 def test_effects_of_a_study_without_a_design_is_one_line(fake_study, ablate, tmp_path):

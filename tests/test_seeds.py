@@ -457,8 +457,9 @@ def test_the_rules_power_is_its_own_decisions_on_simulated_studies():
     from ablate.study.sequential import rule_power
 
     power = rule_power(0.5, 1.0, 10, 0.5, studies=300, seed=3)
-    rng = np.random.default_rng(3)  # the same draws, through the rounds one comparison at a time
-    decisions = [_stopping(rng.normal(0.0, 1.0, size=(1, 10))[0] + 0.5, 10, 0.5) for _ in range(300)]
+    rng = np.random.default_rng(3)  # the same draws (a baseline's and a variant's runs), through the rounds
+    draws = [rng.normal(0.0, 1.0 / math.sqrt(2), size=(2, 10)) for _ in range(300)]
+    decisions = [_stopping(runs[1] - runs[0] + 0.5, 10, 0.5) for runs in draws]
     assert power["different"] == sum(d.stopped == "different" for d in decisions) / 300
     assert power["seeds"] == pytest.approx(np.mean([d.seeds for d in decisions]))
     assert rule_power(50.0, 1.0, 10, 0.5, studies=100)["different"] == 1.0

@@ -49,7 +49,8 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
               "packed": result.packed}
     rows = pd.DataFrame([
         {**common, "epoch": r.epoch, "split": r.split, "loss": r.loss, **r.metrics, "lr": r.lr,
-         "train_flops": None if per_image is None else per_image * result.train_images * r.epoch, "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.last_epoch else None}
+         "train_flops": None if per_image is None else per_image * result.train_images * r.epoch,
+         "seconds": r.seconds, "latent_corr": result.latent_corr if r.epoch == result.last_epoch else None}
         for r in result.epochs
     ] or [common], columns=list(columns))  # a failed run: one row that says why
     images = torch.bincount(data.test_y, minlength=len(data.classes)).tolist()

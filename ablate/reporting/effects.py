@@ -9,7 +9,8 @@ seeds (the seeds pair the variants: a seed's runs share their data and streams):
 - ladder (full designs): the gain of each step of adding them in the given order;
 - drop (leave-one-out): all on, minus all on but it; gain (add-one-in): it alone on, minus none.
 
-Each estimate has a 95 % t-interval over the seeds, in the units the report shows.
+Each estimate has a 95 % t-interval over the seeds, in the units the report shows, each on its
+own (`significant`: it excludes 0; no correction across the effects).
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ def effects(test_rows: pd.DataFrame, designs: dict[str, Design]) -> tuple[pd.Dat
         if rows.empty or not set(order) <= set(rows["variant"]):
             missing = [v for v in order if v not in set(rows["variant"])]
             if len(rows):
+                have = "have" if len(missing) > 1 else "has"
                 notes.append(f"{study}: no effects: variant{'s' * (len(missing) > 1)} {', '.join(missing[:3])} "
-                             "of its design ha{} no run".format("ve" if len(missing) > 1 else "s"))
+                             f"of its design {have} no run")
             continue
         decides = task_metrics.deciding(rows).name
         metrics = ["loss", *(m.name for m in task_metrics.present(rows))]

@@ -227,9 +227,10 @@ def cost(frame: pd.DataFrame, path: Path, by: str = "flops") -> None:
         raise UsageError(f"--cost {by!r}: give {' or '.join(COSTS)}")
     runs = run_costs(frame)
     if runs[by].isna().all():
+        why = ("(a file of an earlier ablate, or a model whose backward cannot be counted): use --cost seconds"
+               if by == "flops" else "(no training epoch)")
         raise UsageError(f"--kind cost --cost {by}: the runs have no {'train_flops' if by == 'flops' else 'seconds'} "
-                         "(a file of an earlier ablate, or a model whose backward cannot be counted): use --cost "
-                         "seconds" if by == "flops" else "(no training epoch)")
+                         f"{why}")
     metric = task_metrics.deciding(last_epochs(frame)[lambda f: f["split"] == "test"])
     names = list(dict.fromkeys(runs["variant"]))
     colors = _colors(names)

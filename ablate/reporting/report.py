@@ -409,7 +409,7 @@ def effects_rows(effects: pd.DataFrame, study: str, design) -> tuple[str, list[s
     digits = 2 if known and known.scale != 1 else 4
     seeds = int(rows["seeds"].max())
     caption = [f"per seed, then the mean [95 % t-interval] over {seeds} seed{'s' * (seeds > 1)} (the seeds pair the "
-               "variants); * where the interval excludes 0"]
+               "variants); * where the interval excludes 0 (each effect on its own, uncorrected)"]
     if design.kind == "full":
         caption.append(f"Shapley share: the component's gain averaged over every order of adding the {len(design.names)}"
                        " components (the shares sum to all on − all off in every seed); ladder gain: its gain when "
@@ -465,14 +465,16 @@ def variance_rows(noise: pd.DataFrame, study: str) -> tuple[str, list[str], list
         share = "—" if row["share"] != row["share"] else f"{row['share']:.2f}"
         if row["share_low"] == row["share_low"]:
             share += f" [{row['share_low']:.2f}, {row['share_high']:.2f}]"
-        cells.append([SOURCES_SAID.get(row["source"], row["source"]), str(row["seeds"]), std, share])
+        cells.append([SOURCES_SAID.get(row["source"], row["source"]), str(row["runs"]), std, share])
     sources = rows[~rows["source"].isin(["all", "test set"])]
     caption = ("each source varied alone by the seed, the others fixed; all: every source with the seed. std over "
-               "the seeds [95 % chi-square interval]; share: its variance over all's [95 % F interval]; the "
+               "the seeds [95 % chi-square interval]; share: its variance over all's [95 % F interval, "
+               "conservative]; the "
                f"sources' shares sum to {sources['share'].sum():.2f} (1 where they add up independently)")
     if (rows["source"] == "test set").any():
-        caption += ("; test set: each run's accuracy resampled over its test images (a bootstrap), the mean of "
-                    "the runs' variances: the sampling error of a test set this size, not run-to-run noise")
+        caption += ("; test set: the variance of each run's accuracy resampled over its test images (a bootstrap: "
+                    "p (1 − p) / n), the runs' mean; its ratio to all's variance is not a share of it (every run is "
+                    "scored on the same images): the sampling error of a test set this size")
     title = f"{study}: noise by source of test {heading(known) if known else metric}"
     return title, ["source", "runs", "std", "share of all's variance"], cells, caption
 

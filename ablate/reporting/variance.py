@@ -2,8 +2,10 @@
 (the `seed_source` column: init, order, augment, dropout) and one all of them (`all`), each
 source's standard deviation over the seeds and its share of the run-to-run variance (`all`'s),
 with 95 % intervals (chi-square for a standard deviation, F for a ratio of two variances,
-normal noise assumed); and the test set's own sampling error, from a bootstrap over its
-images of each run's accuracy."""
+normal noise assumed; the F interval treats the two as independent, while a source's runs
+and all's share that source's streams at each seed, which only makes the ratio steadier: the
+interval is conservative); and the test set's own sampling error: the variance of a bootstrap
+over the test images of each run's accuracy."""
 
 from __future__ import annotations
 
@@ -14,9 +16,8 @@ import pandas as pd
 
 from ablate import metrics as task_metrics
 
-COLUMNS = ["study", "metric", "unit", "source", "seeds", "std", "std_low", "std_high", "share", "share_low",
+COLUMNS = ["study", "metric", "unit", "source", "runs", "std", "std_low", "std_high", "share", "share_low",
            "share_high"]
-BOOTSTRAP = 2000  # resamples of each run's test images
 TEST_SET = "test set"  # the row of the test images' own sampling
 
 
@@ -50,7 +51,7 @@ def noise_sources(test_rows: pd.DataFrame, test_images: dict[str, int] | None = 
                 share_low = share / stats.f.ppf(0.975, n - 1, n_all - 1)
                 share_high = share / stats.f.ppf(0.025, n - 1, n_all - 1)
             records.append({"study": study, "metric": f"test_{metric.name}", "unit": metric.units, "source": source,
-                            "seeds": n, "std": math.sqrt(var) if var == var else math.nan, "std_low": low,
+                            "runs": n, "std": math.sqrt(var) if var == var else math.nan, "std_low": low,
                             "std_high": high, "share": share, "share_low": share_low, "share_high": share_high})
         if metric.name == "accuracy" and test_images:
             records.append(_test_set(study, rows, metric, test_images, var_all, n_all))
@@ -61,19 +62,20 @@ def noise_sources(test_rows: pd.DataFrame, test_images: dict[str, int] | None = 
 
 
 def _test_set(study, rows, metric, test_images: dict[str, int], var_all: float, n_all: int) -> dict:
-    """The test images' own sampling: each run's accuracy resampled over its images (a
-    bootstrap of one correct-or-not value per image is a binomial draw), the mean of the runs'
-    bootstrap variances; its share of the run-to-run variance, whose chi-square interval gives
-    the share's."""
+    """The test images' own sampling: each run's accuracy resampled over its n images, with
+    replacement, varies by p (1 - p) / n (a bootstrap of one correct-or-not value per image
+    draws a binomial: this is its variance, without the noise of a finite number of
+    resamples); the mean over the runs, and its ratio to the run-to-run variance (not a share
+    of it: every run is scored on the same images), whose chi-square interval gives the
+    ratio's."""
     from scipy import stats
 
-    rng = np.random.default_rng(0)
     variances = []
     for run_id, p in zip(rows["run_id"], rows[metric.name]):
         n = test_images.get(run_id)
         if n and p == p:
-            draws = rng.binomial(n, min(max(p, 0.0), 1.0), size=BOOTSTRAP) / n
-            variances.append((metric.scale ** 2) * draws.var(ddof=1))
+            p = min(max(float(p), 0.0), 1.0)
+            variances.append((metric.scale ** 2) * p * (1 - p) / n)
     var = float(np.mean(variances)) if variances else math.nan
     share = var / var_all if var_all > 0 else math.nan
     low = high = math.nan
@@ -81,5 +83,5 @@ def _test_set(study, rows, metric, test_images: dict[str, int], var_all: float, 
         low = var / ((n_all - 1) * var_all / stats.chi2.ppf(0.025, n_all - 1))
         high = var / ((n_all - 1) * var_all / stats.chi2.ppf(0.975, n_all - 1))
     return {"study": study, "metric": f"test_{metric.name}", "unit": metric.units, "source": TEST_SET,
-            "seeds": len(variances), "std": math.sqrt(var) if var == var else math.nan, "std_low": math.nan,
+            "runs": len(variances), "std": math.sqrt(var) if var == var else math.nan, "std_low": math.nan,
             "std_high": math.nan, "share": share, "share_low": low, "share_high": high}

@@ -158,7 +158,9 @@ class Design:
                     or any(a not in names or set(b) - set(names) or s not in (1, -1) for a, b, s in generators):
                 return None
             design = cls(record["design"], components, rows, generators)
-            return design if set(design.row_of()) == set(record["variants"]) else None
+            made = make(design.kind, list(components))  # what ablate makes of it: the rows the effects read
+            same = set(made.rows) == set(rows) and made.generators == generators and made.kind == design.kind
+            return design if same and set(design.row_of()) == set(record["variants"]) else None
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -171,9 +173,9 @@ def make(kind: str, components: list[Component]) -> Design:
     if not 1 <= k <= MAX_COMPONENTS:
         raise UsageError(f"{k} components; a component study takes 1 to {MAX_COMPONENTS} (a design of more "
                          "is too large to train or to read)")
-    if kind == "full" or (kind == "fractional" and k <= 3):
+    if kind == "full" or (kind == "fractional" and k <= 3):  # no smaller fraction of resolution IV: every combination
         rows = tuple(tuple(reversed(r)) for r in itertools.product((0, 1), repeat=k))
-        return Design("full" if kind == "full" else "fractional", tuple(components), rows)
+        return Design("full", tuple(components), rows)
     if kind == "leave-one-out":
         rows = ((1,) * k, *(tuple(int(i != j) for i in range(k)) for j in range(k)))
         return Design(kind, tuple(components), rows)

@@ -170,8 +170,9 @@ def decide_family(differences: dict[str, list[float]], most: int, resolution: fl
     study's comparisons held at ALPHA by Holm's step-down carried into the looks (Ye, Li &
     Tang 2013; Maurer & Bretz 2013): with r comparisons not decided different, each spends
     ALPHA / r over its looks; a comparison decided different gives its share to the others,
-    whose looks are judged again at the larger level. A larger level only narrows intervals,
-    so a decision once made stands."""
+    whose looks are judged again at the larger level. A larger level only narrows intervals:
+    a comparison decided different stays so, and one decided equal may become different (its
+    narrower interval may exclude 0), at the look where it stopped or earlier."""
     left, decided = set(differences), {}
     while left:
         level = ALPHA / len(left)
@@ -265,19 +266,28 @@ def resolvable(std: float, seeds: int) -> float:
     return _critical(ALPHA, seeds - 1) * std / math.sqrt(seeds)
 
 
+def power_studies(comparisons: int, most: int) -> int:
+    """How many studies rule_power simulates: 1,000, fewer for a large study (at least 200)."""
+    return max(200, min(1000, 100_000 // (comparisons * most)))
+
+
 def rule_power(difference: float, std: float, most: int, resolution: float, comparisons: int = 1,
-               studies: int = 1000, seed: int = 0) -> dict[str, float]:
-    """What the rule does with a true paired difference `difference` spread by `std` (the
-    values' units), simulated through its rounds and decisions (decide_family) with normal
-    noise, the study's other `comparisons` - 1 comparisons at no difference: how often it
-    decides different, equal, or reaches MAX, and the seeds it takes on average."""
+               studies: int | None = None, seed: int = 0) -> dict[str, float]:
+    """What the rule does with a true paired difference `difference` whose paired differences
+    are spread by `std` (the values' units), simulated through its rounds and decisions
+    (decide_family) with normal noise, the study's other `comparisons` - 1 comparisons at no
+    difference, every comparison against one baseline (each run's noise std / sqrt 2, the
+    baseline's shared): how often it decides different, equal, or reaches MAX, and the seeds
+    it takes on average."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    studies = studies or power_studies(comparisons, most)
     said = {"different": 0, "equal": 0, "max": 0}
     seeds = 0
     for _ in range(studies):
-        draws = rng.normal(0.0, std, size=(comparisons, most))
+        runs = rng.normal(0.0, std / math.sqrt(2), size=(comparisons + 1, most))
+        draws = runs[1:] - runs[0]
         draws[0] += difference
         have = [FIRST] * comparisons
         while True:

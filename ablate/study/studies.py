@@ -504,12 +504,13 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
                  factors=columns, plot="sweep" if len(factors) == 1 and numeric else "curves")
 
 
-def component_design(components: dict[str, list], kind: str, lr: float | None = None) -> Study:
+def component_design(components: dict[str, list], kind: str, lr: float | None = None,
+                     fixed: frozenset = frozenset()) -> Study:
     """The variants of a component study: `components` maps each name (a setting or a
     constructor argument) to its [off, on] values, typed; `kind` is a design of
     ablate.study.designs. An `optimizer` component brings each optimiser's own learning rate,
     momentum and weight decay (as `ablate optimizer` does), but for those given (`lr`) or
-    varied as components themselves."""
+    varied as components themselves, or `fixed` (set for the whole study: a study file's [base])."""
     parts = []
     for name, values in components.items():
         if len(values) != 2:
@@ -525,9 +526,10 @@ def component_design(components: dict[str, list], kind: str, lr: float | None = 
     variants = design.variants()
     if "optimizer" in components:
         for fields in variants.values():
-            own = {k: v for k, v in optimizer_defaults(fields["optimizer"]).items() if setting_of(k) not in components}
+            own = {k: v for k, v in optimizer_defaults(fields["optimizer"]).items()
+                   if setting_of(k) not in components and k not in fixed}
             fields.update({**own, **({"lr": lr} if lr is not None else {})})
-    said = {"full": "every combination", "fractional": f"a fraction of resolution {design.resolution or 'full'}",
+    said = {"full": "every combination", "fractional": f"a fraction of resolution {design.resolution}",
             "leave-one-out": "everything on, then each off", "add-one-in": "everything off, then each on"}[design.kind]
     return Study("components", f"What each of {', '.join(components)} contributes: {said} "
                  f"({count} variants).", variants=variants, factors=tuple(column(n) for n in components),
@@ -656,7 +658,8 @@ def from_toml(path: Path, model: str | None = None, name: str | None = None, out
             factors_values[key] = values
         if kind == "components":
             try:
-                design = component_design(factors_values, spec.get("design", "full"))
+                design = component_design(factors_values, spec.get("design", "full"), base.get("lr"),
+                                          frozenset(setting_of(k) for k in base if setting_of(k)))
             except UsageError as error:
                 raise UsageError(f"{path}, {_line(text, 'components')}: {error}") from None
             variants, factors, design = design.variants, factors_values, design.design

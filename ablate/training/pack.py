@@ -220,9 +220,12 @@ FIXED = -1  # the seed of the streams a run does not vary (config.seed_source): 
 def stream_seed(seed: int, stream: int, source: str = "all") -> int:
     """The seed of a run's `stream`: from the run's seed where its `source` (config.seed_source)
     varies it, else from FIXED, the same for every seed."""
-    if source != "all" and SOURCE[stream] != source:
-        seed = FIXED
-    return seed * 1_000_003 + stream
+    return source_seed(seed, stream, source) * 1_000_003 + stream
+
+
+def source_seed(seed: int, stream: int, source: str = "all") -> int:
+    """The seed `stream` of a run of `seed` draws from: its own where `source` varies the stream, FIXED otherwise."""
+    return seed if source == "all" or SOURCE[stream] == source else FIXED
 
 
 def seeded(seed: int, stream: int, device: torch.device | str = "cpu", source: str = "all") -> torch.Generator:

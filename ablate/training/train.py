@@ -222,7 +222,7 @@ def _model(config: RunConfig, data: Dataset, seed: int, device: torch.device) ->
     torch.manual_seed(packing.stream_seed(seed, packing.INIT, config.seed_source))
     model = build_model(config, data.shape[0], len(data.classes), data.shape[1])
     if config.pretrain_epochs:  # pretrained from the seed's init stream: part of the initial weights
-        init = seed if config.seed_source in ("all", "init") else packing.FIXED
+        init = packing.source_seed(seed, packing.INIT, config.seed_source)
         model.encoder.load_state_dict(pretrained_encoder(config, data, init, device))
     if config.weights is not None:
         load_weights(model, config, data.shape, len(data.classes))
