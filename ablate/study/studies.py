@@ -488,20 +488,27 @@ def sweep(vary: list[str] | None = None, grid: bool = False, model: str | None =
     combination. Each varied name is a column of the results."""
     if not vary:
         raise UsageError("give at least one --vary NAME=V1,V2,... (a training setting or a constructor argument)")
-    factors = {}
-    for item in vary:
-        knob, sep, text = item.partition("=")
-        knob = knob.strip().replace("-", "_")
-        if not sep or not knob:
-            raise UsageError(f"--vary {item!r}: write NAME=V1,V2,...")
-        if knob in factors:
-            raise UsageError(f"--vary {knob} is given twice")
-        factors[knob] = parse_values(knob, text, model)
+    factors = parse_knobs(vary, "--vary", "NAME=V1,V2,...", model)
     kind = "every combination" if grid else "one factor at a time around the base"
     columns = tuple(column(n) for n in factors)
     numeric = any(isinstance(v, (int, float)) and not isinstance(v, bool) for vs in factors.values() for v in vs)
     return Study(study_name(name, out, "sweep"), f"A sweep of {', '.join(factors)}: {kind}.", variants=factorial(factors, grid),
                  factors=columns, plot="sweep" if len(factors) == 1 and numeric else "curves")
+
+
+def parse_knobs(items: list[str], option: str, form: str, model: str | None) -> dict[str, list]:
+    """Each `option NAME=V1,V2` of `items`: NAME (a setting or a constructor argument of
+    `model`) -> its values, typed (parse_values); a name given twice or no `=` is refused."""
+    knobs = {}
+    for item in items:
+        knob, sep, text = item.partition("=")
+        knob = knob.strip().replace("-", "_")
+        if not sep or not knob:
+            raise UsageError(f"{option} {item!r}: write {form}")
+        if knob in knobs:
+            raise UsageError(f"{option} {knob} is given twice")
+        knobs[knob] = parse_values(knob, text, model, option)
+    return knobs
 
 
 def component_design(components: dict[str, list], kind: str, lr: float | None = None,
@@ -552,16 +559,7 @@ def components(component: list[str] | None = None, design: str = "full", model: 
     if len(component) > MAX_COMPONENTS:
         raise UsageError(f"{len(component)} components; a component study takes at most {MAX_COMPONENTS} (a design "
                          "of more is too large to train or to read)")
-    values = {}
-    for item in component:
-        knob, sep, text = item.partition("=")
-        knob = knob.strip().replace("-", "_")
-        if not sep or not knob:
-            raise UsageError(f"--component {item!r}: write NAME=OFF,ON")
-        if knob in values:
-            raise UsageError(f"--component {knob} is given twice")
-        values[knob] = parse_values(knob, text, model, "--component")
-    study = component_design(values, design, lr)
+    study = component_design(parse_knobs(component, "--component", "NAME=OFF,ON", model), design, lr)
     return replace(study, name=study_name(name, out, "components"))
 
 
