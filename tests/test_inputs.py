@@ -136,6 +136,9 @@ def test_every_study_runs_with_no_options_at_all(tmp_path, ablate, monkeypatch, 
     if name == "sweep":  # it is made from its options: without one it says which
         clean_refusal(result, "give at least one --vary NAME=V1,V2,...")
         return
+    if name == "components":
+        clean_refusal(result, "give at least one --component NAME=OFF,ON")
+        return
     if name == "finetune":  # torchvision's weights, and no network here (conftest)
         clean_refusal(result, "cannot download ResNet18_Weights.IMAGENET1K_V1 for resnet18")
         return

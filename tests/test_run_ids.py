@@ -21,13 +21,17 @@ SWEEPS = {  # the sweeps of the recorded file: --vary items, --model
     "sweep scheduler=cosine,step,exponential": (["scheduler=cosine,step,exponential"], None),
     "sweep optimizer=sgd,adam": (["optimizer=sgd,adam"], None),
 }
+COMPONENTS = {  # component studies, made from their --component items like sweeps: --component items, --model
+    "components normalization=none,standard dropout=0,0.5": (["normalization=none,standard", "dropout=0,0.5"],
+                                                              "threeconv"),
+}
 
 
 def _ids(study, options):
     return {r.variant: r.run_id for r in planning.plan(study, {"dataset": "synthetic", "epochs": 2, **options}, 1)}
 
 
-@pytest.mark.parametrize("name", [n for n in PREVIOUS if not n.startswith("sweep ")])
+@pytest.mark.parametrize("name", [n for n in PREVIOUS if not n.startswith(("sweep ", "components "))])
 def test_a_built_in_study_keeps_its_run_ids(name):
     now = _ids(studies.get_study(name), {})
     before = PREVIOUS[name]
@@ -43,6 +47,13 @@ def test_a_sweep_written_in_its_arguments_types_keeps_its_run_ids(name):
     assert _ids(study, {"model": model} if model else {}) == PREVIOUS[name]
 
 
+@pytest.mark.parametrize("name", list(COMPONENTS))
+def test_a_component_study_keeps_its_run_ids(name):
+    component, model = COMPONENTS[name]
+    study = studies.get_study("components", component=component, model=model)
+    assert _ids(study, {"model": model}) == PREVIOUS[name]
+
+
 def test_the_file_covers_every_built_in_study():
     built_in = {n for n, owner in studies.STUDIES.owners.items() if owner == "ablate"}
-    assert built_in - {"sweep"} <= set(PREVIOUS)
+    assert built_in - {"sweep", "components"} <= set(PREVIOUS)

@@ -97,6 +97,7 @@ CHANGED = {  # one other value for every field of RunConfig
     "optimizer": "adam", "momentum": 0.8, "weight_decay": 0.1, "scheduler": "step", "lr_step_size": 2,
     "lr_gamma": 0.5, "lr_max": 0.1, "normalization": "zca", "augment": "flip", "permutation": "fixed",
     "limit_train": 100, "limit_test": 50, "deterministic": True, "amp": "bf16", "compile": True, "cycle_momentum": True,
+    "seed_source": "init",
 }
 
 

@@ -24,11 +24,15 @@ FACTOR = {"linearity": "activation", "conv1": "conv1_channels", "permutation": "
           "augment": "augment", "scheduler": "scheduler", "optimizer": "optimizer",
           "normalization": "normalization", "regularization": "batchnorm", "lr": "base_lr",
           "batch-size": "batch_size", "dropout": "dropout", "ladder": "normalization", "sweep": "base_lr",
-          "latent": "latent_dim", "ae-depth": "depth", "transfer": "freeze_encoder", "finetune": "trainable"}
+          "latent": "latent_dim", "ae-depth": "depth", "transfer": "freeze_encoder", "finetune": "trainable",
+          "components": "normalization", "variance": "seed_source"}
+COMPONENTS = ["normalization=none,standard", "augment=none,flip"]
 OPTIONS = {"conv1": ["--channels", "2,6"], "sweep": ["--vary", "lr=0.01,0.05"], "lr": ["--values", "0.01,0.05"],
            "batch-size": ["--values", "50,100"], "dropout": ["--values", "0,0.5"],
            "ladder": ["--steps", "standardize,dropout"], "latent": ["--dims", "2,4"], "ae-depth": ["--depths", "1,2"],
-           "transfer": ["--labels", "20", "--pretrain-epochs", "1", "--probe-epochs", "2"]}
+           "transfer": ["--labels", "20", "--pretrain-epochs", "1", "--probe-epochs", "2"],
+           "components": [a for c in COMPONENTS for a in ("--component", c)], "variance": ["--sources", "init,order"]}
+MADE_OF = {"sweep": {"vary": ["lr=0.01,0.1"]}, "components": {"component": COMPONENTS}}  # studies made from options
 
 
 def test_every_study_is_tested():
@@ -37,7 +41,7 @@ def test_every_study_is_tested():
 
 @pytest.mark.parametrize("name", list(studies.STUDIES))
 def test_every_study_is_well_formed(name):
-    study = studies.get_study(name, **({"vary": ["lr=0.01,0.1"]} if name == "sweep" else {}))
+    study = studies.get_study(name, **MADE_OF.get(name, {}))
     assert study.name == name and len(study.variants) >= 2
     assert len(planning.plan(study, {}, 2)) == 2 * len(study.variants)  # every variant resolves
     assert FACTOR[name] in study.factors
@@ -60,7 +64,8 @@ def test_every_study_command_runs(tmp_path, ablate, name):
     frame = pd.read_parquet(out)
     expected = {"conv1": ["2", "6"], "sweep": ["base", "lr=0.05"], "lr": ["0.01", "0.05"], "batch-size": ["50", "100"],
                 "dropout": ["0", "0.5"], "ladder": ["baseline", "+standardize", "+dropout"], "latent": ["2", "4"],
-                "ae-depth": ["1", "2"]}
+                "ae-depth": ["1", "2"], "components": ["none", "normalization", "augment", "all"],
+                "variance": ["init", "order", "all"]}
     variants = expected[name] if name in expected else list(studies.get_study(name).variants)
     assert list(frame["variant"].unique()) == variants
     assert frame.groupby("variant")[FACTOR[name]].nunique(dropna=False).eq(1).all()
