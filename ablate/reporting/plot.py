@@ -173,13 +173,15 @@ def effects(frame: pd.DataFrame, study_path: Path, path: Path) -> None:
         raise UsageError(f"--kind effects: {str(study_path)!r} has no run of some variant of its design")
     metric = task_metrics.of_name(table["metric"].iloc[0].removeprefix("test_"))
     colors = dict(zip(effects_of.KINDS, plt.get_cmap("tab10").colors))
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(table)), constrained_layout=True)
+    labels = [EFFECT_KINDS[k] + ("" if k == "total" else f": {a if k == 'interaction' and a else t}")
+              for k, t, a in zip(table["kind"], table["term"], table["aliases"])]  # an interaction: its alias chain
+    fig, ax = plt.subplots(figsize=(5 + 0.07 * max(map(len, labels)), 1.2 + 0.32 * len(table)),
+                           constrained_layout=True)
     for y, (_, row) in enumerate(table.iterrows()):
         color = colors[row["kind"]]
         if row["ci_low"] == row["ci_low"]:
             ax.plot([row["ci_low"], row["ci_high"]], [y, y], color=color, lw=2)
         ax.plot(row["estimate"], y, "o", color=color)
-    labels = [EFFECT_KINDS[k] + ("" if k == "total" else f": {t}") for k, t in zip(table["kind"], table["term"])]
     ax.set_yticks(range(len(table)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="k", lw=0.8)
