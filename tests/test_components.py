@@ -177,6 +177,29 @@ def test_the_intervals_are_t_intervals_over_the_seeds():
     assert row["significant"] and row["seeds"] == 5
 
 
+def test_the_stars_are_holms_over_a_studys_effects_of_one_metric():
+    from statsmodels.stats.multitest import multipletests
+
+    def value(on, seed):  # each effect noisy: a clearly, c barely resolved on its own
+        wobble = np.random.default_rng([seed, on["a"], on["b"], on["c"]]).normal(0, 0.01)
+        return 0.5 + 0.05 * on["a"] + 0.01 * on["c"] + wobble
+
+    design = _design("full", "abc")
+    frame = _frame(design, value, seeds=range(4))
+    holm, _ = effects.effects(frame, {"c": design})
+    alone, _ = effects.effects(frame, {"c": design}, correction="none")
+    for metric in ("test_accuracy", "test_loss"):
+        rows = holm[holm["metric"] == metric]
+        reject, adjusted, _, _ = multipletests(rows["p_value"], alpha=0.05, method="holm")
+        assert rows["p_adjusted"].tolist() == pytest.approx(adjusted.tolist())
+        assert rows["significant"].tolist() == reject.tolist()
+        own = alone[alone["metric"] == metric]
+        assert own["significant"].tolist() == ((own["ci_low"] > 0) | (own["ci_high"] < 0)).tolist()
+        assert (own["p_adjusted"] == own["p_value"]).all() and set(own["correction"]) == {"none"}
+    accuracy = holm["metric"] == "test_accuracy"
+    assert holm[accuracy]["significant"].sum() < alone[alone["metric"] == "test_accuracy"]["significant"].sum()
+
+
 def test_a_seed_missing_a_variant_is_left_out_of_the_effects_and_said():
     design = _design("full", "ab")
     frame = _frame(design, lambda on, seed: 0.5 + 0.1 * on["a"])
@@ -208,6 +231,9 @@ def test_the_report_prints_and_writes_the_effects(component_file, ablate, tmp_pa
     table = pd.read_csv(io.StringIO(ablate(["report", component_file, "--format", "csv", "--table", "effects"]).stdout))
     main = table[(table["kind"] == "main") & (table["metric"] == "test_accuracy")].set_index("term")["estimate"]
     assert main.to_dict() == pytest.approx({"a": 11.5, "b": 21.5, "c": 5.0})
+    assert set(table["correction"]) == {"holm"} and "family-wise 5 % over the table's 13 rows" in " ".join(out.stdout.split())
+    alone = ablate(["report", component_file, "--correction", "none"])
+    assert "each effect on its own, uncorrected" in " ".join(alone.stdout.split())
     assert ablate(["report", component_file, "--html", tmp_path / "r.html"]).exit_code == 0
     assert "What each component contributes" in (tmp_path / "r.html").read_text()
     assert ablate(["plot", component_file, "-o", tmp_path / "e.png"]).exit_code == 0  # its natural figure

@@ -95,7 +95,7 @@ def test_bad_corrections_and_effects_are_one_line(study, ablate, args, said):
 def test_holm_is_statsmodels_on_thousands_of_families(monkeypatch):
     import gc
 
-    from ablate.reporting.compare import _holm
+    from ablate.study.sequential import holm
 
     monkeypatch.setattr(gc, "collect", lambda *args: 0)  # statsmodels' Holm collects at every call: slow here
     rng = np.random.default_rng(0)
@@ -105,6 +105,6 @@ def test_holm_is_statsmodels_on_thousands_of_families(monkeypatch):
         if rng.random() < 0.2:
             p[rng.integers(0, m)] = p[0]  # ties
         reject, adjusted, _, _ = multipletests(p, alpha=0.05, method="holm")
-        mine_reject, mine_adjusted = _holm(list(p))
+        mine_reject, mine_adjusted = holm(list(p))
         assert list(mine_reject) == list(reject)
         assert mine_adjusted == pytest.approx(adjusted, abs=1e-12)

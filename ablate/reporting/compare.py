@@ -229,26 +229,9 @@ def _correct(records: list[dict], correction: str) -> None:
     if correction == "none":
         return
     for family in families.values():
-        reject, adjusted = _holm([r["p_value"] for r in family])
+        reject, adjusted = sequential.holm([r["p_value"] for r in family])
         for record, rejected, p in zip(family, reject, adjusted):
             record["significant"], record["p_adjusted"] = bool(rejected), float(p)
-
-
-def _holm(p_values: list[float]) -> tuple:
-    """Holm's step-down at a family-wise 5 %: which comparisons reject, and the adjusted p-values
-    (the sorted p-values times m, m - 1, ..., 1, made non-decreasing, at most 1). The same
-    numbers as statsmodels' multipletests(method="holm") (tests/test_corrections.py checks it on
-    thousands of families), which is not called here: its Holm branch runs a full gc.collect()
-    on every call, a tenth of a second and more in a process that holds torch."""
-    import numpy as np
-
-    p = np.asarray(p_values, dtype=float)
-    order = np.argsort(p, kind="stable")
-    steps = np.arange(len(p), 0, -1)
-    adjusted_sorted = np.minimum(1.0, np.maximum.accumulate(p[order] * steps))
-    adjusted = np.empty_like(adjusted_sorted)
-    adjusted[order] = adjusted_sorted
-    return adjusted <= sequential.ALPHA, adjusted
 
 
 @dataclass
@@ -288,7 +271,7 @@ def compare_studies(paths: list[Path], epoch: int | None = None, best: bool = Fa
     label = "each run's best epoch" if best else f"epoch {epoch}" if epoch else "the last epoch"
     files = list(dict.fromkeys(files))
     designs = component_designs(files)
-    effects, effect_notes = effects_of.effects(picked, designs)
+    effects, effect_notes = effects_of.effects(picked, designs, correction)
     return Compared(frame, summary, files, label, notes + separated + failed_notes(frame) + effect_notes,
                     effects, designs, noise_by_source(picked, files))
 

@@ -9,8 +9,10 @@ seeds (the seeds pair the variants: a seed's runs share their data and streams):
 - ladder (full designs): the gain of each step of adding them in the given order;
 - drop (leave-one-out): all on, minus all on but it; gain (add-one-in): it alone on, minus none.
 
-Each estimate has a 95 % t-interval over the seeds, in the units the report shows, each on its
-own (`significant`: it excludes 0; no correction across the effects).
+Each estimate has a 95 % t-interval over the seeds, in the units the report shows, and the
+p-value of a t-test that it is 0. A study's rows of one metric are a family: with the `holm`
+correction (the default) `significant` holds where Holm's step-down rejects 0 at a family-wise
+5 % (`p_adjusted`); with `none`, where its own interval excludes 0.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ablate.study import sequential
 from ablate.study.designs import Design
 
 COLUMNS = ["study", "metric", "unit", "kind", "term", "aliases", "seeds", "estimate", "std", "ci_low", "ci_high",
-           "significant", "decides"]
+           "p_value", "p_adjusted", "correction", "significant", "decides"]
 KINDS = ("main", "interaction", "total", "shapley", "ladder", "drop", "gain")
 
 
@@ -72,9 +74,11 @@ def per_seed(design: Design, values: np.ndarray) -> list[tuple[str, str, str, np
     return out
 
 
-def effects(test_rows: pd.DataFrame, designs: dict[str, Design]) -> tuple[pd.DataFrame, list[str]]:
+def effects(test_rows: pd.DataFrame, designs: dict[str, Design],
+            correction: str = "holm") -> tuple[pd.DataFrame, list[str]]:
     """The effects table of every component study among `test_rows` (one row per run: the epoch
-    chosen), `designs` by study name, and notes (seeds left out where a variant has no value)."""
+    chosen), `designs` by study name, and notes (seeds left out where a variant has no value);
+    `correction` (holm or none) says what `significant` controls."""
     records, notes = [], []
     for study, design in designs.items():
         rows = test_rows[test_rows["study"] == study]
@@ -100,16 +104,31 @@ def effects(test_rows: pd.DataFrame, designs: dict[str, Design]) -> tuple[pd.Dat
         for metric in metrics:
             complete = tables[metric].loc[seeds]
             shown = task_metrics.of_name(metric)
-            for kind, term, aliases, estimates in per_seed(design, complete.to_numpy(dtype=float)):
-                records.append({**_record(study, metric, shown, kind, term, aliases, estimates * shown.scale),
-                                "decides": metric == decides})
+            family = [{**_record(study, metric, shown, kind, term, aliases, estimates * shown.scale),
+                       "decides": metric == decides}
+                      for kind, term, aliases, estimates in per_seed(design, complete.to_numpy(dtype=float))]
+            _correct(family, correction)
+            records += family
     return pd.DataFrame(records, columns=COLUMNS), notes
+
+
+def _correct(family: list[dict], correction: str) -> None:
+    """One study's effects of one metric: `significant` by Holm's step-down over the family (or,
+    with `none`, each interval on its own) and `p_adjusted`."""
+    tested = [r for r in family if r["p_value"] == r["p_value"]]
+    for record in family:
+        record["correction"], record["p_adjusted"] = correction, record["p_value"]
+    if correction == "none" or not tested:
+        return
+    reject, adjusted = sequential.holm([r["p_value"] for r in tested])
+    for record, rejected, p in zip(tested, reject, adjusted):
+        record["significant"], record["p_adjusted"] = bool(rejected), float(p)
 
 
 def _record(study, metric, shown, kind, term, aliases, estimates: np.ndarray) -> dict:
     n = len(estimates)
     low, high = sequential.t_interval(estimates.tolist()) if n > 1 else (math.nan, math.nan)
+    mean, std = float(estimates.mean()), float(estimates.std(ddof=1)) if n > 1 else math.nan
     return {"study": study, "metric": f"test_{metric}", "unit": shown.units, "kind": kind, "term": term,
-            "aliases": aliases, "seeds": n, "estimate": float(estimates.mean()),
-            "std": float(estimates.std(ddof=1)) if n > 1 else math.nan, "ci_low": low, "ci_high": high,
-            "significant": bool(low > 0 or high < 0)}
+            "aliases": aliases, "seeds": n, "estimate": mean, "std": std, "ci_low": low, "ci_high": high,
+            "p_value": sequential.p_value(mean, std, n), "significant": bool(low > 0 or high < 0)}

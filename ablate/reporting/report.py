@@ -408,8 +408,11 @@ def effects_rows(effects: pd.DataFrame, study: str, design) -> tuple[str, list[s
     known = METRICS.get(metric) if metric in METRICS else None
     digits = 2 if known and known.scale != 1 else 4
     seeds = int(rows["seeds"].max())
+    marks = (f"* where its t-test rejects 0 at a family-wise 5 % over the table's {len(rows)} rows (Holm; "
+             "--correction none marks each on its own)" if (rows["correction"] == "holm").all()
+             else "* where the interval excludes 0 (each effect on its own, uncorrected: --correction none)")
     caption = [f"per seed, then the mean [95 % t-interval] over {seeds} seed{'s' * (seeds > 1)} (the seeds pair the "
-               "variants); * where the interval excludes 0 (each effect on its own, uncorrected)"]
+               f"variants); {marks}"]
     if design.kind == "full":
         caption.append(f"Shapley share: the component's gain averaged over every order of adding the {len(design.names)}"
                        " components (the shares sum to all on − all off in every seed); ladder gain: its gain when "

@@ -224,6 +224,23 @@ def p_value(mean: float, std: float, seeds: int) -> float:
     return float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(seeds)), seeds - 1))
 
 
+def holm(p_values: list[float]) -> tuple:
+    """Holm's step-down at a family-wise 5 %: which comparisons reject, and the adjusted p-values
+    (the sorted p-values times m, m - 1, ..., 1, made non-decreasing, at most 1). The same
+    numbers as statsmodels' multipletests(method="holm") (tests/test_corrections.py checks it on
+    thousands of families), which is not called here: its Holm branch runs a full gc.collect()
+    on every call, a tenth of a second and more in a process that holds torch."""
+    import numpy as np
+
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    steps = np.arange(len(p), 0, -1)
+    adjusted_sorted = np.minimum(1.0, np.maximum.accumulate(p[order] * steps))
+    adjusted = np.empty_like(adjusted_sorted)
+    adjusted[order] = adjusted_sorted
+    return adjusted <= ALPHA, adjusted
+
+
 POWER = 0.8  # the power the report plans seeds for
 
 
