@@ -400,7 +400,8 @@ EFFECT_KINDS = {  # ablate.reporting.effects's kinds, as the table names them
 def effects_rows(effects: pd.DataFrame, study: str, design) -> tuple[str, list[str], list[list[str]], str]:
     """A component study's effects of the deciding metric (ablate.reporting.effects) as the
     terminal and the page show them: title, header, rows (estimate [95 % interval over the
-    seeds], * where it excludes 0) and caption (a fraction's defining relation)."""
+    seeds], * where `significant`: Holm's, or its own with --correction none) and caption (what
+    the marks control, a fraction's defining relation)."""
     from ablate.metrics import METRICS, heading
 
     rows = effects[(effects["study"] == study) & effects["decides"]]
