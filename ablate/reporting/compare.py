@@ -161,7 +161,7 @@ def summarize(test_rows: pd.DataFrame, baseline: str | None = None, correction: 
                     "significant": bool(d_low > 0 or d_high < 0), "decides": metric == decides,
                     **_needed(paired, variant != base, effect, task_metrics.of_name(metric)),
                 })
-    _correct(records, correction)
+    sequential.correct(records, correction)
     frame = pd.DataFrame([_shown(record) for record in records], columns=SUMMARY_COLUMNS)
     if len(frame):
         for column in ("seeds_needed", "seeds_power", "seeds_for_effect"):
@@ -214,24 +214,6 @@ def _needed(paired: pd.Series, compared: bool, effect: float | None, metric) -> 
             "seeds_for_effect": sequential.seeds_for_power(effect / metric.scale, std)
             if effect is not None and n > 1 else None,
             "resolvable_diff": sequential.resolvable(std, n), "p_value": sequential.p_value(mean, std, n)}
-
-
-def _correct(records: list[dict], correction: str) -> None:
-    """Each study's comparisons of one metric as a family: `p_adjusted` (Holm's step-down,
-    statsmodels' multipletests) and `significant` at a family-wise 5 %; with `none`, each
-    comparison on its own (its interval excludes 0)."""
-    families: dict[tuple, list[dict]] = {}
-    for record in records:
-        record["correction"] = correction
-        record["p_adjusted"] = record["p_value"]
-        if record["p_value"] == record["p_value"]:  # a comparison with a test
-            families.setdefault((record["study"], record["metric"]), []).append(record)
-    if correction == "none":
-        return
-    for family in families.values():
-        reject, adjusted = sequential.holm([r["p_value"] for r in family])
-        for record, rejected, p in zip(family, reject, adjusted):
-            record["significant"], record["p_adjusted"] = bool(rejected), float(p)
 
 
 @dataclass

@@ -107,22 +107,9 @@ def effects(test_rows: pd.DataFrame, designs: dict[str, Design],
             family = [{**_record(study, metric, shown, kind, term, aliases, estimates * shown.scale),
                        "decides": metric == decides}
                       for kind, term, aliases, estimates in per_seed(design, complete.to_numpy(dtype=float))]
-            _correct(family, correction)
+            sequential.correct(family, correction)
             records += family
     return pd.DataFrame(records, columns=COLUMNS), notes
-
-
-def _correct(family: list[dict], correction: str) -> None:
-    """One study's effects of one metric: `significant` by Holm's step-down over the family (or,
-    with `none`, each interval on its own) and `p_adjusted`."""
-    tested = [r for r in family if r["p_value"] == r["p_value"]]
-    for record in family:
-        record["correction"], record["p_adjusted"] = correction, record["p_value"]
-    if correction == "none" or not tested:
-        return
-    reject, adjusted = sequential.holm([r["p_value"] for r in tested])
-    for record, rejected, p in zip(tested, reject, adjusted):
-        record["significant"], record["p_adjusted"] = bool(rejected), float(p)
 
 
 def _record(study, metric, shown, kind, term, aliases, estimates: np.ndarray) -> dict:

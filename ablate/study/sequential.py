@@ -241,6 +241,25 @@ def holm(p_values: list[float]) -> tuple:
     return adjusted <= ALPHA, adjusted
 
 
+def correct(records: list[dict], correction: str) -> None:
+    """Records (dicts with study, metric, p_value, significant) corrected in place: each study's
+    records of one metric are a family, `p_adjusted` is Holm's and `significant` holds at a
+    family-wise 5 %; with `none`, `significant` stays each record's own (its interval excludes 0)
+    and `p_adjusted` is its p-value. The report's comparisons and a component study's effects."""
+    families: dict[tuple, list[dict]] = {}
+    for record in records:
+        record["correction"] = correction
+        record["p_adjusted"] = record["p_value"]
+        if record["p_value"] == record["p_value"]:  # a comparison with a test
+            families.setdefault((record["study"], record["metric"]), []).append(record)
+    if correction == "none":
+        return
+    for family in families.values():
+        reject, adjusted = holm([r["p_value"] for r in family])
+        for record, rejected, p in zip(family, reject, adjusted):
+            record["significant"], record["p_adjusted"] = bool(rejected), float(p)
+
+
 POWER = 0.8  # the power the report plans seeds for
 
 
