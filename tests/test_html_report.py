@@ -157,7 +157,7 @@ def test_the_page_reads_at_any_width_and_suggests_more_seeds_than_it_has(studied
     page = Page(text)
     facts = page.tables[page.kinds.index("facts")]
     assert [row[0] for row in facts] == ["command", "ablate", "torch", "torchvision", "device", "started", "file"]
-    packing = next(t for t in page.tables if t and t[0] == ["variant", "seeds", "packed speed", "why"])
+    packing = next(t for t in page.tables if t and t[0] == ["variant", "runs", "packed speed", "why"])
     assert [row[0] for row in packing[1:]] == ["relu", "linear", "linear-wide"]
     summary = page.tables.index(next(t for t in page.tables if t[0][:4] == ["variant", "metric", "seeds", "mean"]))
     assert page.kinds[summary] == "sticky"

@@ -315,3 +315,87 @@ def test_progress_counts_every_seeds_images_once(tiny_data, user_models, model):
     results = train_runs(config, tiny_data, SEEDS, CPU, on_batch=lambda *report: seen.append(report[1]))
     assert results[0].packed == (3 if model == "tutorial" else 1)
     assert seen == sorted(seen) and seen[-1] == 3 * 2 * len(tiny_data.train_y)
+
+
+# ---------------------------------------------------------------- variants packed together
+
+def _study_packs(name, data, seeds=2):
+    from ablate.study.studies import get_study
+
+    runs = planning.plan(get_study(name), {"dataset": "synthetic", "epochs": 2, "batch_size": 50}, seeds)
+    return runs, runner.packs(runs, data, CPU, True)
+
+
+SHARING = {"permutation", "augment", "scheduler", "normalization", "variance", "lr", "dropout", "ladder"}
+
+
+def test_which_built_in_studies_pack_variants_together(tiny_data):
+    """Variants that build the same network share packs (another learning rate, schedule,
+    augmentation, permutation, normalisation, seed source or dropout rate); another optimiser,
+    batch size or architecture trains apart, each variant's seeds still together."""
+    from ablate.study.studies import STUDIES
+
+    sharing = set()
+    for name in STUDIES:
+        if name in ("sweep", "components"):  # no variants without options: covered below
+            continue
+        runs, packs = _study_packs(name, tiny_data)
+        assert sorted(r.run_id for p in packs for r in p) == sorted(r.run_id for r in runs)  # each run once
+        if any(len({r.variant for r in p}) > 1 for p in packs):
+            sharing.add(name)
+        for p in packs:  # whatever shares a pack has one share key
+            assert len({train.share_key(r.config, tiny_data.shape, 10) for r in p}) == 1
+    assert sharing == SHARING
+    runs, packs = _study_packs("optimizer", tiny_data)
+    assert all(len({r.config.optimizer for r in p}) == 1 for p in packs)
+    _, packs = _study_packs("dropout", tiny_data)  # a rate of 0 has no dropout layer: another network
+    assert sorted(sorted({r.variant for r in p}) for p in packs) == [["0"], ["0.25", "0.5", "0.75"]]
+
+
+@pytest.mark.parametrize("name", sorted(SHARING))
+def test_variants_packed_together_train_as_they_do_one_at_a_time(name, tiny_data):
+    """Loss and metrics of every epoch and split, learning rates, final weights: each member of
+    a pack of several variants is its run trained alone, to float rounding."""
+    _, packs = _study_packs(name, tiny_data, seeds=2 if name in ("lr", "scheduler") else 1)  # the nets of
+    (shared,) = [p for p in packs if len({r.variant for r in p}) > 1]  # the others are slower: one seed each
+    members = [(r.config, r.seed) for r in shared]
+    packed = train.train_members(members, tiny_data, CPU, keep_model=True)
+    alone = train.train_members(members, tiny_data, CPU, keep_model=True, pack=False)
+    assert {r.packed for r in packed} == {len(members)} and {r.packed for r in alone} == {1}
+    for run, p, a in zip(shared, packed, alone):
+        assert [(e.epoch, e.split) for e in p.epochs] == [(e.epoch, e.split) for e in a.epochs], run.label
+        assert [e.lr for e in p.epochs] == [e.lr for e in a.epochs], run.label  # its own schedule
+        for x, y in zip(p.epochs, a.epochs):
+            assert abs(x.loss - y.loss) < TOLERANCE * max(1, abs(y.loss)), run.label  # a rate of 1 diverges
+            assert x.metrics.keys() == y.metrics.keys(), run.label
+            assert all(abs(x.metrics[m] - y.metrics[m]) < 0.02 for m in x.metrics), run.label  # an image or two
+        for key in p.state:  # to float rounding, at the tensor's own scale (a diverging rate's are large)
+            x, y = p.state[key].float(), a.state[key].float()
+            assert (x - y).abs().max() <= TOLERANCE * max(1, y.abs().max()), (run.label, key)
+    # not the same numbers for all: the members trained their own ways
+    assert len({round(r.epochs[-1].loss, 5) for r in packed}) > 1
+
+
+def test_a_study_packs_its_variants_together_and_records_the_packs(tmp_path, ablate, tiny):
+    """`ablate lr --pack`: its 4 rates x 2 seeds train as one pack of 8; the file says so (the
+    `packed` column, `packing` per variant, `packs` by run_id) and holds the one-by-one numbers;
+    resumed with more seeds, the new runs form packs of their own."""
+    from ablate.results import files
+
+    packed, alone = tmp_path / "packed.parquet", tmp_path / "alone.parquet"
+    assert ablate(["lr", *tiny, "--seeds", "2", "--out", packed, "--pack"]).exit_code == 0
+    assert ablate(["lr", *tiny, "--seeds", "2", "--out", alone, "--no-pack"]).exit_code == 0
+    p, a = pd.read_parquet(packed), pd.read_parquet(alone)
+    assert set(p["packed"]) == {8} and set(a["packed"]) == {1}
+    assert list(p["run_id"]) == list(a["run_id"])
+    assert ((p["loss"] - a["loss"]).abs() <= TOLERANCE * a["loss"].abs().clip(lower=1)).all()
+    meta = files.read_metadata(packed)
+    assert {v: (c["packed"], c["size"]) for v, c in meta["packing"].items()} == \
+        {v: (True, 8) for v in ("0.001", "0.01", "0.1", "1")}
+    assert [sorted(group) for group in meta["packs"]] == [sorted(set(p["run_id"]))]
+    assert files.read_metadata(alone)["packs"] == []
+    assert ablate(["lr", *tiny, "--seeds", "3", "--out", packed, "--pack", "--resume"]).exit_code == 0
+    frame, meta = pd.read_parquet(packed), files.read_metadata(packed)
+    assert frame.groupby("seed")["packed"].unique().map(list).to_dict() == {0: [8], 1: [8], 2: [4]}
+    assert [len(group) for group in meta["packs"]] == [8, 4]
+    assert set(meta["packs"][1]) == set(frame.loc[frame["seed"] == 2, "run_id"])

@@ -40,7 +40,7 @@ def tables(summary):
     frame = summary.frame
     counts = count.count_meta(lambda: load_model("resnet18")[0], (3, 224, 224))
     dry = [{"variant": v, "seeds": 3, "activation": "relu", "params": 62006, "flops": 1_300_000, "epochs": 10,
-            "images": 50000, "done": 0, "left": 3, "seeds train": "one by one (one seed)", "seconds": 120.0}
+            "images": 50000, "done": 0, "left": 3, "packing": "one by one (one run)", "seconds": 120.0}
            for v in ("relu", "linear", "linear-wide")]
     return {
         "report": lambda: report.comparison_table(summary.summary, "linearity", summary.label),

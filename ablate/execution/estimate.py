@@ -12,7 +12,6 @@ those rates times its images, plus its fixed cost, plus the time this process to
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -112,9 +111,11 @@ def dry_run(prepared: Prepared) -> tuple[list[dict], float]:
         return costs[key]
 
     def seconds(runs: list[Run], choice) -> float:
+        """The runs' share of the packs they train in (a pack of k costs what k seeds of one of
+        its variants do), or their trainings one by one."""
         config = runs[0].config
-        k = len(runs) if choice is not None and choice.packed else 1
-        total = math.ceil(len(runs) / k) * cost(config, k, k > 1).of(config, train_images, test_images)
+        k = choice.size if choice is not None and choice.packed else 1
+        total = len(runs) / k * cost(config, k, k > 1).of(config, train_images, test_images)
         if config.pretrain_epochs:
             autoencoder = train.pretraining(config)
             for run in runs:
@@ -142,7 +143,7 @@ def dry_run(prepared: Prepared) -> tuple[list[dict], float]:
             "seeds": len(runs) if p.auto is None else (had + left[0], had + left[1]),
             **{f: config.columns().get(f) for f in p.study.factors if f not in ("params", "flops")},
             "params": size.params, "flops": size.flops, "epochs": config.epochs, "images": train_images,
-            "done": had, "left": left, "seeds train": choice.said() if choice else "—",
+            "done": had, "left": left, "packing": choice.said() if choice else "—",
             "seconds": time_left,
         })
     return rows, start

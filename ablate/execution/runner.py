@@ -29,7 +29,7 @@ from ablate.execution.progress import Progress
 from ablate.results.files import StudyFile
 from ablate.study.sequential import AutoRecord, AutoSeeds, Rule
 from ablate.study.studies import Study
-from ablate.training.train import RunResult, train_runs
+from ablate.training.train import RunResult, share_key, train_members
 
 
 # ---------------------------------------------------------------- rows
@@ -64,17 +64,26 @@ def run_rows(run: Run, result: RunResult, device: str, data: Dataset,
 # ---------------------------------------------------------------- executors
 
 
-Pack = tuple[Run, ...]  # runs of one configuration, seeds apart, that train together
+Pack = tuple[Run, ...]  # runs that train together: seeds of one configuration, or of several that share a network
 Work = Callable[[Pack, Dataset], list[RunResult]]
 
 
-def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool | dict[str, bool] = True) -> list[Pack]:
-    """The runs in the groups they train in: the seeds of one configuration together, as many
-    as fit in memory at once (ablate.training.pack trains them as one model when it can), or each run
-    alone where `pack` (one for all, or one per config_id) says not to."""
-    out = []
+def packs(runs: list[Run], data: Dataset, device: torch.device, pack: bool | dict[str, int] = True) -> list[Pack]:
+    """The runs in the groups they train in. Runs whose configurations may share a packed model
+    (train.share_key: the same network and settings, each its own learning rate, schedule,
+    data, ...) train together, `pack[config_id]` members at a time (True: as many as fit in
+    memory at once; ablate.training.pack trains them as one model when it can); a configuration
+    whose size is 1 (`pack` False) trains each run alone."""
+    groups: dict[tuple, list[Run]] = {}  # in the study's order: each run alone, or runs that may share packs
     for config_id, group in configurations(runs).items():
-        size = pack_size(group, data, device) if (pack if isinstance(pack, bool) else pack.get(config_id)) else 1
+        if not (pack if isinstance(pack, bool) else pack.get(config_id, 1) > 1):
+            groups.update({(run.run_id, 1): [run] for run in group})
+            continue
+        size = None if isinstance(pack, bool) else pack[config_id]  # None: as many as fit in memory
+        groups.setdefault((share_key(group[0].config, data.shape, len(data.classes)), size), []).extend(group)
+    out = []
+    for (_, size), group in groups.items():
+        size = size or pack_size(group, data, device)
         out += [tuple(group[i:i + size]) for i in range(0, len(group), size)]
     return out
 
@@ -97,10 +106,9 @@ def train_pack(pack: Pack, data: Dataset, device: torch.device, on_batch=None, o
 
     weights.provide(made_weights)
     threads = torch.get_num_threads()
-    config = pack[0].config
-    torch.set_num_threads(config.threads or threads)
+    torch.set_num_threads(pack[0].config.threads or threads)
     try:
-        return train_runs(config, data, [r.seed for r in pack], device, on_batch, other_test, keep_model)
+        return train_members([(r.config, r.seed) for r in pack], data, device, on_batch, other_test, keep_model)
     except Exception as error:  # noqa: BLE001 - any error of the runs is recorded, not raised
         if len(pack) > 1:  # one run's error, or a pack too big for the device: each run on its own
             return [result for run in pack for result in train_pack((run,), data, device, on_batch, other_test,
@@ -119,14 +127,17 @@ def execute(
     executor: Executor | None = None,
     on_run: Callable[[Run, str], None] | None = None,
     other_test=None,
-    pack: bool | dict[str, bool] = True,
+    pack: bool | dict[str, int] = True,
     report: Callable[[Progress], None] = lambda progress: None,
     only: list[Run] | None = None,
-) -> None:
+) -> list[list[str]]:
     """Train the runs (`only` these of them) not yet in `store`, saving each one as soon as its
-    pack finishes (then its weights, when the store keeps models)."""
+    pack finishes (then its weights, when the store keeps models). The packs of more than one
+    run (their run_ids) are added to the metadata's `packs` and returned."""
     done = store.done()
     todo = packs([r for r in (runs if only is None else only) if r.run_id not in done], data, device, pack)
+    grouped = [[run.run_id for run in group] for group in todo if len(group) > 1]
+    metadata = {**metadata, "packs": [*metadata.get("packs", []), *grouped]}
     from ablate.models import weights
 
     made = tuple({(c.model, c.weights): weights.get(c.model, c.weights) for c in {r.config for r in runs}
@@ -142,6 +153,7 @@ def execute(
                 store.save_model(run.run_id, result.state, run.label)
             if on_run is not None:
                 on_run(run, result.status)
+    return grouped
 
 
 # ---------------------------------------------------------------- a whole study
@@ -361,21 +373,23 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
         if p.weights:
             metadata = {**metadata, "weights": p.weights}
         choices: dict = {}
+        grouping = held_packs(p)  # the packs of more than one run, as run_ids: the file's, then this command's
         tried: set[str] = set()  # this command's runs: one that failed is not tried again in the next round
         trained: list[Run] = []
         try:
             while todo := _next_round(p, store, tried):
                 new = [r for r in todo if r.config_id not in choices]
                 choices.update(autopack.choose(new, p.data, p.device, p.pack))  # before its seeds train
-                round_metadata = {**metadata, "packing": packing_record(p, choices)}
+                round_metadata = {**metadata, "packing": packing_record(p, choices), "packs": grouping}
                 if p.auto is not None:
                     round_metadata["auto_seeds"] = p.auto.record(store.runs, p.runs, tried).to_metadata()
                 trained += todo
                 tried |= {r.run_id for r in todo}
                 if on_start is not None:
                     on_start(trained)
-                execute(p.runs, p.data, p.device, store, round_metadata, executor, on_run, p.other_test,
-                        {config_id: choice.packed for config_id, choice in choices.items()}, report, only=todo)
+                grouping = grouping + execute(p.runs, p.data, p.device, store, round_metadata, executor, on_run,
+                                              p.other_test, {c: choice.size for c, choice in choices.items()},
+                                              report, only=todo)
                 if p.auto is None:
                     break
         except KeyboardInterrupt:
@@ -385,7 +399,7 @@ def run_study(prepared: Prepared, metadata: dict, executor: Executor | None = No
         record = None
         if p.auto is not None:
             record = p.auto.record(store.runs, p.runs, tried)
-            store.set_metadata({**metadata, "packing": packing_record(p, choices),
+            store.set_metadata({**metadata, "packing": packing_record(p, choices), "packs": grouping,
                                 "auto_seeds": record.to_metadata()}, key="auto_seeds")
         planned = {r.run_id for r in p.runs}
         return Trained(store.runs[store.runs["run_id"].isin(planned)],
@@ -421,15 +435,25 @@ def weights_record(runs: list[Run], resumed: Path | None) -> dict[str, str]:
 
 
 def packing_record(prepared: Prepared, choices: dict) -> dict:
-    """The file's metadata `packing`: per variant, whether its seeds trained packed, the
-    measured speed-up and why (autopack.Choice); a variant trained before keeps its record."""
-    before = {}
-    if prepared.resume and prepared.out.exists():
-        with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none kept
-            held = results.metadata_value(results.read_metadata(prepared.out), "packing", dict, {})
-            before = {k: v for k, v in held.items() if isinstance(v, dict)}
+    """The file's metadata `packing`: per variant, whether its runs trained packed, by how many,
+    the measured speed-up and why (autopack.Choice); a variant trained before keeps its record."""
+    held = _held(prepared, "packing", dict, {})
+    before = {k: v for k, v in held.items() if isinstance(v, dict)}
     variants = {r.config_id: r.variant for r in prepared.runs}
     return {**before, **{variants[c]: choice.record() for c, choice in choices.items()}}
+
+
+def held_packs(prepared: Prepared) -> list[list[str]]:
+    """The file's metadata `packs` (the runs that trained together, by run_id), where it resumes."""
+    held = _held(prepared, "packs", list, [])
+    return [group for group in held if isinstance(group, list) and all(isinstance(r, str) for r in group)]
+
+
+def _held(prepared: Prepared, key: str, kind: type, default):
+    if prepared.resume and prepared.out.exists():
+        with contextlib.suppress(ValueError, OSError):  # metadata not of this version's: none kept
+            return results.metadata_value(results.read_metadata(prepared.out), key, kind, default)
+    return default
 
 
 def data_spec(prepared: Prepared, data_dir: Path | None):

@@ -215,14 +215,22 @@ def _more_seeds(command: str, seeds: int, summary: pd.DataFrame) -> str:
 
 
 def _packing(meta: dict) -> str:
-    """How each variant's seeds trained (the file's `packing`), as a table of its own."""
+    """How each variant's runs trained (the file's `packing`), as a table of its own."""
     packing = {v: c for v, c in (results.metadata_value(meta, "packing", dict) or {}).items() if isinstance(c, dict)}
     if not packing:
         return ""
-    rows = [[v, "packed" if c.get("packed") else "one by one",
-             f"{c['ratio']:.2f} x" if isinstance(c.get("ratio"), (int, float)) else "—", str(c.get("why", ""))]
-            for v, c in packing.items()]
-    return "<h4>How the seeds trained</h4>" + _table(["variant", "seeds", "packed speed", "why"], rows, kind="sticky")
+    rows = [[v, _packed(c), f"{c['ratio']:.2f} x" if isinstance(c.get("ratio"), (int, float)) else "—",
+             str(c.get("why", ""))] for v, c in packing.items()]
+    return "<h4>How the runs trained</h4>" + _table(["variant", "runs", "packed speed", "why"], rows, kind="sticky")
+
+
+def _packed(choice: dict) -> str:
+    """"packed by 8" (runs of this variant and of others that share its network), "packed",
+    or "one by one"."""
+    if not choice.get("packed"):
+        return "one by one"
+    size = choice.get("size")
+    return f"packed by {size}" if isinstance(size, int) and not isinstance(size, bool) else "packed"
 
 
 def _provenance(meta: dict, path: Path, seeds: int, summary: pd.DataFrame) -> str:

@@ -114,7 +114,7 @@ def class_table(per_class: pd.DataFrame) -> Table:
 # Words a header may be shortened to where a table does not fit the terminal.
 ABBREVIATIONS = (("test ", ""), ("accuracy", "acc"), ("resolvable", "resolv."), ("seeds needed", "needed"),
                  ("trainable", "train."), ("activations", "acts"), ("receptive_field", "rf"),
-                 ("output_shape", "out"), ("input_shape", "in"), ("fc1_features", "fc1"), ("seeds train", "packing"))
+                 ("output_shape", "out"), ("input_shape", "in"), ("fc1_features", "fc1"))
 
 
 def _width(console: Console, table: Table) -> int:
@@ -554,8 +554,8 @@ def dry_run_table(rows: list[dict], study: str, out, auto: str | None = None, st
     for column in rows[0]:
         table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     factors = [c for c in rows[0] if c not in ("variant", "seeds", "params", "flops", "epochs", "images", "done",
-                                               "left", "seeds train", "seconds")]
-    table.drop_order = ("images", "done", "flops", "params", "epochs", "seeds train", *factors)
+                                               "left", "packing", "seconds")]
+    table.drop_order = ("images", "done", "flops", "params", "epochs", "packing", *factors)
     for row in rows:
         table.add_row(*(span(v, _duration) if k == "seconds" else human(v) if k == "flops" else span(v)
                         for k, v in row.items()))

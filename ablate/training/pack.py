@@ -1,10 +1,15 @@
-"""K copies of one network packed into one model: the seeds of a variant train together.
+"""K copies of one network packed into one model: runs that build the same network train together.
 
-Seed k's input channels, features and outputs are the k-th of K equal blocks along dimension 1:
+The members of a pack are runs (a variant and a seed) whose models have the same layers; they
+may differ in everything the optimiser, the data and dropout decide (learning rate, schedule,
+augmentation, normalisation, dropout rate, ...): each member keeps its own optimiser over its own
+block of the packed parameters (`MemberParameters`), its own data and its own dropout rate.
+
+Member k's input channels, features and outputs are the k-th of K equal blocks along dimension 1:
 a conv becomes a grouped conv with K times the groups, a linear a batched matmul over K,
 batch norm a batch norm of K times the channels. Every parameter of the packed model is the K
-copies' parameters side by side, so an optimiser that acts per element (SGD, Adam, RMSprop, ...)
-takes each copy's own step, and summing the copies' losses gives each copy its own gradient.
+copies' parameters side by side; summing the copies' losses gives each copy its own gradient,
+and each member's optimiser steps views of its own blocks in place.
 
 A model packs when every module that holds parameters or buffers has a rule below, no
 parameter is shared between modules, the packed model's output equals the copies' outputs on
@@ -42,18 +47,26 @@ class PackedLinear(nn.Module):
 
 
 class PackedDropout(nn.Module):
-    """Dropout whose masks for copy k come from copy k's own generator."""
+    """Dropout of rate `ps[k]` for copy k, its masks from copy k's own generator (a rate of 0
+    draws nothing, as torch's dropout does not)."""
 
-    def __init__(self, p: float, generators: list[torch.Generator]):
+    def __init__(self, ps: list[float], generators: list[torch.Generator]):
         super().__init__()
-        self.p, self.generators = p, generators
+        self.ps, self.generators = list(ps), generators
 
     def forward(self, x):
-        if not self.training or self.p == 0:
+        if not self.training or not any(self.ps):
             return x
-        keep = torch.cat([torch.empty_like(part).bernoulli_(1 - self.p, generator=gen)
-                          for part, gen in zip(x.chunk(len(self.generators), 1), self.generators)], 1)
-        return x * keep / (1 - self.p)
+        return torch.cat([_dropout(part, p, gen) for part, p, gen in
+                          zip(x.chunk(len(self.generators), 1), self.ps, self.generators)], 1)
+
+
+def _dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    if p == 0:
+        return x
+    if p == 1:
+        return x * 0
+    return x * torch.empty_like(x).bernoulli_(1 - p, generator=generator) / (1 - p)
 
 
 def _cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
@@ -144,11 +157,22 @@ def packs(model: nn.Module) -> bool:
     return True
 
 
+def network(model: nn.Module) -> tuple:
+    """What makes two models the same network for packing: their modules by name, kind and
+    settings, and the shapes of their parameters and buffers; a dropout's rate is left out (each
+    member keeps its own)."""
+    return tuple((name, type(module).__qualname__, type(module).__module__,
+                  "" if isinstance(module, nn.Dropout) else module.extra_repr(),
+                  tuple((n, tuple(t.shape), t.requires_grad) for n, t in module.named_parameters(recurse=False)),
+                  tuple((n, tuple(t.shape)) for n, t in module.named_buffers(recurse=False)))
+                 for name, module in model.named_modules())
+
+
 def pack(copies: list[nn.Module], dropout: list[torch.Generator], probe: torch.Tensor) -> nn.Module | None:
     """One model that computes the K `copies` side by side, or None when they do not pack.
     `dropout`: one generator per copy for its dropout masks. `probe`: a few inputs of one copy,
-    on which the packed model must agree with every copy."""
-    if len(copies) < 2 or not packs(copies[0]):
+    on which the packed model must agree with every copy, in evaluation and in training mode."""
+    if len(copies) < 2 or not packs(copies[0]) or len({network(c) for c in copies}) > 1:
         return None
     packed = copy.deepcopy(copies[0])
     for name, module in copies[0].named_modules():
@@ -156,12 +180,13 @@ def pack(copies: list[nn.Module], dropout: list[torch.Generator], probe: torch.T
         if kind in RULES or kind is nn.Dropout:
             same = [c.get_submodule(name) for c in copies]
             try:
-                new = PackedDropout(module.p, dropout) if kind is nn.Dropout else RULES[kind].pack(same)
+                new = PackedDropout([m.p for m in same], dropout) if kind is nn.Dropout else RULES[kind].pack(same)
             except ValueError:
                 return None
             parent, _, child = name.rpartition(".")
             setattr(packed.get_submodule(parent), child, new)
-    return packed if _agrees(packed, copies, probe) and not _draws(packed, probe, len(copies)) else None
+    agrees = _agrees(packed, copies, probe, training=False) and _agrees(packed, copies, probe, training=True)
+    return packed if agrees else None
 
 
 def _packed_input(probe: torch.Tensor, k: int) -> torch.Tensor:
@@ -169,15 +194,27 @@ def _packed_input(probe: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _agrees(packed: nn.Module, copies: list[nn.Module], probe: torch.Tensor) -> bool:
-    """Whether the packed model's outputs are the copies' outputs on `probe` (in eval mode, so
-    nothing is updated or drawn)."""
-    modes = [m.training for m in (packed, *copies)]
+def _agrees(packed: nn.Module, copies: list[nn.Module], probe: torch.Tensor, training: bool) -> bool:
+    """Whether the packed model's outputs are the copies' outputs on `probe`. In training mode
+    (dropout off, buffers given back after: nothing changes) this also tells a forward that
+    trains otherwise than it evaluates (a member's own argument read there), and the packed
+    forward must draw nothing from torch's global generator: stochastic depth, F.dropout or
+    randn_like in a forward would be one draw for all the copies."""
+    models = (packed, *copies)
+    modes = [m.training for m in models]
+    buffers = [{n: b.clone() for n, b in m.named_buffers()} for m in models]
     try:
-        for m in (packed, *copies):
-            m.eval()
-        expected = [c(probe) for c in copies]
-        out = packed(_packed_input(probe, len(copies)))
+        for m in models:
+            m.train(training)
+            for module in m.modules():
+                if isinstance(module, (nn.Dropout, PackedDropout)):
+                    module.eval()
+        with torch.random.fork_rng(devices=[]):
+            expected = [c(probe) for c in copies]
+            before = torch.get_rng_state()
+            out = packed(_packed_input(probe, len(copies)))
+            if not torch.equal(before, torch.get_rng_state()):
+                return False
         if out.shape != (len(probe), sum(e.shape[1] for e in expected), *expected[0].shape[2:]):
             return False
         return all(torch.allclose(o, e, rtol=1e-3, atol=1e-4)
@@ -185,18 +222,10 @@ def _agrees(packed: nn.Module, copies: list[nn.Module], probe: torch.Tensor) -> 
     except Exception:  # noqa: BLE001 - a forward that cannot take packed inputs: it does not pack
         return False
     finally:
-        for m, mode in zip((packed, *copies), modes):
+        for m, mode, held in zip(models, modes, buffers):
             m.train(mode)
-
-
-@torch.no_grad()
-def _draws(packed: nn.Module, probe: torch.Tensor, k: int) -> bool:
-    """Whether a training-mode forward of (a copy of) the packed model draws from torch's
-    global generator: stochastic depth, F.dropout or randn_like in a forward, ..."""
-    with torch.random.fork_rng(devices=[]):
-        before = torch.get_rng_state()
-        copy.deepcopy(packed).train()(_packed_input(probe, k))  # a copy: batch norm's statistics stay
-        return not torch.equal(before, torch.get_rng_state())
+            for name, buffer in m.named_buffers():
+                buffer.copy_(held[name])
 
 
 def unpack(packed: nn.Module, copies: list[nn.Module]) -> None:
@@ -232,12 +261,46 @@ def seeded(seed: int, stream: int, device: torch.device | str = "cpu", source: s
     return torch.Generator(device).manual_seed(stream_seed(seed, stream, source))
 
 
-class Seeds:
-    """The K seeds training together in `net` (K = 1: one model, `net` is its only copy): each
-    seed's generators, which seeds still train, and the weights a diverged one stopped with."""
+class MemberParameters:
+    """Each member's trainable parameters as views of its blocks of the packed model's: an
+    optimiser given a member's views steps that member alone, in place, with its own settings.
+    `share_grads` hands each member its blocks of the packed gradients after a backward."""
 
-    def __init__(self, seeds: list[int], net: nn.Module, copies: list[nn.Module], source: str = "all"):
-        self.seeds, self.net, self.copies, self.source = list(seeds), net, copies, source
+    def __init__(self, packed: nn.Module, template: nn.Module, k: int):
+        self.pairs: list[tuple[torch.Tensor, Rule, list[torch.Tensor]]] = []
+        self.k = k
+        for name, module in template.named_modules():
+            rule = RULES.get(type(module))
+            if rule is None:
+                continue
+            for parameter in packed.get_submodule(name).parameters(recurse=False):
+                if parameter.requires_grad:
+                    self.pairs.append((parameter, rule, list(rule.unpack(parameter.detach(), k))))
+
+    def of(self, member: int) -> list[torch.Tensor]:
+        return [views[member] for _, _, views in self.pairs]
+
+    def share_grads(self) -> None:
+        for parameter, rule, views in self.pairs:
+            grads = [None] * self.k if parameter.grad is None else rule.unpack(parameter.grad, self.k)
+            for view, grad in zip(views, grads):
+                view.grad = grad
+
+    def zero_grad(self) -> None:
+        for parameter, _, views in self.pairs:
+            parameter.grad = None
+            for view in views:
+                view.grad = None
+
+
+class Members:
+    """The K runs training together in `net` (K = 1: one model, `net` is its only copy): each
+    member's seed and seed source, its generators, which members still train, and the weights a
+    diverged one stopped with."""
+
+    def __init__(self, seeds: list[int], net: nn.Module, copies: list[nn.Module], sources: list[str] | None = None):
+        self.seeds, self.net, self.copies = list(seeds), net, copies
+        self.sources = list(sources or ["all"] * len(seeds))
         self.status = ["ok"] * len(seeds)
         self.live = list(range(len(seeds)))  # the copies still training
         self._stopped: dict[int, dict] = {}
@@ -246,8 +309,12 @@ class Seeds:
         return len(self.seeds)
 
     def generators(self, stream: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
-        """One generator per seed for `stream`, each at its start."""
-        return [seeded(seed, stream, device, self.source) for seed in self.seeds]
+        """One generator per member for `stream`, each at its start."""
+        return [seeded(seed, stream, device, source) for seed, source in zip(self.seeds, self.sources)]
+
+    def parameters(self) -> MemberParameters | None:
+        """The members' own parameters in the packed model (None for one model: its own)."""
+        return MemberParameters(self.net, self.copies[0], len(self)) if len(self) > 1 else None
 
     def stop(self, c: int) -> None:
         """Copy `c` diverged: it trains no more, and keeps the weights it has now, as its
@@ -259,7 +326,7 @@ class Seeds:
             self._stopped[c] = copy.deepcopy(self.copies[c].state_dict())
 
     def models(self) -> list[nn.Module]:
-        """Each seed's model with its final weights."""
+        """Each member's model with its final weights."""
         if len(self) > 1:
             unpack(self.net, self.copies)
             for c, state in self._stopped.items():

@@ -7,7 +7,7 @@ import functools
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -131,16 +131,18 @@ def evaluate_copies(model, x_all, y_all, prepares: list, task: Task, num_classes
                     amp: bool = False, generators: list | None = None) -> list[dict]:
     """For each of the K copies of a packed model (K = 1: one model), its mean loss over the
     split, its task's metrics and, for a task that classifies, its accuracy per class (None for
-    a class with no image in the split). Copy k's images are made by `prepares[k]` and shown to
-    it through `task.inputs` with `generators[k]`, in batches of 1000 images in all."""
+    a class with no image in the split). Copy k's images are `x_all` (or `x_all[k]`, one tensor
+    per copy) made by `prepares[k]` and shown to it through `task.inputs` with `generators[k]`,
+    in batches of 1000 images in all."""
     model.eval()
     k = len(prepares)
+    xs_all = x_all if isinstance(x_all, (list, tuple)) else [x_all] * k
     batch_size = batch_size or max(1, 1000 // k)
-    loss_sum = torch.zeros(k, device=x_all.device)
-    sums = torch.zeros(k, len(task.metrics), device=x_all.device)
-    correct = torch.zeros(k, num_classes, device=x_all.device)
+    loss_sum = torch.zeros(k, device=y_all.device)
+    sums = torch.zeros(k, len(task.metrics), device=y_all.device)
+    correct = torch.zeros(k, num_classes, device=y_all.device)
     for i in range(0, len(y_all), batch_size):
-        xs = [_channels_last(prepare(x_all[i:i + batch_size])) for prepare in prepares]
+        xs = [_channels_last(prepare(x[i:i + batch_size])) for prepare, x in zip(prepares, xs_all)]
         y = y_all[i:i + batch_size]
         feeds = [task.inputs(x, g) for x, g in zip(xs, generators or [None] * k)]
         for c, (out, x) in enumerate(zip(_forward(model, feeds, amp), xs)):
@@ -166,22 +168,52 @@ def train_run(config: RunConfig, data: Dataset, seed: int, device: torch.device,
     return train_runs(config, data, [seed], device, on_batch, other_test, keep_model)[0]
 
 
-def train_runs(
-    config: RunConfig,
+def train_runs(config: RunConfig, data: Dataset, seeds: list[int], device: torch.device, on_batch=None,
+               other_test=None, keep_model: bool = False, pack: bool = True) -> list[RunResult]:
+    """`train_members` for the seeds of one configuration."""
+    return train_members([(config, seed) for seed in seeds], data, device, on_batch, other_test, keep_model, pack)
+
+
+# What the members of one pack may differ in: each keeps its own optimiser settings, schedule,
+# data (augmentation, permutation, normalisation), seed source and model arguments that build the
+# same network (a dropout rate); everything else is the pack's.
+MEMBER_FIELDS = ("lr", "momentum", "weight_decay", "scheduler", "lr_step_size", "lr_gamma", "lr_max",
+                 "cycle_momentum", "normalization", "augment", "permutation", "seed_source", "model_args")
+
+
+def share_key(config: RunConfig, shape: tuple[int, ...], classes: int) -> tuple:
+    """Runs with equal keys can train as members of one packed model: the same network
+    (`pack.network` of their models) on the same input, the same optimiser class, batch size,
+    epochs, task and everything else that is not a member's own (MEMBER_FIELDS)."""
+    shared = replace(config, **{f: RunConfig.__dataclass_fields__[f].default for f in MEMBER_FIELDS})
+    return shared, _network(config, shape, classes)
+
+
+@functools.cache
+def _network(config: RunConfig, shape: tuple[int, ...], classes: int) -> tuple:
+    return packing.network(freeze(model_for_checks(config, shape, classes), config, shape, classes))
+
+
+def train_members(
+    members: list[tuple[RunConfig, int]],
     data: Dataset,
-    seeds: list[int],
     device: torch.device,
     on_batch: Callable[[int, int, float, float], None] | None = None,
     other_test: tuple[str, torch.Tensor, torch.Tensor] | None = None,
     keep_model: bool = False,
     pack: bool = True,
 ) -> list[RunResult]:
-    """Train one model per seed, evaluating each before training (epoch 0) and after every
-    epoch; the seeds train together as one packed model (ablate.training.pack) when the model packs and
-    `pack` is set, else one after another. `on_batch(epoch, images trained so far by all the
-    seeds, running loss, images per second)` reports progress; `other_test`
-    (name, images, labels) is evaluated too, as split `test:NAME`. Nothing outside a run's seed
-    decides its numbers: the global random state is forked and given back as it was."""
+    """Train one model per member (a configuration and a seed), evaluating each before training
+    (epoch 0) and after every epoch; the members train together as one packed model
+    (ablate.training.pack) when their models pack and `pack` is set, else one after another.
+    Members that train together must have equal `share_key`s. `on_batch(epoch, images trained
+    so far by all the members, running loss, images per second)` reports progress;
+    `other_test` (name, images, labels) is evaluated too, as split `test:NAME`. Nothing outside
+    a run's seed decides its numbers: the global random state is forked and given back as it was."""
+    configs, seeds = [c for c, _ in members], [s for _, s in members]
+    config = configs[0]
+    if pack and len(members) > 1 and len({share_key(c, data.shape, len(data.classes)) for c in configs}) > 1:
+        raise ValueError("the members of a pack must build the same network and share its settings")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if config.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
@@ -189,22 +221,20 @@ def train_runs(
         torch.use_deterministic_algorithms(config.deterministic)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            copies = [_model(config, data, seed, device) for seed in seeds]
+            copies = [_model(c, data, seed, device) for c, seed in members]
             packed = None
-            if pack and len(seeds) > 1:
-                dropout = [packing.seeded(seed, packing.DROPOUT, device, config.seed_source) for seed in seeds]
+            if pack and len(members) > 1:
+                dropout = [packing.seeded(seed, packing.DROPOUT, device, c.seed_source) for c, seed in members]
                 packed = packing.pack(copies, dropout, _probe(data))
             if packed is not None:
-                return _train(config, data, packing.Seeds(seeds, packed, copies, config.seed_source), device,
-                              on_batch, other_test,
-                              keep_model)
+                return _train(configs, data, packing.Members(seeds, packed, copies, [c.seed_source for c in configs]),
+                              device, on_batch, other_test, keep_model)
             results, images = [], min(config.labels or len(data.train_y), len(data.train_y))
-            for i, (seed, model) in enumerate(zip(seeds, copies)):
-                torch.manual_seed(packing.stream_seed(seed, packing.DROPOUT, config.seed_source))
+            for i, ((c, seed), model) in enumerate(zip(members, copies)):
+                torch.manual_seed(packing.stream_seed(seed, packing.DROPOUT, c.seed_source))
                 report = on_batch and functools.partial(_after, on_batch, i * config.epochs * images)
-                results += _train(config, data, packing.Seeds([seed], model, [model], config.seed_source), device,
-                                  report, other_test,
-                                  keep_model)
+                results += _train([c], data, packing.Members([seed], model, [model], [c.seed_source]), device,
+                                  report, other_test, keep_model)
             return results
     finally:
         if config.deterministic != was_deterministic:
@@ -293,131 +323,184 @@ def _probe(data: Dataset) -> torch.Tensor:
 
 @dataclass
 class _Feed:
-    """What the seeds of one training see: the splits on the device (normalised once where
-    nothing is augmented) and, per seed, how a batch of each is prepared."""
+    """What the members of one training see: the splits on the device, per member the images it
+    indexes (normalised once where it augments nothing, by its own normalisation) and how a
+    batch of them is prepared."""
 
-    train: tuple[torch.Tensor, torch.Tensor]
-    tests: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "test", and "test:NAME" for another test set
+    train: tuple[list[torch.Tensor], torch.Tensor]  # per member its images; the labels
+    tests: dict[str, tuple[list[torch.Tensor], torch.Tensor]]  # "test", and "test:NAME" for another test set
     train_prepares: list[Callable]
     test_prepares: list[Callable]
 
 
-def _feed(config: RunConfig, data: Dataset, seeds: packing.Seeds, device, other_test) -> _Feed:
+def _feed(configs: list[RunConfig], data: Dataset, members: packing.Members, device, other_test) -> _Feed:
     pixels = data.shape[1] * data.shape[2]
-    permutes = [transforms.permutation(config.permutation, pixels, g) for g in seeds.generators(packing.PERMUTE)]
-    # evaluation draws fresh permutations from its own stream: the test split's size must
-    # not change what training sees (a fixed permutation is the same for both)
-    eval_permutes = [transforms.permutation(config.permutation, pixels, g)
-                     for g in seeds.generators(packing.EVAL_PERMUTE)] if config.permutation == "fresh" else permutes
-    augment = transforms.augmentation(config.augment)
     train_x, train_y = data.train_x, data.train_y
-    if config.labels is not None:  # the labelled few; pretraining saw them all, without labels
-        keep = balanced_subset(train_y, config.labels)
+    if configs[0].labels is not None:  # the labelled few; pretraining saw them all, without labels
+        keep = balanced_subset(train_y, configs[0].labels)
         train_x, train_y = train_x[keep], train_y[keep]
-    train_x, train_y = train_x.to(device), train_y.to(device)
-    tests = {"test": (data.test_x.to(device), data.test_y.to(device))}
+    raw = {"train": train_x.to(device), "test": data.test_x.to(device)}
+    labels = {"train": train_y.to(device), "test": data.test_y.to(device)}
     if other_test is not None:
-        tests[f"test:{other_test[0]}"] = (other_test[1].to(device), other_test[2].to(device))
-    normalize = transforms.normalizer(config.normalization, train_x)
+        raw[f"test:{other_test[0]}"], labels[f"test:{other_test[0]}"] = other_test[1].to(device), \
+            other_test[2].to(device)
     unit = lambda x: x.float() / 255  # noqa: E731
-    if augment is None:  # every image is the same each epoch: normalise once, up front
-        once = lambda x: _in_chunks(lambda b: normalize(unit(b)), x)  # noqa: E731
-        return _Feed((once(train_x), train_y), {split: (once(x), y) for split, (x, y) in tests.items()},
-                     permutes, eval_permutes)
-    augment_gens = seeds.generators(packing.AUGMENT)
-    return _Feed((train_x, train_y), tests,
-                 [lambda x, p=p, g=g: p(normalize(augment(unit(x), g))) for p, g in zip(permutes, augment_gens)],
-                 [lambda x, p=p: p(normalize(unit(x))) for p in eval_permutes])
+    normalizers: dict[str, Callable] = {}  # per normalisation: from the train split's pixels
+    once: dict[str, dict[str, torch.Tensor]] = {}  # per normalisation: every split normalised once, up front
+    bases: list[dict[str, torch.Tensor]] = []
+    train_prepares, test_prepares = [], []
+    streams = zip(configs, members.generators(packing.PERMUTE), members.generators(packing.EVAL_PERMUTE),
+                  members.generators(packing.AUGMENT))
+    for config, permute_gen, eval_permute_gen, augment_gen in streams:
+        permute = transforms.permutation(config.permutation, pixels, permute_gen)
+        # evaluation draws fresh permutations from its own stream: the test split's size must
+        # not change what training sees (a fixed permutation is the same for both)
+        eval_permute = transforms.permutation(config.permutation, pixels, eval_permute_gen) \
+            if config.permutation == "fresh" else permute
+        if config.normalization not in normalizers:
+            normalizers[config.normalization] = transforms.normalizer(config.normalization, raw["train"])
+        normalize = normalizers[config.normalization]
+        augment = transforms.augmentation(config.augment)
+        if augment is None:  # every image is the same each epoch: normalised once, up front
+            if config.normalization not in once:
+                once[config.normalization] = {split: _in_chunks(lambda b: normalize(unit(b)), x)
+                                              for split, x in raw.items()}
+            bases.append(once[config.normalization])
+            train_prepares.append(permute)
+            test_prepares.append(eval_permute)
+        else:
+            bases.append(raw)
+            train_prepares.append(lambda x, p=permute, n=normalize, a=augment, g=augment_gen: p(n(a(unit(x), g))))
+            test_prepares.append(lambda x, p=eval_permute, n=normalize: p(n(unit(x))))
+    splits = {split: ([base[split] for base in bases], labels[split]) for split in raw}
+    return _Feed(splits.pop("train"), splits, train_prepares, test_prepares)
 
 
-def _train(config, data, seeds: packing.Seeds, device, on_batch, other_test, keep_model) -> list[RunResult]:
-    """Train `seeds.net`: one model (one seed), or the seeds' copies packed into one."""
-    task, k, amp = TASKS.get(config.task), len(seeds), config.amp == "bf16"
-    net = seeds.net = seeds.net.to(device, memory_format=torch.channels_last)
-    feed = _feed(config, data, seeds, device, other_test)
+@dataclass
+class _Optimizer:
+    """The optimiser and schedule of the members of one configuration (one variant's seeds)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    per_step: bool  # the scheduler steps after every batch (else after every epoch)
+    members: list[int]
+
+
+def _optimizers(configs: list[RunConfig], net: nn.Module, views: packing.MemberParameters | None,
+                steps_per_epoch: int) -> list[_Optimizer]:
+    """One optimiser per configuration over its members' own parameters (`views`; None: one
+    model, `net`'s), with its schedule."""
+    groups: dict[RunConfig, list[int]] = {}
+    for c, config in enumerate(configs):
+        groups.setdefault(config, []).append(c)
+    out = []
+    for config, which in groups.items():
+        parameters = [p for p in net.parameters() if p.requires_grad] if views is None else \
+            [p for c in which for p in views.of(c)]
+        optimizer = make_optimizer(parameters, config)
+        out.append(_Optimizer(optimizer, make_scheduler(optimizer, config, steps_per_epoch),
+                              SCHEDULERS.get(config.scheduler).per_step, which))
+    return out
+
+
+def _train(configs: list[RunConfig], data, members: packing.Members, device, on_batch, other_test,
+           keep_model) -> list[RunResult]:
+    """Train `members.net`: one model (one member), or the members' copies packed into one."""
+    config = configs[0]  # what the members share (train.share_key)
+    task, k, amp = TASKS.get(config.task), len(members), config.amp == "bf16"
+    net = members.net = members.net.to(device, memory_format=torch.channels_last)
+    feed = _feed(configs, data, members, device, other_test)
     n = len(feed.train[1])  # with --labels, the labelled few
-    optimizer = make_optimizer([p for p in net.parameters() if p.requires_grad], config)
-    schedule = SCHEDULERS.get(config.scheduler)
-    scheduler = make_scheduler(optimizer, config, math.ceil(n / config.batch_size))
-    step = _Step(torch.compile(net) if config.compile else net, optimizer,
-                 scheduler if schedule.per_step else None, task, amp, functools.partial(train_mode, net, config))
+    views = members.parameters()  # after the move: views of the parameters the net trains
+    optimizers = _optimizers(configs, net, views, math.ceil(n / config.batch_size))
+    lrs = lambda: [next(o for o in optimizers if c in o.members).optimizer.param_groups[0]["lr"]  # noqa: E731
+                   for c in range(k)]
+    step = _Step(torch.compile(net) if config.compile else net, optimizers, views, task, amp,
+                 functools.partial(train_mode, net, config))
     records: list[list[EpochRecord]] = [[] for _ in range(k)]
     class_accuracy: list[list] = [[] for _ in range(k)]
 
-    def evaluations(epoch: int, lr: float, splits: dict) -> None:
+    def evaluations(epoch: int, lr: list[float], splits: dict) -> None:
         for split, (x, y) in splits.items():
             start = time.perf_counter()  # the same input draws at every evaluation: a fresh stream
             results = evaluate_copies(net, x, y, feed.test_prepares, task, len(data.classes), amp=amp,
-                                      generators=seeds.generators(packing.EVAL_INPUT, device))
-            for c in seeds.live:
-                records[c].append(EpochRecord(epoch, split, results[c]["loss"], results[c]["metrics"], lr,
+                                      generators=members.generators(packing.EVAL_INPUT, device))
+            for c in members.live:
+                records[c].append(EpochRecord(epoch, split, results[c]["loss"], results[c]["metrics"], lr[c],
                                               time.perf_counter() - start))
                 if split == "test":
                     class_accuracy[c] = results[c]["class_accuracy"]
 
     # epoch 0: the untrained model on every split (the train split as it is, unaugmented)
-    evaluations(0, optimizer.param_groups[0]["lr"], {"train": feed.train, **feed.tests})
-    orders, inputs = seeds.generators(packing.ORDER), seeds.generators(packing.INPUT, device)
+    evaluations(0, lrs(), {"train": feed.train, **feed.tests})
+    orders, inputs = members.generators(packing.ORDER), members.generators(packing.INPUT, device)
     for epoch in range(1, config.epochs + 1):
-        lr, start = optimizer.param_groups[0]["lr"], time.perf_counter()
-        report = on_batch and functools.partial(_progress, on_batch, epoch, n, seeds, start)
+        lr, start = lrs(), time.perf_counter()
+        report = on_batch and functools.partial(_progress, on_batch, epoch, n, members, start)
         losses, sums = step.epoch(feed, [torch.randperm(n, generator=g).to(device) for g in orders], inputs,
                                   config.batch_size, report)
         seconds = time.perf_counter() - start
-        for c in seeds.live:
-            records[c].append(EpochRecord(epoch, "train", losses[c], task.finish(sums[c], n), lr, seconds))
-        if scheduler is not None and not schedule.per_step:
-            scheduler.step()
+        for c in members.live:
+            records[c].append(EpochRecord(epoch, "train", losses[c], task.finish(sums[c], n), lr[c], seconds))
+        for o in optimizers:
+            if o.scheduler is not None and not o.per_step:
+                o.scheduler.step()
         evaluations(epoch, lr, feed.tests)
         if on_batch is not None:
-            on_batch(epoch, k * epoch * n, sum(losses[c] for c in seeds.live) / len(seeds.live), k * n / seconds)
-        for c in list(seeds.live):  # a copy whose loss became NaN or infinite stops; the others go on
+            on_batch(epoch, k * epoch * n, sum(losses[c] for c in members.live) / len(members.live), k * n / seconds)
+        for c in list(members.live):  # a copy whose loss became NaN or infinite stops; the others go on
             if not all(math.isfinite(r.loss) for r in records[c][-len(feed.tests) - 1:]):
-                seeds.stop(c)
-        if not seeds.live:
+                members.stop(c)
+        if not members.live:
             break
-    return [_result(task, model, records[c], class_accuracy[c], seeds.status[c], feed.train[0],
-                    feed.test_prepares[c], keep_model, k, n) for c, model in enumerate(seeds.models())]
+    return [_result(task, model, records[c], class_accuracy[c], members.status[c], feed.train[0][c],
+                    feed.test_prepares[c], keep_model, k, n) for c, model in enumerate(members.models())]
 
 
-def _progress(on_batch, epoch: int, n: int, seeds: packing.Seeds, start: float, done: int, losses) -> None:
-    """`on_batch` within an epoch: `done` images of each seed trained, `losses` their sums."""
-    k = len(seeds)
-    on_batch(epoch, k * ((epoch - 1) * n + done), losses[seeds.live].mean().item() / done,
+def _progress(on_batch, epoch: int, n: int, members: packing.Members, start: float, done: int, losses) -> None:
+    """`on_batch` within an epoch: `done` images of each member trained, `losses` their sums."""
+    k = len(members)
+    on_batch(epoch, k * ((epoch - 1) * n + done), losses[members.live].mean().item() / done,
              k * done / (time.perf_counter() - start))
 
 
 @dataclass
 class _Step:
-    """The optimiser's steps over the seeds' batches."""
+    """The optimisers' steps over the members' batches."""
 
     net: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object | None  # stepped after every batch; None: none, or one stepped per epoch
+    optimizers: list[_Optimizer]
+    views: packing.MemberParameters | None  # a packed net: each member's blocks (None: one model)
     task: Task
     amp: bool
     train_mode: Callable[[], None]  # puts the net in training mode (train_mode)
 
     def epoch(self, feed: _Feed, orders: list[torch.Tensor], inputs: list[torch.Generator], batch_size: int,
               report: Callable | None) -> tuple[list[float], list[list[float]]]:
-        """One epoch of each seed in its own order: each seed's mean training loss and the sums of
-        its task's metrics over the epoch's batches."""
+        """One epoch of each member in its own order: each member's mean training loss and the
+        sums of its task's metrics over the epoch's batches."""
         self.train_mode()
-        (train_x, train_y), k, n = feed.train, len(orders), len(orders[0])
-        loss_sum = torch.zeros(k, device=train_x.device)
-        sums = torch.zeros(k, len(self.task.metrics), device=train_x.device)
+        (train_xs, train_y), k, n = feed.train, len(orders), len(orders[0])
+        loss_sum = torch.zeros(k, device=train_y.device)
+        sums = torch.zeros(k, len(self.task.metrics), device=train_y.device)
         for step, i in enumerate(range(0, n, batch_size)):
             idxs = [order[i:i + batch_size] for order in orders]
-            xs = [_channels_last(prepare(train_x[idx])) for prepare, idx in zip(feed.train_prepares, idxs)]
+            xs = [_channels_last(prepare(x[idx])) for prepare, x, idx in zip(feed.train_prepares, train_xs, idxs)]
             ys = [train_y[idx] for idx in idxs]
             outs = _forward(self.net, [self.task.inputs(x, g) for x, g in zip(xs, inputs)], self.amp)
             # each copy's own mean loss; their sum gives each copy its own gradient
             losses = torch.stack([self.task.loss(out, x, y) for out, x, y in zip(outs, xs, ys)])
-            self.optimizer.zero_grad(set_to_none=True)
+            for o in self.optimizers:
+                o.optimizer.zero_grad(set_to_none=True)
+            if self.views is not None:
+                self.views.zero_grad()
             losses.sum().backward()
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
+            if self.views is not None:
+                self.views.share_grads()
+            for o in self.optimizers:
+                o.optimizer.step()
+                if o.per_step and o.scheduler is not None:
+                    o.scheduler.step()
             loss_sum += losses.detach() * len(ys[0])
             with torch.no_grad():
                 sums += torch.stack([self.task.measure(out, x, y) for out, x, y in zip(outs, xs, ys)])
@@ -447,14 +530,19 @@ def packing_speedup(config: RunConfig, data: Dataset, k: int, device: torch.devi
             nets = {1: copies[0].to(device, memory_format=torch.channels_last),
                     k: packed.to(device, memory_format=torch.channels_last)}
             timings: dict[int, list[float]] = {1: [], k: []}
-            optimizers = {n: make_optimizer([p for p in net.parameters() if p.requires_grad], config)
-                          for n, net in nets.items()}
+            views = packing.MemberParameters(packed, copies[0], k)  # as training steps a pack: per member
+            optimizers = {1: make_optimizer([p for p in nets[1].parameters() if p.requires_grad], config),
+                          k: make_optimizer([p for c in range(k) for p in views.of(c)], config)}
             for _ in range(steps + 1):
                 for n, net in nets.items():
                     start = time.perf_counter()
                     outs = _forward(net, [_channels_last(x)] * n, amp)
                     optimizers[n].zero_grad(set_to_none=True)
+                    if n > 1:
+                        views.zero_grad()
                     torch.stack([task.loss(out, x, y) for out in outs]).sum().backward()
+                    if n > 1:
+                        views.share_grads()
                     optimizers[n].step()
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
