@@ -188,7 +188,8 @@ def params(
     if compare:  # fvcore traces a real forward pass: real weights
         counts = count.count_model(arch.load_model(model, shape)[0], shape, batch, training, compare=True)
     else:
-        counts = count.count_meta(lambda: arch.load_model(model, shape)[0], shape, batch, training)
+        counts = count.count_meta(lambda: arch.load_model(model, shape)[0], shape, batch, training,
+                                  real_below=count.real_below())
     for op, calls in sorted(counts.uncounted.items()):
         stderr.print(f"warning: no FLOP rule for {op} ({calls} calls): counted as 0", highlight=False)
     frame = counts.frame()

@@ -226,6 +226,12 @@ class _LayerCounter(TorchDispatchMode):
                 elif p.row is not row:
                     row.shared += p.numel
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No torch._disable_dynamo around __torch_dispatch__: its first call imports torch._dynamo
+        (over a second of a study's start), and nothing here is compiled."""
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -431,24 +437,51 @@ def count_model(model: nn.Module, input_shape: Shape, batch: int = 1, training: 
 
 
 def count_meta(build: Callable[[], nn.Module], input_shape: Shape, batch: int = 1,
-               training: bool = False) -> Counts:
+               training: bool = False, real_below: int = 0) -> Counts:
     """Build the model with its parameters on the meta device (no weights allocated) and count
     it. A model that cannot be built or counted that way is built with real weights, if they
-    fit in memory."""
+    fit in memory. A model of at most `real_below` bytes of weights is counted on a real forward
+    pass at once (built under a forked random state: nothing else changes): the same counts, and
+    no fake tensors, whose import (torch._dynamo) costs more than the pass."""
     model = build_meta(build)
+    if model is not None and _weight_bytes(model) <= real_below and not _activations_too_big(input_shape, batch):
+        with torch.random.fork_rng(devices=[]):
+            real = _build(build)
+        return count_model(real, input_shape, batch, training, real=True)
     if model is not None:
         try:
             return count_model(model, input_shape, batch, training)
         except NeedsRealTensors as error:
-            weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+            weights = _weight_bytes(model)
             available = machine.available_memory()
             if available is not None and weights > available:
                 raise UsageError(f"{error}; a real forward pass does not fit: its weights need "
                                  f"{weights / 1e9:.3g} GB ({available / 1e9:.3g} GB of memory free)") from None
+    return count_model(_build(build), input_shape, batch, training)
+
+
+REAL_BYTES = 256 * 2 ** 20  # a model with fewer bytes of weights is counted on a real forward pass
+
+
+def real_below() -> float:
+    """The weights up to which `count_meta` may count on a real forward pass (a small model
+    builds faster than fake tensors import), at most a quarter of the free memory."""
+    return min(REAL_BYTES, (machine.available_memory() or float("inf")) / 4)
+
+
+def _build(build: Callable[[], nn.Module]) -> nn.Module:
     try:
-        model = build()
+        return build()
     except UsageError:
         raise
     except Exception as error:  # noqa: BLE001 - a user's model whose constructor raises
         raise UsageError(f"the model failed to build: {describe_error(error)}") from None
-    return count_model(model, input_shape, batch, training)
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _activations_too_big(input_shape: Shape, batch: int) -> bool:
+    """An input of more than 64 MB: counted on fake tensors, whatever the weights."""
+    return batch * math.prod(input_shape) * 4 > 64 * 2 ** 20

@@ -701,3 +701,34 @@ def test_compare_with_fvcore_and_flop_counter_mode():
     assert counts.compared["FlopCounterMode"] == sum(r.torch_flops for r in counts.rows)
     with pytest.raises(UsageError, match="needs real weights"):
         count_model(torchvision("resnet18")[0], (3, 32, 32), compare=True)
+
+
+@pytest.mark.parametrize("name", ["tutorial", "threeconv", "resnet18", "lenet5", "autoencoder"])
+def test_a_small_model_counted_on_a_real_pass_gives_the_fake_passs_counts(name):
+    """count_meta counts a small model on a real forward pass (no fake tensors, whose import of
+    torch._dynamo costs more than the pass): every row, FLOP and byte as on fake tensors, and
+    the global random state as it was."""
+    build = lambda: arch.load_model(name)[0]  # noqa: E731
+    shape = arch.load_model(name)[1]
+    for training in (False, True):
+        before = torch.get_rng_state()
+        real = count_meta(build, shape, training=training, real_below=count.real_below())
+        assert torch.equal(before, torch.get_rng_state())
+        fake = count_meta(build, shape, training=training)  # real_below 0: the fake pass
+        assert real.frame().equals(fake.frame()), (name, training)
+        assert (real.params, real.flops, real.activation_bytes, real.backward_flops) == \
+            (fake.params, fake.flops, fake.activation_bytes, fake.backward_flops)
+
+
+def test_a_studys_checks_import_no_dynamo():
+    """The checks count each model on a real pass: no FakeTensorMode, so no torch._dynamo for
+    counting (training's torch.optim imports it all the same, at its first step)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ablate.execution import checks; from ablate.study.planning import resolve; "
+            "from ablate.config import RunConfig; c = resolve(RunConfig(model='threeconv')); "
+            "checks.model_size(c, (3, 32, 32), 10); checks.training_flops(c, (3, 32, 32), 10); "
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

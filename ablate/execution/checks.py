@@ -20,7 +20,8 @@ from ablate.training.train import RunConfig, build_model
 def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count.Counts:
     """The run's model counted on the meta device: nothing is allocated."""
     try:
-        return count.count_meta(lambda: build_model(config, shape[0], classes, shape[1]), shape)
+        return count.count_meta(lambda: build_model(config, shape[0], classes, shape[1]), shape,
+                                real_below=count.real_below())
     except UsageError:
         raise
     except Exception as error:  # a user's model that fails to build or to run once
@@ -31,11 +32,13 @@ def model_size(config: RunConfig, shape: tuple[int, ...], classes: int) -> count
 def training_flops(config: RunConfig, shape: tuple[int, ...], classes: int) -> int | None:
     """FLOPs of one training image, forward and backward, of the run's model with what it does
     not train frozen (counted on the meta device); None where the backward cannot be counted."""
-    from ablate.training.train import freeze, model_for_checks
+    from ablate.training.train import freeze
 
-    model = freeze(model_for_checks(config, shape, classes), config, shape, classes)
+    def build():
+        return freeze(build_model(config, shape[0], classes, shape[1]), config, shape, classes)
+
     try:
-        counts = count.count_model(model, shape, training=True)
+        counts = count.count_meta(build, shape, training=True, real_below=count.real_below())
     except Exception:  # noqa: BLE001 - a model the counter cannot follow backward: no cost, the run trains
         return None
     return counts.flops + counts.backward_flops
