@@ -174,6 +174,28 @@ def auto_packing(rounds: int) -> None:
         print(f"{name:<26} {no_pack:>11.1f} {auto:>7.1f} {no_pack / auto:>15.2f}  {chose}")
 
 
+VARIANTS_PACKED = ["lr", "--values", "0.001,0.01,0.1,1", "--dataset", "synthetic", "--epochs", "2",
+                   "--limit-train", "3000", "--limit-test", "500", "--seeds", "3"]
+
+
+def variants_packed(rounds: int, batches=(8, 32, 128)) -> None:
+    """`ablate lr` (4 rates x 3 seeds: one pack of 12 members, variants and seeds together)
+    with --pack against --no-pack, whole processes, at each batch size."""
+    ablate = Path(sys.executable).with_name("ablate")
+    print(f"\nvariants packed with their seeds: `ablate {' '.join(VARIANTS_PACKED)}`, --pack (one pack of 12) "
+          f"against --no-pack, whole processes, median of {rounds} rounds")
+    print(f"{'batch':>5} {'--no-pack s':>11} {'--pack s':>9} {'no-pack / pack':>15}")
+    with tempfile.TemporaryDirectory() as folder:
+        for batch in batches:
+            times = {"--no-pack": [], "--pack": []}
+            for _ in range(rounds):
+                for flag in times:
+                    times[flag].append(whole_process([str(ablate), *VARIANTS_PACKED, "--batch-size", str(batch), flag,
+                                                      "--out", f"{folder}/v.parquet", "--force"]))
+            alone, packed = statistics.median(times["--no-pack"]), statistics.median(times["--pack"])
+            print(f"{batch:>5} {alone:>11.1f} {packed:>9.1f} {alone / packed:>15.2f}")
+
+
 def first_second() -> None:
     """Where a study's first seconds go: the imports, and the whole of a tiny study."""
     ablate = Path(sys.executable).with_name("ablate")
@@ -198,9 +220,15 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial pipeline")
     parser.add_argument("--packs", default="3,5", help="the K seeds packed into one model, compared")
     parser.add_argument("--pack-images", type=int, default=5000, help="images per seed in the packing rounds")
+    parser.add_argument("--whole-only", action="store_true",
+                        help="only the whole-process figures: the tutorial's way and variants packed")
     parser.add_argument("--skip-processes", action="store_true",
                         help="leave out the whole-process comparisons (auto packing, the first second, the tutorial's way)")
     args = parser.parse_args()
+    if args.whole_only:
+        processes(args.rounds)
+        variants_packed(1)
+        return
     torch.set_num_threads(args.threads)
     data = cifar_shaped(args.images)
     steps = max(args.images // args.batch_size, 1)
@@ -243,6 +271,7 @@ def main():
         auto_packing(args.rounds)
         first_second()
         processes(args.rounds)
+        variants_packed(1)
 
 
 if __name__ == "__main__":

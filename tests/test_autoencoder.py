@@ -120,14 +120,14 @@ def test_transfer_freezes_exactly_the_encoder(tiny_data):
 
 def test_transfer_trains_on_the_labelled_few(tmp_path, ablate, monkeypatch):
     seen = []
-    real = runner.train_runs
+    real = runner.train_members
 
-    def spy(config, data, *args, **kwargs):
-        results = real(config, data, *args, **kwargs)
-        seen.extend((config.labels, result.epochs[1].loss) for result in results)
+    def spy(members, data, *args, **kwargs):
+        results = real(members, data, *args, **kwargs)
+        seen.extend((config.labels, result.epochs[1].loss) for (config, _), result in zip(members, results))
         return results
 
-    monkeypatch.setattr(runner, "train_runs", spy)
+    monkeypatch.setattr(runner, "train_members", spy)
     out = tmp_path / "t.parquet"
     result = ablate(["transfer", *TINY, "--labels", "30", "--pretrain-epochs", "1", "--probe-epochs", "3", "--out", out])
     assert result.exit_code == 0, result.output

@@ -104,7 +104,7 @@ def test_every_run_starts_with_the_untrained_model(tmp_path, ablate):
 
 def test_dry_run_plans_and_writes_nothing(tmp_path, ablate, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(runner, "train_runs", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(runner, "train_members", lambda *a, **k: pytest.fail("trained"))
     result = ablate(["conv1", *TINY, "--channels", "4,8", "--seeds", "2", "--dry-run"])
     assert result.exit_code == 0, result.output
     said = " ".join(result.stdout.split())

@@ -199,7 +199,7 @@ def test_interrupted_study_with_dropout_resumes_to_the_same_table(tmp_path, abla
     args = ["regularization", *tiny, "--seeds", "2"]
     assert ablate([*args, "--out", tmp_path / "whole.parquet"]).exit_code == 0
 
-    real = runner.train_runs
+    real = runner.train_members
     calls = []
 
     def interrupted(*a, **k):
@@ -208,11 +208,11 @@ def test_interrupted_study_with_dropout_resumes_to_the_same_table(tmp_path, abla
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "train_runs", interrupted)
+    monkeypatch.setattr(runner, "train_members", interrupted)
     stopped = ablate([*args, "--out", tmp_path / "part.parquet"])
     assert stopped.exit_code == 130
     assert "3 of 8 runs are saved" in stopped.stderr and "--resume" in stopped.stderr
-    monkeypatch.setattr(runner, "train_runs", real)
+    monkeypatch.setattr(runner, "train_members", real)
 
     resumed = ablate([*args, "--out", tmp_path / "part.parquet", "--resume"])
     assert resumed.exit_code == 0, resumed.output

@@ -3,6 +3,7 @@ whether a file's runs can be resumed with it. Nothing here trains or loads data.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -92,6 +93,21 @@ def _digest(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=2 ** 16)  # a study asks for every id many times: planning, resuming, saving
+def _config_id(study: str, variant: str, config: RunConfig) -> str:
+    return _digest({"study": study, "variant": variant, **_identity(config)})
+
+
+@functools.lru_cache(maxsize=2 ** 16)
+def _run_id(study: str, variant: str, seed: int, config: RunConfig) -> str:
+    return _digest({"study": study, "variant": variant, "seed": seed, **_identity(config)})
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(config: RunConfig) -> dict:
+    return config.identity()
+
+
 @dataclass(frozen=True)
 class Run:
     study: str
@@ -102,12 +118,12 @@ class Run:
     @property
     def config_id(self) -> str:
         """A hash of everything that decides the run's numbers but the seed."""
-        return _digest({"study": self.study, "variant": self.variant, **self.config.identity()})
+        return _config_id(self.study, self.variant, self.config)
 
     @property
     def run_id(self) -> str:
         """A hash of everything that decides the run's numbers."""
-        return _digest({"study": self.study, "variant": self.variant, "seed": self.seed, **self.config.identity()})
+        return _run_id(self.study, self.variant, self.seed, self.config)
 
     @property
     def label(self) -> str:
@@ -249,7 +265,7 @@ def check_resumable(existing: pd.DataFrame, runs: list[Run], path, factors: tupl
         return
     columns_ = run_columns(runs)
     planned = pd.DataFrame([{"study": r.study, "variant": r.variant, **typed_columns(r.config.columns(), columns_)}
-                            for r in runs])
+                            for r in {r.config_id: r for r in runs}.values()])  # one row per configuration
     columns = [c for c in planned.columns if c in existing.columns]
     held = existing[columns].drop_duplicates()
     differences = {}
