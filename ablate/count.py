@@ -478,8 +478,12 @@ def _build(build: Callable[[], nn.Module]) -> nn.Module:
         raise UsageError(f"the model failed to build: {describe_error(error)}") from None
 
 
-def _weight_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+def _weight_bytes(model: nn.Module) -> float:
+    """The bytes of the model's weights (infinite while a lazy module has not taken its size)."""
+    tensors = (*model.parameters(), *model.buffers())
+    if any(nn.parameter.is_lazy(t) for t in tensors):
+        return float("inf")
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _activations_too_big(input_shape: Shape, batch: int) -> bool:

@@ -399,3 +399,20 @@ def test_a_study_packs_its_variants_together_and_records_the_packs(tmp_path, abl
     assert frame.groupby("seed")["packed"].unique().map(list).to_dict() == {0: [8], 1: [8], 2: [4]}
     assert [len(group) for group in meta["packs"]] == [8, 4]
     assert set(meta["packs"][1]) == set(frame.loc[frame["seed"] == 2, "run_id"])
+
+
+def test_a_diverging_variant_stops_alone_in_a_pack_of_variants(tiny_data):
+    """A rate that blows up: that member stops with the weights it had, as it would alone; the
+    other rates' members train on to the end, their numbers their unpacked runs'."""
+    base = resolve(RunConfig(dataset="synthetic", epochs=3, batch_size=50))
+    members = [(replace(base, lr=lr), seed) for lr in (0.01, 1e5) for seed in (0, 1)]
+    packed = train.train_members(members, tiny_data, CPU, keep_model=True)
+    alone = train.train_members(members, tiny_data, CPU, keep_model=True, pack=False)
+    assert [r.packed for r in packed] == [4] * 4
+    assert [r.status for r in packed] == [r.status for r in alone] == ["ok", "ok", "diverged", "diverged"]
+    for p, a in zip(packed, alone):
+        assert len(p.epochs) == len(a.epochs)
+        for x, y in zip(p.state.values(), a.state.values()):
+            assert torch.allclose(x.float(), y.float(), rtol=1e-3, atol=TOLERANCE, equal_nan=True)
+    for p, a in zip(packed[:2], alone[:2]):
+        assert len(p.epochs) == 7 and max(abs(x.loss - y.loss) for x, y in zip(p.epochs, a.epochs)) < TOLERANCE

@@ -106,7 +106,7 @@ def test_weights_on_any_study_load_into_every_variant_and_a_head_probe_keeps_the
     assert "every variant: --weights 'w.pt': head fc replaced" in result.output  # said once
     frame = pd.read_parquet(nets / "s.parquet").drop_duplicates("run_id")
     assert len(frame) == 4 and (frame["trainable_params"] == 170).all()
-    assert (frame["packed"] == 2).all()  # the seeds' copies packed into one model: batch norm frozen there too
+    assert (frame["packed"] == 4).all()  # both rates x 2 seeds packed into one model: batch norm frozen there too
     for run in frame.itertuples():
         kept = load_file(models_path(nets / "s.parquet") / f"{run.run_id}.safetensors")
         assert torch.equal(kept["body.1.running_var"], state["body.1.running_var"])
