@@ -1,7 +1,9 @@
 """The GPU path in one call: images/s of training the tutorial net, threeconv and resnet18 at
 batch 128 and 512 with K = 1, 8 and 32 seeds packed into one model, then the wall time of
 report A's protocol on Fashion-MNIST (conv1's 10 widths, linearity's 3 variants and
-permutation's 3, 3 seeds, 10 epochs) as three `ablate` commands.
+permutation's 3, 3 seeds, 10 epochs) as three `ablate` commands; `ablate lr` (4 rates x 3
+seeds) packed as one against one by one; and `--deterministic` twice, its files compared bit
+for bit.
 
     .venv/bin/python benchmarks/gpu.py [--device cuda] [--images 20000] [--skip-protocol]
 
@@ -48,7 +50,12 @@ def main():
     parser.add_argument("--packs", default="1,8,32")
     parser.add_argument("--amp", default="none,bf16")
     parser.add_argument("--skip-protocol", action="store_true")
+    parser.add_argument("--epochs", type=int, default=10, help="of the studies (10: report A's)")
+    parser.add_argument("--limit-train", type=int, help="of the studies: a quick check of the script")
     args = parser.parse_args()
+    from ablate.data.datasets import on_disk
+
+    args.dataset_on_disk = on_disk("fashion-mnist", None)
     device = torch.device(args.device)
     data = cifar_shaped(args.images)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -60,9 +67,28 @@ def main():
                 for k in map(int, args.packs.split(",")):
                     speed = images_per_second(data, model, batch, k, device, amp)
                     print(f"{model:<10} {batch:>5} {amp:>5} {k:>3} {speed:>10,.0f}", flush=True)
+    ablate = Path(sys.executable).with_name("ablate")
+    data_args = ["--dataset", "fashion-mnist" if args.dataset_on_disk else "synthetic", "--epochs", str(args.epochs),
+                 "--device", args.device, *(["--limit-train", str(args.limit_train)] if args.limit_train else [])]
+    with tempfile.TemporaryDirectory() as folder:
+        lr = [str(ablate), "lr", *data_args, "--seeds", "3"]
+        for flag in ("--pack", "--no-pack"):
+            start = time.perf_counter()
+            subprocess.run([*lr, flag, "--out", f"{folder}/lr{flag}.parquet"], check=True, stderr=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL)
+            print(f"ablate lr, 4 rates x 3 seeds, {flag}: {time.perf_counter() - start:.1f} s wall", flush=True)
+        import pandas as pd
+
+        files = []
+        for i in range(2):
+            files.append(f"{folder}/det{i}.parquet")
+            subprocess.run([str(ablate), "linearity", *data_args, "--seeds", "2", "--deterministic", "--out", files[-1]],
+                           check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        numbers = ["variant", "seed", "epoch", "split", "loss", "accuracy"]
+        same = pd.read_parquet(files[0])[numbers].equals(pd.read_parquet(files[1])[numbers])
+        print(f"--deterministic twice: {'bit-identical' if same else 'DIFFERENT'} losses and accuracies")
     if args.skip_protocol:
         return
-    ablate = Path(sys.executable).with_name("ablate")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for study in PROTOCOL:
