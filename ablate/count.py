@@ -441,13 +441,20 @@ def count_meta(build: Callable[[], nn.Module], input_shape: Shape, batch: int = 
     """Build the model with its parameters on the meta device (no weights allocated) and count
     it. A model that cannot be built or counted that way is built with real weights, if they
     fit in memory. A model of at most `real_below` bytes of weights is counted on a real forward
-    pass at once (built under a forked random state: nothing else changes): the same counts, and
-    no fake tensors, whose import (torch._dynamo) costs more than the pass."""
+    pass at once: the same counts, and no fake tensors, whose import (torch._dynamo) costs more
+    than the pass. Everything runs under a forked random state: nothing else changes."""
+    with torch.random.fork_rng(devices=[]):
+        return _count_meta(build, input_shape, batch, training, real_below)
+
+
+def _count_meta(build: Callable[[], nn.Module], input_shape: Shape, batch: int, training: bool,
+                real_below: float) -> Counts:
     model = build_meta(build)
     if model is not None and _weight_bytes(model) <= real_below and not _activations_too_big(input_shape, batch):
-        with torch.random.fork_rng(devices=[]):
-            real = _build(build)
-        return count_model(real, input_shape, batch, training, real=True)
+        try:
+            return count_model(_build(build), input_shape, batch, training, real=True)
+        except Exception:  # noqa: BLE001 - whatever fails on real weights, the fake pass counts or says why
+            pass
     if model is not None:
         try:
             return count_model(model, input_shape, batch, training)

@@ -416,3 +416,58 @@ def test_a_diverging_variant_stops_alone_in_a_pack_of_variants(tiny_data):
             assert torch.allclose(x.float(), y.float(), rtol=1e-3, atol=TOLERANCE, equal_nan=True)
     for p, a in zip(packed[:2], alone[:2]):
         assert len(p.epochs) == 8 and max(abs(x.loss - y.loss) for x, y in zip(p.epochs, a.epochs)) < TOLERANCE
+
+
+class _OwnDropout(nn.Dropout):
+    """A user's dropout: F.dropout on torch's global generator, one draw for all members."""
+
+
+class _Scaled(nn.Sequential):
+    """A forward that reads an attribute no module shows."""
+
+    def __init__(self, scale):
+        super().__init__(nn.Flatten(), nn.Linear(12, 3))
+        self.scale = scale
+
+    def forward(self, x):
+        return super().forward(x) * self.scale
+
+
+@pytest.mark.parametrize("make", [lambda i: nn.Sequential(nn.Flatten(), nn.Linear(12, 3), _OwnDropout(0.1 + 0.6 * i)),
+                                  lambda i: _Scaled(1.0 + i)], ids=["dropout subclass", "attribute"])
+def test_members_whose_forwards_differ_unseen_do_not_pack(make):
+    """Rates of a Dropout subclass, or an attribute a user's forward reads: not one network."""
+    copies = [make(i) for i in range(2)]
+    assert pack.network(copies[0]) != pack.network(copies[1])
+    assert pack.pack(copies, [torch.Generator() for _ in copies], torch.rand(2, 3, 2, 2)) is None
+    same = [make(0) for _ in range(2)]
+    assert pack.network(same[0]) == pack.network(same[1])
+
+
+def test_run_ids_do_not_depend_on_which_equal_config_was_hashed_first():
+    """1 == 1.0 in Python, not in a run's identity: the id cache tells them apart."""
+    one, other = RunConfig(model_args=(("x", 1),)), RunConfig(model_args=(("x", 1.0),))
+    first = planning.Run("s", "v", 0, one).run_id
+    assert planning.Run("s", "v", 0, other).run_id != first
+    planning._hashed.cache_clear()
+    assert planning.Run("s", "v", 0, other).run_id != first == planning.Run("s", "v", 0, one).run_id
+
+
+def test_the_file_records_only_packs_that_trained_as_one(tmp_path, ablate, tiny, user_models):
+    out = tmp_path / "n.parquet"
+    result = ablate(["sweep", *tiny, "--model", f"{user_models}:Noisy", "--vary", "lr=0.01,0.1", "--seeds", "2",
+                     "--pack", "--out", out])
+    assert result.exit_code == 0, result.output
+    from ablate.results import files
+
+    assert set(pd.read_parquet(out)["packed"]) == {1} and files.read_metadata(out)["packs"] == []
+
+
+def test_a_pack_of_variants_is_named_by_its_variants():
+    from ablate.execution.progress import pack_label
+
+    config = resolve(RunConfig())
+    runs = [planning.Run("s", v, seed, config) for v in ("0.01", "0.1") for seed in range(3)]
+    assert pack_label(runs) == "0.01 seeds 0-2 + 0.1 seeds 0-2"
+    assert pack_label(runs[:3]) == "0.01 seeds 0-2" and pack_label(runs[:1]) == "0.01 seed 0"
+    assert pack_label([runs[0], runs[3]]) == "0.01 seed 0 + 0.1 seed 0"

@@ -222,6 +222,9 @@ def check_memory(runs: list[Run], data: Dataset, device: torch.device) -> None:
 
 
 def pack_size(group: list[Run], data: Dataset, device: torch.device) -> int:
-    """How many of a configuration's runs train together: as many as fit in memory at once."""
-    fit = int(0.8 * available_memory(device) // training_bytes(group[0].config, data))
-    return max(1, min(len(group), fit))
+    """How many of the runs (of configurations that share a network) train together: as many as
+    fit in memory at once, beside one normalised float copy of the images per normalisation
+    that members without augmentation use."""
+    copies = len({r.config.normalization for r in group if r.config.augment == "none"})
+    free = 0.8 * available_memory(device) - max(0, copies - 1) * float_data_bytes(data)
+    return max(1, min(len(group), int(free // training_bytes(group[0].config, data))))

@@ -12,6 +12,7 @@ those rates times its images, plus its fixed cost, plus the time this process to
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -115,7 +116,9 @@ def dry_run(prepared: Prepared) -> tuple[list[dict], float]:
         its variants do), or their trainings one by one."""
         config = runs[0].config
         k = choice.size if choice is not None and choice.packed else 1
-        total = len(runs) / k * cost(config, k, k > 1).of(config, train_images, test_images)
+        shared = sum(c is choice for c in choices.values()) > 1  # other variants fill its packs
+        packs = len(runs) / k if shared else math.ceil(len(runs) / k)
+        total = packs * cost(config, k, k > 1).of(config, train_images, test_images)
         if config.pretrain_epochs:
             autoencoder = train.pretraining(config)
             for run in runs:

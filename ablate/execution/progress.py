@@ -26,11 +26,20 @@ class Progress:
 
 
 def pack_label(pack) -> str:
-    seeds = [r.seed for r in pack]
-    if len(seeds) == 1:
+    """"relu seed 0", "relu seeds 0-2", "0.01 seeds 0-2 + 0.1 seeds 0-2" (a pack of variants)."""
+    if len(pack) == 1:
         return pack[0].label
+    variants: dict[str, list[int]] = {}
+    for run in pack:
+        variants.setdefault(run.variant, []).append(run.seed)
+    return " + ".join(f"{variant} {_seeds(seeds)}" for variant, seeds in variants.items())
+
+
+def _seeds(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
     span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
-    return f"{pack[0].variant} seeds {span}"
+    return f"seeds {span}"
 
 
 def started(pack, where: str = HERE) -> Progress:

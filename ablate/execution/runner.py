@@ -132,12 +132,12 @@ def execute(
     only: list[Run] | None = None,
 ) -> list[list[str]]:
     """Train the runs (`only` these of them) not yet in `store`, saving each one as soon as its
-    pack finishes (then its weights, when the store keeps models). The packs of more than one
-    run (their run_ids) are added to the metadata's `packs` and returned."""
+    pack finishes (then its weights, when the store keeps models). The runs that trained as one
+    packed model (their run_ids) are added to the metadata's `packs` as they are saved, and
+    returned."""
     done = store.done()
     todo = packs([r for r in (runs if only is None else only) if r.run_id not in done], data, device, pack)
-    grouped = [[run.run_id for run in group] for group in todo if len(group) > 1]
-    metadata = {**metadata, "packs": [*metadata.get("packs", []), *grouped]}
+    grouped: list[list[str]] = []
     from ablate.models import weights
 
     made = tuple({(c.model, c.weights): weights.get(c.model, c.weights) for c in {r.config for r in runs}
@@ -146,6 +146,9 @@ def execute(
                              made_weights=made)
     columns = run_columns(runs)
     for finished, results_ in (executor or InProcess()).map(work, todo, data, report):
+        if len(finished) > 1 and all(r.packed == len(finished) for r in results_):  # not: a model that does not pack
+            grouped.append([run.run_id for run in finished])
+            metadata = {**metadata, "packs": [*metadata.get("packs", []), grouped[-1]]}
         for run, result in zip(finished, results_):  # the pack's rows first: nothing after training loses them
             store.add(*run_rows(run, result, device.type, data, columns), metadata, run.label)
         for run, result in zip(finished, results_):

@@ -93,19 +93,20 @@ def _digest(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=2 ** 16)  # a study asks for every id many times: planning, resuming, saving
 def _config_id(study: str, variant: str, config: RunConfig) -> str:
-    return _digest({"study": study, "variant": variant, **_identity(config)})
+    return _hashed(study, variant, None, repr(config), config)
 
 
-@functools.lru_cache(maxsize=2 ** 16)
 def _run_id(study: str, variant: str, seed: int, config: RunConfig) -> str:
-    return _digest({"study": study, "variant": variant, "seed": seed, **_identity(config)})
+    return _hashed(study, variant, seed, repr(config), config)
 
 
-@functools.lru_cache(maxsize=4096)
-def _identity(config: RunConfig) -> dict:
-    return config.identity()
+@functools.lru_cache(maxsize=2 ** 16)  # a study asks for every id many times: planning, resuming, saving
+def _hashed(study: str, variant: str, seed: int | None, shown: str, config: RunConfig) -> str:
+    """The id; `shown` (the config's repr) is in the key because configs that compare equal
+    may hash apart (a value of 1, 1.0 or True)."""
+    return _digest({"study": study, "variant": variant, **({} if seed is None else {"seed": seed}),
+                    **config.identity()})
 
 
 @dataclass(frozen=True)

@@ -159,13 +159,23 @@ def packs(model: nn.Module) -> bool:
 
 def network(model: nn.Module) -> tuple:
     """What makes two models the same network for packing: their modules by name, kind and
-    settings, and the shapes of their parameters and buffers; a dropout's rate is left out (each
-    member keeps its own)."""
+    settings (a library module's extra_repr; a user's module's own attributes too, which its
+    forward may read), and the shapes of their parameters and buffers; a dropout's rate is left
+    out (each member keeps its own)."""
     return tuple((name, type(module).__qualname__, type(module).__module__,
-                  "" if isinstance(module, nn.Dropout) else module.extra_repr(),
+                  "" if type(module) is nn.Dropout else module.extra_repr(), _attributes(module),
                   tuple((n, tuple(t.shape), t.requires_grad) for n, t in module.named_parameters(recurse=False)),
                   tuple((n, tuple(t.shape)) for n, t in module.named_buffers(recurse=False)))
                  for name, module in model.named_modules())
+
+
+def _attributes(module: nn.Module) -> tuple:
+    """A user's module's public attributes that are neither modules nor tensors (a scale, a
+    flag): two members whose forwards read different ones are not one network."""
+    if type(module).__module__.split(".")[0] in ("torch", "torchvision"):
+        return ()
+    return tuple(sorted((k, repr(v)) for k, v in vars(module).items()
+                        if not k.startswith("_") and k != "training" and not isinstance(v, (nn.Module, torch.Tensor))))
 
 
 def pack(copies: list[nn.Module], dropout: list[torch.Generator], probe: torch.Tensor) -> nn.Module | None:
@@ -207,7 +217,7 @@ def _agrees(packed: nn.Module, copies: list[nn.Module], probe: torch.Tensor, tra
         for m in models:
             m.train(training)
             for module in m.modules():
-                if isinstance(module, (nn.Dropout, PackedDropout)):
+                if type(module) in (nn.Dropout, PackedDropout):  # a subclass of Dropout may draw globally
                     module.eval()
         with torch.random.fork_rng(devices=[]):
             expected = [c(probe) for c in copies]
