@@ -130,7 +130,8 @@ def grow(sizes: list[int], rounds: int) -> None:
                         raise SystemExit(f"{name} failed on {n} runs: {done.stderr.strip()[-300:]}")
                 seconds[name][n] = min(times)
     print(f"\nwhole processes on an `ablate lr` file, best of {rounds}")
-    print(f"{'':<15}" + "".join(f"{f'{n:,} runs s':>15}" for n in sizes) + f"{'x for ' + str(sizes[-1] // sizes[0]) + ' x the runs':>22}")
+    growth = f"x for {sizes[-1] // sizes[0]} x the runs"
+    print(f"{'':<15}" + "".join(f"{f'{n:,} runs s':>15}" for n in sizes) + f"{growth:>22}")
     for name, by in seconds.items():
         print(f"{name:<15}" + "".join(f"{by[n]:>15.2f}" for n in sizes) + f"{by[sizes[-1]] / by[sizes[0]]:>22.2f}")
 

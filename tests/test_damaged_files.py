@@ -36,6 +36,7 @@ def study(tmp_path_factory):
     {"ablate": None}, {"ablate": [1, 2]}, {"ablate": "text"}, {"study": [1]}, {"study": {"factors": "x", "plot": 5,
                                                                                           "per_class": "yes"}},
     {"packing": ["a"]}, {"packing": {"relu": 5}}, {"weights": [1]}, {"command": 5}, {"auto_seeds": {"seeds": 3}},
+    {"packing": {"relu": {"packed": True, "size": "big", "ratio": "fast"}}}, {"packs": 5}, {"packs": [[1, 2], "x"]},
 ])
 def test_hand_edited_metadata_reads_as_absent(tmp_path, ablate, study, damage):
     import shutil
@@ -58,3 +59,18 @@ def test_a_classifiers_page_with_saved_models_draws_no_autoencoder_figures(tmp_p
     assert result.exit_code == 0, result.output
     page = (tmp_path / "page.html").read_text()
     assert "reconstructions" not in page and "interpolation" not in page and page.count("<svg") >= 1
+
+
+def test_a_files_hand_edited_packs_keep_only_lists_of_run_ids(tmp_path, study):
+    """--resume carries the file's `packs` on: what is not a list of run_ids is dropped."""
+    from types import SimpleNamespace
+
+    from ablate.execution import runner
+
+    import shutil
+
+    path = tmp_path / "d.parquet"
+    shutil.copy(study, path)
+    _damage(path, packs=[[1, 2], ["a1", "b2"], "x", [], ["c3", 4]])
+    assert runner.held_packs(SimpleNamespace(resume=True, out=path)) == [["a1", "b2"]]
+    assert runner.held_packs(SimpleNamespace(resume=False, out=path)) == []

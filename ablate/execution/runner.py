@@ -449,7 +449,8 @@ def packing_record(prepared: Prepared, choices: dict) -> dict:
 def held_packs(prepared: Prepared) -> list[list[str]]:
     """The file's metadata `packs` (the runs that trained together, by run_id), where it resumes."""
     held = _held(prepared, "packs", list, [])
-    return [group for group in held if isinstance(group, list) and all(isinstance(r, str) for r in group)]
+    return [group for group in held
+            if isinstance(group, list) and group and all(isinstance(r, str) for r in group)]
 
 
 def _held(prepared: Prepared, key: str, kind: type, default):

@@ -490,9 +490,10 @@ class _Step:
             outs = _forward(self.net, [self.task.inputs(x, g) for x, g in zip(xs, inputs)], self.amp)
             # each copy's own mean loss; their sum gives each copy its own gradient
             losses = torch.stack([self.task.loss(out, x, y) for out, x, y in zip(outs, xs, ys)])
-            for o in self.optimizers:
-                o.optimizer.zero_grad(set_to_none=True)
-            if self.views is not None:
+            if self.views is None:
+                for o in self.optimizers:
+                    o.optimizer.zero_grad(set_to_none=True)
+            else:  # the packed gradients and every member's views of them
                 self.views.zero_grad()
             losses.sum().backward()
             if self.views is not None:
